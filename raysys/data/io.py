@@ -1,0 +1,252 @@
+"""Reading, validating, splitting and writing sensor tables.
+
+A prepared dataset is a directory with ``train.parquet``, ``val.parquet``,
+``test.parquet`` (time-ordered splits) and ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysys.data.anomalies import NORMAL
+from raysys.data.synthetic import TIMESTAMP
+
+logger = logging.getLogger(__name__)
+
+LABEL = "is_anomaly"
+ANOMALY_TYPE = "anomaly_type"
+SPLITS = ("train", "val", "test")
+MIN_ROWS = 100
+
+
+class DataValidationError(ValueError):
+    """A data file does not hold what raysys needs; the message names file and column."""
+
+
+@dataclass
+class SensorTable:
+    """A validated sensor table and what validation found.
+
+    Args:
+        frame: Rows sorted by timestamp; sensor columns float64, labels if present.
+        sensors: Sensor column names in order.
+        interpolated: Sensor name to the number of missing values filled by interpolation.
+        time_gaps: Number of intervals longer than 1.5 times the median sampling interval.
+    """
+
+    frame: pd.DataFrame
+    sensors: list[str]
+    interpolated: dict[str, int] = field(default_factory=dict)
+    time_gaps: int = 0
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or Parquet file, naming the file in any error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path).to_pandas()
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(path)
+    except Exception as exc:  # the parser's own message, with the file named
+        raise DataValidationError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
+    raise DataValidationError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
+
+
+def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMESTAMP,
+                   label_col: str | None = LABEL, min_rows: int = MIN_ROWS) -> SensorTable:
+    """Check a raw table and return it cleaned: parsed timestamps, float sensors, gaps filled.
+
+    Raises:
+        DataValidationError: naming ``source`` and the offending column.
+    """
+    if timestamp_col not in frame.columns:
+        raise DataValidationError(
+            f"{source}: missing timestamp column {timestamp_col!r}; columns are {list(frame.columns)}")
+    if len(frame) < min_rows:
+        raise DataValidationError(f"{source}: too few rows: expected at least {min_rows}, got {len(frame)}")
+    try:
+        ts = pd.to_datetime(frame[timestamp_col])
+    except (ValueError, TypeError) as exc:
+        raise DataValidationError(f"{source}: column {timestamp_col!r} is not parseable as timestamps: {exc}") from exc
+    if ts.isna().any():
+        raise DataValidationError(f"{source}: column {timestamp_col!r} has {int(ts.isna().sum())} empty timestamps")
+    if ts.duplicated().any():
+        first = ts[ts.duplicated()].iloc[0]
+        raise DataValidationError(
+            f"{source}: column {timestamp_col!r} has {int(ts.duplicated().sum())} duplicated timestamps (first {first})")
+    if not ts.is_monotonic_increasing:
+        bad = int(np.argmax(np.diff(ts.to_numpy().astype("int64")) < 0)) + 1
+        raise DataValidationError(
+            f"{source}: column {timestamp_col!r} is not sorted ascending (row {bad}: {ts.iloc[bad]} after {ts.iloc[bad - 1]})")
+    label_cols = [c for c in (label_col, ANOMALY_TYPE) if c and c in frame.columns]
+    sensors = [c for c in frame.columns if c not in (timestamp_col, *label_cols)]
+    if not sensors:
+        raise DataValidationError(f"{source}: no sensor columns besides {timestamp_col!r} and labels")
+    out = pd.DataFrame({TIMESTAMP: ts.to_numpy()})
+    interpolated: dict[str, int] = {}
+    for col in sensors:
+        raw = frame[col]
+        if not (pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw)):
+            values = pd.to_numeric(raw, errors="coerce")
+            bad = raw[values.isna() & raw.notna()]
+            if len(bad):
+                raise DataValidationError(
+                    f"{source}: column {col!r} must be numeric, got non-numeric value {bad.iloc[0]!r} "
+                    f"at row {bad.index[0]}")
+        else:
+            values = raw.astype("float64")
+        values = values.astype("float64").replace([np.inf, -np.inf], np.nan)
+        if values.isna().all():
+            raise DataValidationError(f"{source}: column {col!r} is all NaN")
+        missing = int(values.isna().sum())
+        if missing:
+            values = values.interpolate(limit_direction="both")
+            interpolated[col] = missing
+        out[col] = values.to_numpy()
+    if label_col and label_col in frame.columns:
+        labels = pd.to_numeric(frame[label_col], errors="coerce")
+        if labels.isna().any() or not labels.isin([0, 1]).all():
+            raise DataValidationError(f"{source}: label column {label_col!r} must hold only 0 and 1")
+        out[LABEL] = labels.astype("int8").to_numpy()
+        out[ANOMALY_TYPE] = (frame[ANOMALY_TYPE].astype(str).to_numpy() if ANOMALY_TYPE in frame.columns
+                             else np.where(out[LABEL] == 1, "unknown", NORMAL))
+    steps = np.diff(ts.to_numpy().astype("int64"))
+    gaps = int((steps > 1.5 * np.median(steps)).sum()) if len(steps) else 0
+    if interpolated:
+        logger.warning("%s: interpolated missing values %s", source, interpolated)
+    if gaps:
+        logger.warning("%s: %d gaps in the timestamps longer than 1.5x the median interval", source, gaps)
+    return SensorTable(out, sensors, interpolated, gaps)
+
+
+def load_table(path: str | os.PathLike, timestamp_col: str = TIMESTAMP, label_col: str | None = LABEL,
+               min_rows: int = MIN_ROWS) -> SensorTable:
+    """Read and validate a user's CSV or Parquet file."""
+    return validate_table(read_table(path), str(path), timestamp_col, label_col, min_rows)
+
+
+def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+                  ) -> dict[str, pd.DataFrame]:
+    """Split rows in time order, so no future row leaks into an earlier split."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+    n = len(frame)
+    a = int(round(fractions[0] * n))
+    b = a + int(round(fractions[1] * n))
+    return {"train": frame.iloc[:a].reset_index(drop=True),
+            "val": frame.iloc[a:b].reset_index(drop=True),
+            "test": frame.iloc[b:].reset_index(drop=True)}
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    if ANOMALY_TYPE not in frame.columns:
+        return {}
+    types = frame.loc[frame[ANOMALY_TYPE] != NORMAL, ANOMALY_TYPE]
+    return {str(k): int(v) for k, v in types.value_counts().sort_index().items()}
+
+
+def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.PathLike,
+                  metadata: dict[str, Any], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                  overwrite: bool = False) -> Path:
+    """Split ``frame`` by time and write the splits and ``metadata.json`` to ``out_dir``.
+
+    Written into a temporary sibling directory and renamed at the end, so a failure
+    never leaves a half-written dataset behind.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: output directory exists and is not empty (pass overwrite to replace it)")
+    splits = split_by_time(frame, fractions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, part in splits.items():
+            pq.write_table(pa.Table.from_pandas(part, preserve_index=False), tmp / f"{name}.parquet")
+        meta = dict(metadata)
+        meta.update({
+            "sensors": sensors,
+            "rows": int(len(frame)),
+            "splits": {name: {"rows": len(part), "start": str(part[TIMESTAMP].iloc[0]),
+                              "end": str(part[TIMESTAMP].iloc[-1]), "anomaly_counts": _counts(part)}
+                       for name, part in splits.items()},
+            "anomaly_counts": _counts(frame),
+        })
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class SensorDataset:
+    """A prepared dataset directory loaded into memory."""
+
+    path: Path
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    metadata: dict[str, Any]
+
+    @property
+    def sensors(self) -> list[str]:
+        return list(self.metadata["sensors"])
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return getattr(self, name)
+
+    def features(self, name: str, normal_only: bool = False) -> np.ndarray:
+        """Sensor values of a split as float32, optionally only the normal rows."""
+        frame = self.split(name)
+        if normal_only and LABEL in frame.columns:
+            frame = frame[frame[LABEL] == 0]
+        return frame[self.sensors].to_numpy(dtype=np.float32)
+
+    def labels(self, name: str) -> np.ndarray:
+        frame = self.split(name)
+        if LABEL not in frame.columns:
+            raise DataValidationError(f"{self.path}/{name}.parquet: no {LABEL!r} column; labels are needed here")
+        return frame[LABEL].to_numpy(dtype=np.int64)
+
+    def anomaly_types(self, name: str) -> np.ndarray:
+        return self.split(name)[ANOMALY_TYPE].to_numpy(dtype=str)
+
+
+def load_dataset(path: str | os.PathLike) -> SensorDataset:
+    """Load a prepared dataset directory, validating each split."""
+    root = Path(path)
+    meta_path = root / "metadata.json"
+    if not meta_path.exists():
+        raise DataValidationError(f"{root}: not a prepared dataset (no metadata.json); run `raysys generate` "
+                                  "or `raysys prepare` first")
+    metadata = json.loads(meta_path.read_text())
+    parts = {}
+    for name in SPLITS:
+        file = root / f"{name}.parquet"
+        table = validate_table(read_table(file), str(file), min_rows=1)
+        missing = [s for s in metadata["sensors"] if s not in table.sensors]
+        if missing:
+            raise DataValidationError(f"{file}: missing sensor columns {missing} listed in {meta_path}")
+        parts[name] = table.frame
+    return SensorDataset(root, parts["train"], parts["val"], parts["test"], metadata)

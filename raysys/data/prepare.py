@@ -1,0 +1,33 @@
+"""The two ways to a prepared dataset directory: generate one, or bring your own file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from raysys.data.io import load_table, write_dataset
+from raysys.data.profiles import get_profile
+from raysys.data.synthetic import generate
+
+
+def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment", rows: int = 20_000,
+                     seed: int = 0, anomaly_rate: float = 0.05,
+                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                     overwrite: bool = False) -> Path:
+    """Generate a synthetic dataset for ``profile`` and write it as a prepared dataset."""
+    frame = generate(profile, rows, seed, anomaly_rate)
+    prof = get_profile(profile)
+    meta = {"source": "synthetic", "profile": profile, "seed": seed, "anomaly_rate": anomaly_rate,
+            "units": prof.units, "fractions": list(fractions)}
+    return write_dataset(frame, prof.sensors, out_dir, meta, fractions, overwrite)
+
+
+def prepare_dataset(input_path: str | os.PathLike, out_dir: str | os.PathLike, timestamp_col: str = "timestamp",
+                    label_col: str | None = "is_anomaly",
+                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                    overwrite: bool = False) -> Path:
+    """Validate a user's CSV/Parquet file and write it as a prepared dataset."""
+    table = load_table(input_path, timestamp_col, label_col)
+    meta = {"source": str(input_path), "profile": "custom", "units": {s: "" for s in table.sensors},
+            "interpolated": table.interpolated, "time_gaps": table.time_gaps, "fractions": list(fractions)}
+    return write_dataset(table.frame, table.sensors, out_dir, meta, fractions, overwrite)

@@ -1,0 +1,66 @@
+"""Dense autoencoder: reconstruction error of each row is its anomaly score."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from raysys.models.base import BaseDeepDetector
+
+
+def mlp(dims: Sequence[int], dropout: float, last_activation: bool = False) -> nn.Sequential:
+    """Linear layers with ReLU and dropout between them."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2 or last_activation:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def row_mse(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample over every axis but the first."""
+    return ((recon - x) ** 2).flatten(1).mean(dim=1)
+
+
+class DenseAutoEncoder(nn.Module):
+    """Encoder ``n_features -> hidden_dims -> latent_dim`` and its mirror image."""
+
+    def __init__(self, n_features: int, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.encoder = mlp([n_features, *hidden_dims, latent_dim], dropout)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_features], dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.decoder(self.encoder(x)),)
+
+    def loss(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return row_mse(x, outputs[0]).mean()
+
+    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return row_mse(x, outputs[0])
+
+
+class AutoEncoderDetector(BaseDeepDetector):
+    """Dense autoencoder detector.
+
+    Args:
+        hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
+        latent_dim: Width of the bottleneck.
+        dropout: Dropout between hidden layers.
+        **kwargs: Training parameters of :class:`BaseDeepDetector`.
+    """
+
+    family = "ae"
+
+    def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dims = hidden_dims
+        self.latent_dim = latent_dim
+        self.dropout = dropout
+
+    def build_module(self, n_features: int) -> nn.Module:
+        return DenseAutoEncoder(n_features, tuple(self.hidden_dims), self.latent_dim, self.dropout)

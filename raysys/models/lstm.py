@@ -1,0 +1,76 @@
+"""LSTM sequence autoencoder over sliding windows of consecutive rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysys.data.preprocessing import sliding_windows, window_scores_to_rows
+from raysys.models.autoencoder import row_mse
+from raysys.models.base import BaseDeepDetector
+
+
+class LSTMAutoEncoder(nn.Module):
+    """Encode a window into the last hidden state, decode it back step by step."""
+
+    def __init__(self, n_features: int, hidden_size: int = 32, latent_dim: int = 16, num_layers: int = 1):
+        super().__init__()
+        self.encoder = nn.LSTM(n_features, hidden_size, num_layers, batch_first=True)
+        self.to_latent = nn.Linear(hidden_size, latent_dim)
+        self.decoder = nn.LSTM(latent_dim, hidden_size, num_layers, batch_first=True)
+        self.output = nn.Linear(hidden_size, n_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        _, (h, _) = self.encoder(x)
+        z = self.to_latent(h[-1])
+        repeated = z.unsqueeze(1).expand(-1, x.shape[1], -1)
+        out, _ = self.decoder(repeated)
+        return (self.output(out),)
+
+    def loss(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return row_mse(x, outputs[0]).mean()
+
+    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # weight the last step: a row's score is that of the window ending at it
+        err = (outputs[0] - x) ** 2
+        return 0.5 * err.mean(dim=(1, 2)) + 0.5 * err[:, -1, :].mean(dim=1)
+
+
+class LSTMDetector(BaseDeepDetector):
+    """LSTM autoencoder detector; each row is scored by the window that ends at it.
+
+    Args:
+        window: Rows per window.
+        stride: Step between training windows (scoring always uses stride 1).
+        hidden_size: LSTM hidden size.
+        latent_dim: Width of the window embedding.
+        num_layers: Stacked LSTM layers.
+        **kwargs: Training parameters of :class:`BaseDeepDetector`.
+    """
+
+    family = "lstm"
+
+    def __init__(self, window: int = 16, stride: int = 1, hidden_size: int = 32, latent_dim: int = 16,
+                 num_layers: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.window = window
+        self.stride = stride
+        self.hidden_size = hidden_size
+        self.latent_dim = latent_dim
+        self.num_layers = num_layers
+
+    def build_module(self, n_features: int) -> nn.Module:
+        return LSTMAutoEncoder(n_features, self.hidden_size, self.latent_dim, self.num_layers)
+
+    def min_rows(self) -> int:
+        return self.window
+
+    def to_samples(self, Z: np.ndarray) -> np.ndarray:
+        return sliding_windows(Z, self.window, 1)
+
+    def training_samples(self, Z: np.ndarray) -> np.ndarray:
+        return sliding_windows(Z, self.window, self.stride)
+
+    def rows_from_scores(self, scores: np.ndarray, n_rows: int) -> np.ndarray:
+        return window_scores_to_rows(scores, n_rows, self.window)
