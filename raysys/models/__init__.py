@@ -23,6 +23,10 @@ def build_detector(family: str, **params: Any) -> BaseDeepDetector:
     """An unfitted detector of ``family`` (``ae``, ``vae`` or ``lstm``) with ``params``."""
     if family not in FAMILIES:
         raise ValueError(f"model family must be one of {sorted(FAMILIES)}, got {family!r}")
+    detector = FAMILIES[family]()
+    unknown = sorted(set(params) - set(detector.get_params()))
+    if unknown:
+        raise ValueError(f"unknown {family} parameter(s) {unknown}; expected some of {sorted(detector.get_params())}")
     return FAMILIES[family](**params)
 
 

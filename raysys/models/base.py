@@ -103,7 +103,7 @@ class BaseDeepDetector(ABC):
             raise ValueError(f"X needs at least {self.min_rows()} rows, got {len(X)}")
         return X
 
-    def _normal_samples(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def normal_samples(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """Scaled training samples that hold no known anomaly (``y == 1``)."""
         samples = self.training_samples(self.scaler_.transform(X).astype(np.float32))
         if y is None:
@@ -125,13 +125,13 @@ class BaseDeepDetector(ABC):
         normal = X if y is None else X[np.asarray(y) == 0]
         self.scaler_ = fit_scaler(self.scaler, normal)
         self.module_ = self.build_module(self.n_features_in_)
-        return self._normal_samples(X, y)
+        return self.normal_samples(X, y)
 
     def finish_fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "BaseDeepDetector":
         """Compute training scores, the contamination threshold and extra state from normal rows."""
         X = self._validate(X, fitted=True)
         self.module_.eval()
-        self._finish_fit(torch.from_numpy(self._normal_samples(X, y)))
+        self._finish_fit(torch.from_numpy(self.normal_samples(X, y)))
         scores = self.decision_function(X)
         self.decision_scores_ = scores if y is None else scores[np.asarray(y) == 0]
         self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))

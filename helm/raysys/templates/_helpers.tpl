@@ -1,0 +1,365 @@
+{{/* Names, labels and the pieces shared by every Ray cluster spec. */}}
+
+{{- define "raysys.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object-name prefix: the release name when it already contains the chart name. */}}
+{{- define "raysys.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of every object; call with (dict "root" $ "component" "mlflow"). */}}
+{{- define "raysys.labels" -}}
+app.kubernetes.io/name: {{ include "raysys.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: raysys
+{{- if .root.Values.helmLabels }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels; call with (dict "root" $ "component" "mlflow"). */}}
+{{- define "raysys.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "raysys.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "raysys.rayServiceAccountName" -}}
+{{ include "raysys.fullname" . }}-ray
+{{- end }}
+
+{{- define "raysys.sharedClaimName" -}}
+{{ .Values.sharedStorage.existingClaim | default (printf "%s-shared" (include "raysys.fullname" .)) }}
+{{- end }}
+
+{{/* MLflow tracking URI seen by the Ray pods. */}}
+{{- define "raysys.trackingUri" -}}
+{{- if .Values.mlflow.trackingUri }}
+{{- .Values.mlflow.trackingUri }}
+{{- else }}
+{{- printf "http://%s.%s.svc:%v" .Values.mlflow.name .Release.Namespace .Values.mlflow.port }}
+{{- end }}
+{{- end }}
+
+{{- define "raysys.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end }}
+
+{{- define "raysys.gpuImage" -}}
+{{ .Values.image.repository }}:{{ .Values.image.gpuTag }}
+{{- end }}
+
+{{/* Where `python jobs/<name>.py` lives inside the image (Dockerfile: APP_DIR). */}}
+{{- define "raysys.jobsDir" -}}
+/home/ray/raysys/jobs
+{{- end }}
+
+{{- define "raysys.dataPath" -}}
+{{ .Values.sharedStorage.mountPath }}/{{ .Values.data.dir }}
+{{- end }}
+
+{{/* `python jobs/generate.py ...`: the data set every RayJob trains on. */}}
+{{- define "raysys.generateCommand" -}}
+python {{ include "raysys.jobsDir" . }}/generate.py --profile {{ .Values.data.profile }} --rows {{ .Values.data.rows }} --seed {{ .Values.data.seed }} --out {{ include "raysys.dataPath" . }}
+{{- end }}
+
+{{/* Pod-level security context of every pod: the image's non-root "ray" user. */}}
+{{- define "raysys.podSecurityContext" -}}
+# The image's "ray" user (uid 1000, group users/100); fsGroup makes volumes writable.
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 1000
+  runAsGroup: 100
+  fsGroup: 100
+  seccompProfile:
+    type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security context of every container. */}}
+{{- define "raysys.containerSecurityContext" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: ["ALL"]
+{{- end }}
+
+{{- define "raysys.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+# Registry credentials.
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Env of every Ray container. */}}
+{{- define "raysys.rayEnv" -}}
+env:
+  # Every job logs to MLflow here (read by mlflow and raysys).
+  - name: MLFLOW_TRACKING_URI
+    value: {{ include "raysys.trackingUri" . | quote }}
+{{- with .Values.extraEnv }}
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts of every Ray container. */}}
+{{- define "raysys.rayVolumeMounts" -}}
+volumeMounts:
+  # Ray's object store lives in shared memory.
+  - name: shm
+    mountPath: /dev/shm
+{{- if .Values.sharedStorage.enabled }}
+  # Data sets and Ray Train/Tune results, seen by every pod.
+  - name: shared
+    mountPath: {{ .Values.sharedStorage.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of every Ray pod; call with (dict "root" $ "shmSize" "2Gi"). */}}
+{{- define "raysys.rayVolumes" -}}
+volumes:
+  - name: shm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ .shmSize }}
+{{- if .root.Values.sharedStorage.enabled }}
+  - name: shared
+    persistentVolumeClaim:
+      claimName: {{ include "raysys.sharedClaimName" .root }}
+{{- end }}
+{{- end }}
+
+{{/* autoscalerOptions and enableInTreeAutoscaling of a RayCluster spec. */}}
+{{- define "raysys.autoscaling" -}}
+# Run the Ray autoscaler as a sidecar of the head; it scales the worker groups
+# between minReplicas and maxReplicas as jobs ask for resources.
+enableInTreeAutoscaling: {{ .Values.autoscaler.enabled }}
+{{- if .Values.autoscaler.enabled }}
+# Settings of the autoscaler sidecar.
+autoscalerOptions:
+  # Default | Aggressive | Conservative: how fast to add pods for pending work.
+  upscalingMode: {{ .Values.autoscaler.upscalingMode }}
+  # Seconds a worker pod must be idle before it is removed.
+  idleTimeoutSeconds: {{ .Values.autoscaler.idleTimeoutSeconds }}
+  # Autoscaler v2 is opt-in: add `version: v2` to use it.
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  # The sidecar's own resources.
+  resources:
+    requests:
+      cpu: {{ .Values.autoscaler.cpu | quote }}
+      memory: {{ .Values.autoscaler.memory }}
+    limits:
+      cpu: {{ .Values.autoscaler.cpu | quote }}
+      memory: {{ .Values.autoscaler.memory }}
+  {{- include "raysys.containerSecurityContext" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* headGroupSpec; call with (dict "root" $ "serve" true) to expose the Serve port. */}}
+{{- define "raysys.headGroupSpec" -}}
+{{- $root := .root -}}
+{{- $head := $root.Values.head -}}
+# The Ray head pod: GCS, dashboard / Job API and the drivers of submitted jobs.
+headGroupSpec:
+  # Arguments of `ray start --head` (string values).
+  rayStartParams:
+    # No Ray tasks or actors on the head; job drivers still run here.
+    num-cpus: "0"
+    # Listen on all interfaces so the dashboard Service and port-forward reach it.
+    dashboard-host: "0.0.0.0"
+    {{- with $head.rayStartParams }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "raysys.labels" (dict "root" $root "component" "ray-head") | nindent 8 }}
+    spec:
+      # Bound by the KubeRay operator to the autoscaler's Role (see rbac.yaml).
+      serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
+      {{- include "raysys.podSecurityContext" $root | nindent 6 }}
+      {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
+      {{- with $head.nodeSelector }}
+      # Where the head may run.
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $head.tolerations }}
+      # Taints the head tolerates.
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        # The first container must be the Ray container.
+        - name: ray-head
+          # Tag <rayVersion>-py311-cpu, built from the repository's Dockerfile.
+          image: {{ include "raysys.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          ports:
+            # Global Control Store: workers join the cluster here.
+            - name: gcs-server
+              containerPort: 6379
+            # Dashboard and Job Submission API (`ray job submit --address http://...:8265`).
+            - name: dashboard
+              containerPort: 8265
+            # Ray Client (ray://...:10001).
+            - name: client
+              containerPort: 10001
+            # Prometheus metrics.
+            - name: metrics
+              containerPort: 8080
+            {{- if .serve }}
+            # Ray Serve HTTP proxy (the detector's REST endpoint).
+            - name: serve
+              containerPort: 8000
+            {{- end }}
+          {{- include "raysys.rayEnv" $root | nindent 10 }}
+          # KubeRay recommends requests == limits for Ray pods.
+          resources:
+            requests:
+              cpu: {{ $head.cpu | quote }}
+              memory: {{ $head.memory }}
+            limits:
+              cpu: {{ $head.cpu | quote }}
+              memory: {{ $head.memory }}
+          {{- include "raysys.containerSecurityContext" $root | nindent 10 }}
+          {{- include "raysys.rayVolumeMounts" $root | nindent 10 }}
+      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $head.shmSize) | nindent 6 }}
+{{- end }}
+
+{{/* One worker group; call with (dict "root" $ "name" "cpu" "group" .Values.workers.cpu "gpu" false). */}}
+{{- define "raysys.workerGroup" -}}
+{{- $root := .root -}}
+{{- $g := .group -}}
+- groupName: {{ .name }}
+  # Initial number of pods; the autoscaler then keeps it within [minReplicas, maxReplicas].
+  replicas: {{ $g.replicas }}
+  minReplicas: {{ $g.minReplicas }}
+  maxReplicas: {{ $g.maxReplicas }}
+  # Arguments of `ray start`; CPUs, memory and GPUs are taken from the limits.
+  rayStartParams: {}
+  template:
+    metadata:
+      labels:
+        {{- include "raysys.labels" (dict "root" $root "component" (ternary "ray-worker-gpu" "ray-worker" .gpu)) | nindent 8 }}
+    spec:
+      serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
+      # Workers never call the Kubernetes API.
+      automountServiceAccountToken: false
+      {{- include "raysys.podSecurityContext" $root | nindent 6 }}
+      {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
+      {{- with $g.nodeSelector }}
+      # Where this group's pods may run (example: GPU nodes).
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.tolerations }}
+      # Taints this group's pods tolerate (example: the GPU node taint).
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: ray-worker
+          {{- if .gpu }}
+          # The GPU image: CUDA build of torch.
+          image: {{ include "raysys.gpuImage" $root }}
+          {{- else }}
+          image: {{ include "raysys.image" $root }}
+          {{- end }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          ports:
+            # Prometheus metrics.
+            - name: metrics
+              containerPort: 8080
+          {{- include "raysys.rayEnv" $root | nindent 10 }}
+          # Leave the cluster gracefully when the autoscaler removes the pod.
+          lifecycle:
+            preStop:
+              exec:
+                command: ["/bin/sh", "-c", "ray stop"]
+          # KubeRay recommends requests == limits for Ray pods.
+          resources:
+            requests:
+              cpu: {{ $g.cpu | quote }}
+              memory: {{ $g.memory }}
+              {{- if .gpu }}
+              nvidia.com/gpu: {{ $g.gpus }}
+              {{- end }}
+            limits:
+              cpu: {{ $g.cpu | quote }}
+              memory: {{ $g.memory }}
+              {{- if .gpu }}
+              # GPUs must be in limits; Ray advertises this many GPUs.
+              nvidia.com/gpu: {{ $g.gpus }}
+              {{- end }}
+          {{- include "raysys.containerSecurityContext" $root | nindent 10 }}
+          {{- include "raysys.rayVolumeMounts" $root | nindent 10 }}
+      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $g.shmSize) | nindent 6 }}
+{{- end }}
+
+{{/* The body of a RayCluster spec; call with (dict "root" $ "serve" false). */}}
+{{- define "raysys.rayClusterSpec" -}}
+{{- $root := .root -}}
+# Ray version in every container; equals the image tag's Ray version and pyproject's ray pin.
+rayVersion: {{ $root.Values.rayVersion | quote }}
+{{ include "raysys.autoscaling" $root }}
+{{ include "raysys.headGroupSpec" . }}
+workerGroupSpecs:
+  # CPU workers: Ray Train workers, Tune trials, Serve replicas.
+  {{- include "raysys.workerGroup" (dict "root" $root "name" "cpu" "group" $root.Values.workers.cpu "gpu" false) | nindent 2 }}
+  {{- if $root.Values.workers.gpu.enabled }}
+  # GPU workers: created only when a job asks for GPUs (or minReplicas > 0).
+  {{- include "raysys.workerGroup" (dict "root" $root "name" "gpu" "group" $root.Values.workers.gpu "gpu" true) | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/* runtimeEnvYAML of the RayJobs: settings go to the scripts through env_vars. */}}
+{{- define "raysys.runtimeEnvYAML" -}}
+env_vars:
+  MLFLOW_TRACKING_URI: {{ include "raysys.trackingUri" . | quote }}
+  PYTHONUNBUFFERED: "1"
+{{- end }}
+
+{{/* submitterPodTemplate of the RayJobs: the pod that runs `ray job submit`. */}}
+{{- define "raysys.submitterPodTemplate" -}}
+# The Kubernetes Job pod that submits the entrypoint and follows it (K8sJobMode);
+# KubeRay fills in the `ray job submit` command.
+submitterPodTemplate:
+  metadata:
+    labels:
+      {{- include "raysys.labels" (dict "root" . "component" "ray-job-submitter") | nindent 6 }}
+  spec:
+    restartPolicy: Never
+    # Talks only to the Ray dashboard, never to the Kubernetes API.
+    automountServiceAccountToken: false
+    {{- include "raysys.podSecurityContext" . | nindent 4 }}
+    {{- include "raysys.imagePullSecrets" . | nindent 4 }}
+    containers:
+      - name: ray-job-submitter
+        # Same image as the head, so the Ray CLI versions match.
+        image: {{ include "raysys.image" . }}
+        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        resources:
+          requests:
+            cpu: 200m
+            memory: 256Mi
+          limits:
+            cpu: "1"
+            memory: 1Gi
+        {{- include "raysys.containerSecurityContext" . | nindent 8 }}
+{{- end }}

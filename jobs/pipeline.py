@@ -1,0 +1,27 @@
+"""`ray job submit` entrypoint for `raysys pipeline`.
+
+Run generate, train, tune, ensemble and serve end to end. A thin wrapper with exactly the flags
+of `raysys pipeline` (see `python jobs/pipeline.py --help`)::
+
+    ray job submit --address http://127.0.0.1:8265 \\
+        --runtime-env jobs/runtime_env.yaml --working-dir . \\
+        -- python jobs/pipeline.py --quick
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: The `raysys` subcommand this script runs.
+COMMAND = "pipeline"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `raysys pipeline` with ``argv`` (default: this process's arguments)."""
+    from raysys.cli import main as raysys_main
+
+    return raysys_main([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

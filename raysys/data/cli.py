@@ -1,0 +1,56 @@
+"""``raysys generate`` and ``raysys prepare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raysys.data.anomalies import ANOMALY_TYPES
+from raysys.data.prepare import generate_dataset, prepare_dataset
+from raysys.data.profiles import PROFILES
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    parts = tuple(float(p) for p in text.split(","))
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated fractions like 0.7,0.15,0.15, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _summary(path) -> int:
+    meta = json.loads((path / "metadata.json").read_text())
+    print(f"wrote {path}: {meta['rows']} rows, sensors {meta['sensors']}")
+    print("anomalous rows by type: " + (", ".join(f"{k}={v}" for k, v in meta["anomaly_counts"].items()) or "none"))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    return _summary(generate_dataset(args.out, args.profile, args.rows, args.seed, args.anomaly_rate,
+                                     args.splits, args.overwrite))
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    return _summary(prepare_dataset(args.input, args.out, args.timestamp_column, args.label_column or None,
+                                    args.splits, args.overwrite))
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output dataset directory")
+    common.add_argument("--splits", type=_fractions, default=(0.7, 0.15, 0.15),
+                        help="train,val,test fractions in time order (default 0.7,0.15,0.15)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    gen = subparsers.add_parser("generate", parents=[common], help="generate synthetic labelled sensor data",
+                                description=f"Anomaly types injected: {', '.join(ANOMALY_TYPES)}.")
+    gen.add_argument("--profile", choices=sorted(PROFILES), default="water_treatment")
+    gen.add_argument("--rows", type=int, default=20_000)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--anomaly-rate", type=float, default=0.05, help="share of anomalous rows (default 0.05)")
+    gen.set_defaults(func=run_generate)
+
+    prep = subparsers.add_parser("prepare", parents=[common], help="validate your CSV/Parquet file and split it")
+    prep.add_argument("--input", required=True, help="CSV or Parquet file with a timestamp column")
+    prep.add_argument("--timestamp-column", default="timestamp")
+    prep.add_argument("--label-column", default="is_anomaly", help="0/1 label column if present ('' for none)")
+    prep.set_defaults(func=run_prepare)

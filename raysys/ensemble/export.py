@@ -1,0 +1,197 @@
+"""Export ensemble members to ONNX and check them against the model they came from.
+
+Deep detectors go through ``torch.onnx.export`` wrapped in :class:`ScoringGraph`, which folds the
+training scaler in (in float64, as scikit-learn applies it) and ends in the anomaly score; the VAE
+graph also outputs the Mahalanobis distance of the latent mean. The Isolation Forest goes through
+skl2onnx. Every file passes ``onnx.checker`` and matches its source on real and random inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from sklearn.ensemble import IsolationForest
+from torch import nn
+
+from raysys.data.preprocessing import scaler_affine
+from raysys.ensemble.runtime import MemberSessions, history_windows
+from raysys.models import BaseDeepDetector
+
+#: ONNX opset of the exported graphs (recorded in each model and in ``ensemble.json``).
+OPSET = 17
+#: Largest relative difference allowed between onnxruntime and the source model.
+PARITY_RTOL = 1e-4
+INPUT = "x"
+SCORE = "score"
+MAHALANOBIS = "mahalanobis"
+
+
+class ExportParityError(ValueError):
+    """An exported member scores differently from the model it was exported from."""
+
+
+@dataclass
+class ExportedMember:
+    """One exported ``.onnx`` file and the scores (outputs) it provides.
+
+    Args:
+        file: File name inside the ensemble directory.
+        family: ``ae``, ``vae``, ``lstm`` or ``iforest``.
+        window: Rows per input sample (1 for row models).
+        outputs: Member name to ONNX output name.
+        parity: Output name to the largest relative error seen, per check (``validation``, ``random``).
+    """
+
+    file: str
+    family: str
+    window: int
+    outputs: dict[str, str]
+    parity: dict[str, dict[str, float]]
+
+
+class ScoringGraph(nn.Module):
+    """Raw sensor values -> folded scaler -> network -> per-sample anomaly score(s)."""
+
+    def __init__(self, detector: BaseDeepDetector):
+        super().__init__()
+        self.network = detector.module_
+        scale, offset = scaler_affine(detector.scaler_)
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float64))
+        self.mahalanobis = hasattr(detector, "latent_precision_")
+        if self.mahalanobis:
+            self.register_buffer("latent_mean", torch.as_tensor(detector.latent_mean_, dtype=torch.float64))
+            self.register_buffer("latent_precision", torch.as_tensor(detector.latent_precision_, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        z = (x.double() * self.scale + self.offset).float()
+        outputs = self.network(z)
+        score = self.network.score(z, outputs)
+        if not self.mahalanobis:
+            return score
+        diff = outputs[1].double() - self.latent_mean  # the VAE's latent mean, as VAEDetector.latent_scores
+        distance = torch.sqrt(((diff @ self.latent_precision) * diff).sum(dim=1))
+        return score, distance.float()
+
+
+def detector_window(detector: Any) -> int:
+    """Rows per sample the detector scores (``window`` for sequence models, else 1)."""
+    return int(getattr(detector, "window", 1))
+
+
+def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of the source model (output name -> (n,)) by the runtime's rules for rows in time order.
+
+    Sequence detectors score ``X`` left-padded with ``window - 1`` copies of ``X[0]``, as
+    :func:`raysys.ensemble.runtime.history_windows` does.
+    """
+    if isinstance(model, IsolationForest):
+        return {SCORE: -model.score_samples(X)}
+    pad = detector_window(model) - 1
+    padded = np.concatenate([np.repeat(X[:1], pad, axis=0), X])
+    scores = {SCORE: model.decision_function(padded)[pad:]}
+    if hasattr(model, "latent_scores"):
+        scores[MAHALANOBIS] = model.latent_scores(X)["mahalanobis"]
+    return scores
+
+
+def export_detector(detector: BaseDeepDetector, path: str | os.PathLike) -> list[str]:
+    """Write ``detector`` as ONNX to ``path``; returns its output names."""
+    graph = ScoringGraph(detector).eval()
+    window = detector_window(detector)
+    n = detector.n_features_in_
+    example = torch.zeros((2, n) if window == 1 else (2, window, n))
+    outputs = [SCORE, MAHALANOBIS] if graph.mahalanobis else [SCORE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(graph, (example,), str(path), input_names=[INPUT], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
+                          opset_version=OPSET, dynamo=False)
+    return outputs
+
+
+def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str | os.PathLike) -> list[str]:
+    """Write ``forest`` as ONNX to ``path`` with output ``score`` = ``-score_samples`` (higher is more anomalous)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = convert_sklearn(forest, initial_types=[(INPUT, FloatTensorType([None, n_sensors]))],
+                            target_opset={"": OPSET, "ai.onnx.ml": 3})
+    graph = model.graph
+    # skl2onnx outputs decision_function = score_samples - offset_; undo the offset and flip the sign
+    graph.initializer.append(numpy_helper.from_array(np.array([forest.offset_], dtype=np.float32), "offset"))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
+    graph.node.extend([helper.make_node("Add", ["scores", "offset"], ["samples"]),
+                       helper.make_node("Neg", ["samples"], ["negated"]),
+                       helper.make_node("Reshape", ["negated", "flat"], [SCORE])])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(SCORE, onnx.TensorProto.FLOAT, ["batch"]))
+    onnx.save(model, str(path))
+    return [SCORE]
+
+
+def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max |actual - expected| / |expected|`` (denominator floored at 1e-12)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - expected)
+                        / np.maximum(np.abs(expected), 1e-12)))
+
+
+def random_rows(reference: np.ndarray, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Fresh random sensor rows around ``reference``'s range (3x its spread), float32."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(reference.mean(axis=0), 3 * reference.std(axis=0) + 1e-6,
+                      size=(n, reference.shape[1])).astype(np.float32)
+
+
+def check_parity(model: Any, directory: Path, member: dict[str, Any], checks: dict[str, np.ndarray],
+                 rtol: float = PARITY_RTOL) -> dict[str, dict[str, float]]:
+    """onnxruntime vs the source model on each named input; raises :class:`ExportParityError` above ``rtol``."""
+    outputs = list(member["outputs"].values())
+    entries = [{"name": out, "file": member["file"], "output": out, "window": member["window"]} for out in outputs]
+    sessions = MemberSessions(directory, entries, checks[next(iter(checks))].shape[1], intra_op_threads=None)
+    report: dict[str, dict[str, float]] = {}
+    for check, X in checks.items():
+        onnx_scores = sessions.raw_scores(X)
+        expected = source_scores(model, X)
+        report[check] = {out: max_relative_error(onnx_scores[:, j], expected[out]) for j, out in enumerate(outputs)}
+        worst = max(report[check], key=report[check].get)
+        if report[check][worst] > rtol:
+            raise ExportParityError(
+                f"{member['file']}: onnxruntime output {worst!r} differs from {member['family']} on {check} data "
+                f"by a relative error of {report[check][worst]:.3g} > {rtol:g}")
+    return report
+
+
+def export_member(name: str, model: Any, directory: str | os.PathLike, checks: dict[str, np.ndarray],
+                  rtol: float = PARITY_RTOL) -> ExportedMember:
+    """Export ``model`` (a fitted raysys detector or IsolationForest) to ``directory/<name>.onnx`` and check it.
+
+    Args:
+        name: Member name; a VAE also provides member ``<name>_mahalanobis``.
+        model: The fitted source model.
+        directory: Ensemble directory to write into.
+        checks: Named raw inputs (rows in time order) on which ONNX must match the source within ``rtol``.
+        rtol: Largest relative error allowed.
+    """
+    directory = Path(directory)
+    path = directory / f"{name}.onnx"
+    if isinstance(model, IsolationForest):
+        family, window = "iforest", 1
+        outputs = export_isolation_forest(model, model.n_features_in_, path)
+    else:
+        family, window = model.family, detector_window(model)
+        outputs = export_detector(model, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    names = {(name if out == SCORE else f"{name}_{out}"): out for out in outputs}
+    member = {"file": path.name, "family": family, "window": window, "outputs": names}
+    parity = check_parity(model, directory, member, checks, rtol)
+    return ExportedMember(path.name, family, window, names, parity)

@@ -1,0 +1,254 @@
+"""Score sensor rows with an exported ensemble: ONNX members, normalisation, weighted mean, threshold.
+
+This module is what production imports (the MLflow pyfunc wrapper, Ray Serve, ``raysys predict``),
+so it needs only numpy, pandas and onnxruntime: never torch, never ``raysys.models``.
+
+An ensemble directory holds ``ensemble.json`` (see ``docs/ensemble.md``) beside its ``.onnx`` files.
+Every member model takes *raw* sensor values (the training scaler is folded into the graph) with a
+dynamic batch axis, and outputs an anomaly score per sample (higher is more anomalous).
+
+Sequence members take windows of ``window`` consecutive rows and score each row by the window that
+ends at it. Rows with less history than that are scored as if the first row given had been read
+``window - 1`` more times before it (left padding by repetition), so a single reading can be scored.
+A caller that streams readings keeps the last :attr:`EnsembleRuntime.history` rows and passes them
+before the new ones to get the same scores as a batch over the whole series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+SPEC_FILE = "ensemble.json"
+FORMAT_VERSION = 1
+#: Where the ensemble directory lies inside a logged MLflow model (``<model>/artifacts/ensemble``).
+MODEL_ARTIFACT_KEY = "ensemble"
+#: Column of ``score_frame`` output holding member ``name``'s normalised score.
+MEMBER_COLUMN = "score_{name}"
+#: Rows scored per onnxruntime call, which bounds the memory windows take.
+DEFAULT_BATCH_ROWS = 8192
+
+
+def history_windows(X: np.ndarray, window: int) -> np.ndarray:
+    """One window per row of ``X``, ending at that row; shape (n, window, sensors).
+
+    Rows with fewer than ``window - 1`` predecessors are left-padded by repeating ``X[0]``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if window == 1:
+        return X[:, None, :]
+    padded = np.concatenate([np.repeat(X[:1], window - 1, axis=0), X])
+    return sliding_window_view(padded, window, axis=0).transpose(0, 2, 1)
+
+
+def normalise(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Member scores (n, members) on a common scale: ``(raw - center) / scale``."""
+    return (raw - center) / scale
+
+
+def combine(normalised: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The ensemble score: weighted mean of normalised member scores (weights sum to 1)."""
+    return normalised @ weights
+
+
+def session_options(intra_op_threads: int | None = 1) -> ort.SessionOptions:
+    """CPU session options: ``intra_op_threads`` threads per call (None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        if intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1 or None, got {intra_op_threads}")
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class MemberSessions:
+    """One onnxruntime session per member file; raw member scores for rows in time order.
+
+    Args:
+        directory: Folder holding the member ``.onnx`` files.
+        members: ``ensemble.json`` member entries (``name``, ``file``, ``output``, ``window``).
+        n_sensors: Expected number of sensor columns.
+        intra_op_threads: Threads per onnxruntime call (None: onnxruntime's default).
+    """
+
+    def __init__(self, directory: str | os.PathLike, members: list[Mapping[str, Any]], n_sensors: int,
+                 intra_op_threads: int | None = 1):
+        self.names = [m["name"] for m in members]
+        self.n_sensors = n_sensors
+        options = session_options(intra_op_threads)
+        self._files: dict[str, tuple[ort.InferenceSession, int]] = {}
+        for m in members:
+            if m["file"] not in self._files:
+                path = Path(directory) / m["file"]
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: member model {m['name']!r} listed in {SPEC_FILE} is missing")
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                self._files[m["file"]] = (session, int(m.get("window", 1)))
+        self._outputs = [(m["file"], m["output"]) for m in members]
+        self.history = max(window for _, window in self._files.values()) - 1
+
+    def raw_scores(self, X: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
+        """Raw member scores, shape (n, members), for raw sensor rows ``X`` in time order."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_sensors:
+            raise ValueError(f"X must have shape (rows, {self.n_sensors}), got {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or infinite values")
+        out = np.empty((len(X), len(self._outputs)), dtype=np.float32)
+        for file, (session, window) in self._files.items():
+            samples = X if window == 1 else history_windows(X, window)
+            names = [o.name for o in session.get_outputs()]
+            feed = session.get_inputs()[0].name
+            for start in range(0, len(X), batch_rows):
+                batch = np.ascontiguousarray(samples[start:start + batch_rows])
+                results = dict(zip(names, session.run(None, {feed: batch})))
+                for j, (f, output) in enumerate(self._outputs):
+                    if f == file:
+                        out[start:start + len(batch), j] = results[output].reshape(-1)
+        return out
+
+
+class EnsembleRuntime:
+    """A loaded ensemble: score raw sensor rows, flag anomalies.
+
+    Use :meth:`load` (a directory) or :func:`load_runtime` (a directory or an MLflow model URI).
+
+    Args:
+        spec: The parsed ``ensemble.json``.
+        directory: Folder holding the member ``.onnx`` files.
+        intra_op_threads: Threads per onnxruntime call (None: onnxruntime's default).
+    """
+
+    def __init__(self, spec: dict[str, Any], directory: str | os.PathLike, intra_op_threads: int | None = 1):
+        validate_spec(spec)
+        self.spec = spec
+        self.directory = Path(directory)
+        members = spec["members"]
+        self._sessions = MemberSessions(directory, members, len(spec["sensors"]), intra_op_threads)
+        self._center = np.array([m["center"] for m in members], dtype=np.float64)
+        self._scale = np.array([m["scale"] for m in members], dtype=np.float64)
+        self._weights = np.array([m["weight"] for m in members], dtype=np.float64)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, intra_op_threads: int | None = 1) -> "EnsembleRuntime":
+        """Load the ensemble directory ``path`` (holding ``ensemble.json``)."""
+        spec_path = Path(path) / SPEC_FILE
+        if not spec_path.exists():
+            raise FileNotFoundError(f"{path}: no {SPEC_FILE}; not an ensemble directory")
+        return cls(json.loads(spec_path.read_text()), path, intra_op_threads)
+
+    @property
+    def sensors(self) -> list[str]:
+        """Sensor columns the members take, in order."""
+        return list(self.spec["sensors"])
+
+    @property
+    def threshold(self) -> float:
+        """Ensemble scores above this are anomalies."""
+        return float(self.spec["threshold"])
+
+    @property
+    def members(self) -> list[str]:
+        """Member names, in the order of :meth:`score`'s ``members``."""
+        return list(self._sessions.names)
+
+    @property
+    def history(self) -> int:
+        """Preceding rows a sequence member looks at (0 when every member scores single rows)."""
+        return self._sessions.history
+
+    def raw_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's raw anomaly score (before normalisation) for rows ``X`` in time order."""
+        raw = self._sessions.raw_scores(X)
+        return {name: raw[:, j] for j, name in enumerate(self.members)}
+
+    def score(self, X: np.ndarray) -> dict[str, Any]:
+        """Score raw sensor rows ``X`` (n, sensors), in time order.
+
+        Returns:
+            ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold`` (n,);
+            ``members``: member name to its *normalised* score (n,), whose weighted mean is ``score``.
+        """
+        normalised = normalise(self._sessions.raw_scores(X).astype(np.float64), self._center, self._scale)
+        score = combine(normalised, self._weights)
+        return {"score": score, "is_anomaly": score > self.threshold,
+                "members": {name: normalised[:, j] for j, name in enumerate(self.members)}}
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        """The sensor columns of ``frame`` as float32, in schema order; other columns are ignored."""
+        missing = [s for s in self.sensors if s not in frame.columns]
+        if missing:
+            raise ValueError(f"input is missing sensor column(s) {missing}; the model needs {self.sensors}")
+        return frame[self.sensors].to_numpy(dtype=np.float32)
+
+    def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Score a DataFrame with sensor columns: ``score``, ``is_anomaly`` and ``score_<member>`` columns."""
+        result = self.score(self.features(frame))
+        out = pd.DataFrame({"score": result["score"], "is_anomaly": result["is_anomaly"]}, index=frame.index)
+        for name, values in result["members"].items():
+            out[MEMBER_COLUMN.format(name=name)] = values
+        return out
+
+
+_MEMBER_KEYS = ("name", "file", "output", "window", "center", "scale", "weight")
+
+
+def validate_spec(spec: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming what a parsed ``ensemble.json`` lacks."""
+    version = spec.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{SPEC_FILE}: format_version must be {FORMAT_VERSION}, got {version!r}")
+    for key in ("sensors", "members", "threshold", "combination"):
+        if key not in spec:
+            raise ValueError(f"{SPEC_FILE}: missing key {key!r}")
+    if spec["combination"] != "weighted_mean":
+        raise ValueError(f"{SPEC_FILE}: combination must be 'weighted_mean', got {spec['combination']!r}")
+    if not spec["members"]:
+        raise ValueError(f"{SPEC_FILE}: no members")
+    for member in spec["members"]:
+        missing = [k for k in _MEMBER_KEYS if k not in member]
+        if missing:
+            raise ValueError(f"{SPEC_FILE}: member {member.get('name')!r} lacks {missing}")
+        if not member["scale"] > 0:
+            raise ValueError(f"{SPEC_FILE}: member {member['name']!r} scale must be > 0, got {member['scale']!r}")
+
+
+def resolve_ensemble_dir(path: str | os.PathLike) -> Path:
+    """The ensemble directory inside ``path``: itself, or ``artifacts/ensemble`` of an MLflow model dir."""
+    root = Path(path)
+    for candidate in (root, root / "artifacts" / MODEL_ARTIFACT_KEY):
+        if (candidate / SPEC_FILE).exists():
+            return candidate
+    raise FileNotFoundError(f"{path}: neither an ensemble directory ({SPEC_FILE}) nor an MLflow model "
+                            f"logged by raysys (artifacts/{MODEL_ARTIFACT_KEY}/{SPEC_FILE})")
+
+
+def load_runtime(model: str | os.PathLike, tracking_uri: str | None = None,
+                 intra_op_threads: int | None = 1) -> EnsembleRuntime:
+    """Load an ensemble from a local directory or an MLflow URI (``models:/NAME@champion``, ``runs:/ID/model``).
+
+    URIs are downloaded with ``mlflow.artifacts.download_artifacts`` from ``tracking_uri``
+    (default: ``$MLFLOW_TRACKING_URI`` or the local store, as in ``raysys.tracking``).
+    """
+    path = Path(model)
+    if not path.exists():
+        if "://" not in str(model) and not str(model).startswith(("models:/", "runs:/")):
+            raise FileNotFoundError(f"{model}: no such directory, and not an MLflow model URI")
+        import mlflow  # only for URIs: a slim Serve replica given a directory never imports it
+
+        from raysys.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(uri)
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model), tracking_uri=uri))
+    return EnsembleRuntime.load(resolve_ensemble_dir(path), intra_op_threads)

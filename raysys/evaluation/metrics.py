@@ -1,0 +1,105 @@
+"""Detection metrics (scikit-learn) and decision-threshold calibration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from raysys.data.anomalies import NORMAL
+
+THRESHOLD_METHODS = ("best_f1", "percentile", "far")
+
+
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold with the highest F1 on labelled data (flag when score > threshold)."""
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("best_f1 threshold needs both normal and anomalous labelled rows")
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    # precision_recall_curve flags score >= t; step just below t so that "score > threshold" matches
+    lower = scores[scores < thresholds[best]]
+    return float((thresholds[best] + lower.max()) / 2) if len(lower) else float(np.nextafter(thresholds[best], -np.inf))
+
+
+def far_threshold(normal_scores: np.ndarray, target_far: float) -> float:
+    """The threshold that flags about ``target_far`` of normal rows (a false-alarm budget)."""
+    if not 0.0 < target_far < 1.0:
+        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_far}")
+    return float(np.quantile(normal_scores, 1.0 - target_far))
+
+
+def calibrate_threshold(method: str, y_true: np.ndarray, scores: np.ndarray, percentile: float = 99.0,
+                        target_far: float = 0.01) -> float:
+    """Pick a threshold on validation data by ``method``.
+
+    ``best_f1``: the best-F1 threshold; ``percentile``: the given percentile of normal
+    scores; ``far``: the threshold meeting a target false-alarm rate on normal rows.
+    """
+    if method == "best_f1":
+        return best_f1_threshold(y_true, scores)
+    normal = scores[np.asarray(y_true) == 0]
+    if method == "percentile":
+        if not 0.0 < percentile < 100.0:
+            raise ValueError(f"percentile must be in (0, 100), got {percentile}")
+        return float(np.percentile(normal, percentile))
+    if method == "far":
+        return far_threshold(normal, target_far)
+    raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
+
+
+def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float,
+                      anomaly_types: np.ndarray | None = None) -> dict[str, Any]:
+    """Precision, recall, F1, ROC AUC, PR AUC, false-alarm rate, confusion matrix, recall per type."""
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = (np.asarray(scores) > threshold).astype(int)
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=0)
+    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+    both = len(np.unique(y_true)) == 2
+    out: dict[str, Any] = {
+        "precision": float(precision), "recall": float(recall), "f1": float(f1),
+        "roc_auc": float(roc_auc_score(y_true, scores)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y_true, scores)) if both else float("nan"),
+        "false_alarm_rate": float(fp / max(fp + tn, 1)),
+        "threshold": float(threshold),
+        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+    }
+    if anomaly_types is not None:
+        types = np.asarray(anomaly_types)
+        out["recall_by_type"] = {str(t): float(y_pred[types == t].mean())
+                                 for t in sorted(set(types.tolist()) - {NORMAL})}
+    return out
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Metrics flattened to ``name -> float`` for MLflow (nested dicts joined with ``_``)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}{key}_"))
+        elif isinstance(value, (int, float, np.number)) and np.isfinite(value):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Table:
+    """A rich table of the headline metrics and the recall per anomaly type."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "threshold"):
+        table.add_row(key, f"{metrics[key]:.4f}")
+    for kind, value in metrics.get("recall_by_type", {}).items():
+        table.add_row(f"recall[{kind}]", f"{value:.4f}")
+    cm = metrics["confusion_matrix"]
+    table.add_row("confusion (tn fp fn tp)", f"{cm['tn']} {cm['fp']} {cm['fn']} {cm['tp']}")
+    return table

@@ -1,0 +1,95 @@
+"""Figures logged to MLflow and used by the report: labelled axes, readable at a glance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike) -> Path:
+    """Train and validation loss per epoch, one colour per run."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, history), color in zip(histories.items(), plt.cm.tab10.colors):
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_loss"] for h in history], color=color, label=f"{name} train")
+        ax.plot(epochs, [h["val_loss"] for h in history], color=color, linestyle="--", label=f"{name} validation")
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss curves", yscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float, path: str | os.PathLike,
+                       title: str = "Anomaly score distribution") -> Path:
+    """Histograms of normal vs anomalous scores with the decision threshold."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    positive = scores[scores > 0]
+    bins = (np.logspace(np.log10(positive.min()), np.log10(scores.max()), 60) if len(positive) == len(scores)
+            else 60)
+    ax.hist(scores[y_true == 0], bins=bins, alpha=0.6, label="normal", density=True)
+    ax.hist(scores[y_true == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    if len(positive) == len(scores):
+        ax.set_xscale("log")
+    ax.set(xlabel="anomaly score", ylabel="density", title=title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike) -> Path:
+    """ROC and precision-recall curves side by side for each named ``(y_true, scores)``."""
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, (y_true, scores) in curves.items():
+        fpr, tpr, _ = roc_curve(y_true, scores)
+        precision, recall, _ = precision_recall_curve(y_true, scores)
+        roc_ax.plot(fpr, tpr, label=name)
+        pr_ax.plot(recall, precision, label=name)
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", ylim=(0, 1.02))
+    roc_ax.legend(fontsize=8)
+    pr_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_matrix_plot(cm: Mapping[str, int], path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
+    """The 2x2 confusion matrix with counts in the cells."""
+    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(grid, cmap="Blues")
+    for (i, j), value in np.ndenumerate(grid):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > grid.max() / 2 else "black", fontsize=12)
+    ax.set_xticks([0, 1], ["normal", "anomaly"])
+    ax.set_yticks([0, 1], ["normal", "anomaly"])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save(fig, path)
+
+
+def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title: str = "Recall per anomaly type"
+                   ) -> Path:
+    """Bar chart of the share of each anomaly type's rows that were flagged."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(recalls)
+    ax.bar(names, [recalls[n] for n in names], color="tab:blue")
+    for i, n in enumerate(names):
+        ax.text(i, recalls[n] + 0.02, f"{recalls[n]:.2f}", ha="center")
+    ax.set(xlabel="anomaly type", ylabel="recall", title=title, ylim=(0, 1.1))
+    return _save(fig, path)

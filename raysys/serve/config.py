@@ -1,0 +1,286 @@
+"""Typed settings of the served detector: deployment, autoscaling, batching, HTTP.
+
+One :class:`ServeConfig` holds everything ``raysys serve`` needs. It is read from a YAML file
+(:func:`load_serve_config`), overridden by flags, and turned into the ``args`` of
+``raysys.serve.app:app_builder`` plus the options of its one deployment, ``AnomalyDetector``.
+:func:`to_serve_config_v2` renders the same settings as a Ray Serve config file / KubeRay
+``serveConfigV2`` application, so a local run and a RayService run the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Serve application name, deployment name and import path that other components rely on.
+APP_NAME = "raysys"
+DEPLOYMENT_NAME = "AnomalyDetector"
+IMPORT_PATH = "raysys.serve.app:app_builder"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class UserConfig(_Settings):
+    """The deployment's ``user_config``: applied to running replicas by ``reconfigure`` without a restart.
+
+    Args:
+        max_batch_size: Most requests ``@serve.batch`` coalesces into one model call
+            (``set_max_batch_size``). A request may hold many readings; this counts requests.
+        batch_wait_timeout_s: Longest a request waits for others to fill its batch
+            (``set_batch_wait_timeout_s``). 0 scores whatever is queued at once.
+        max_request_rows: Most readings one request may hold; larger requests get 413.
+    """
+
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=10.0)
+    max_request_rows: int = Field(default=4096, ge=1)
+
+
+class AutoscalingSettings(_Settings):
+    """The deployment's ``autoscaling_config`` (see ``ray.serve.config.AutoscalingConfig``).
+
+    Args:
+        min_replicas: Replicas kept running with no traffic.
+        max_replicas: Upper bound on replicas.
+        target_ongoing_requests: Requests in flight per replica the autoscaler aims for.
+        upscale_delay_s: Load must stay above target this long before replicas are added.
+        downscale_delay_s: Load must stay below target this long before replicas are removed.
+        look_back_period_s: Window over which ongoing requests are averaged.
+        initial_replicas: Replicas at first deploy (``None``: ``min_replicas``).
+    """
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=8.0, gt=0)
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    look_back_period_s: float = Field(default=10.0, gt=0)
+    initial_replicas: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSettings":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.initial_replicas is not None and not (
+                self.min_replicas <= self.initial_replicas <= self.max_replicas):
+            raise ValueError(f"initial_replicas ({self.initial_replicas}) must lie between min_replicas "
+                             f"({self.min_replicas}) and max_replicas ({self.max_replicas})")
+        return self
+
+
+class DeploymentSettings(_Settings):
+    """Per-replica resources and Serve deployment options that need a replica restart to change.
+
+    Args:
+        num_cpus: CPUs each replica reserves (``ray_actor_options``); fractions let autoscaling
+            place several replicas on a small node.
+        max_ongoing_requests: Requests a replica accepts at once; keep it >= ``max_batch_size``
+            so batches can fill.
+        max_queued_requests: Requests queued per caller before 503 (-1: unbounded).
+        max_surge_percent: Extra replicas allowed during a rolling update; above 0, old replicas
+            keep serving until their replacements are ready (zero-downtime model switch).
+        graceful_shutdown_timeout_s: How long a stopping replica may drain in-flight requests.
+        health_check_period_s: How often Serve calls the replica's ``check_health``.
+        intra_op_num_threads: onnxruntime threads per session (0: onnxruntime's default).
+    """
+
+    num_cpus: float = Field(default=0.5, ge=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=-1)
+    max_surge_percent: int = Field(default=100, ge=0, le=100)
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    intra_op_num_threads: int = Field(default=1, ge=0)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queued(cls, value: int) -> int:
+        if value < 1 and value != -1:
+            raise ValueError(f"max_queued_requests must be -1 (no limit) or >= 1, got {value}")
+        return value
+
+
+class AppArgs(_Settings):
+    """The ``args`` of ``raysys.serve.app:app_builder`` (a serveConfigV2 application's ``args``).
+
+    Args:
+        model_uri: The ensemble to serve: a local ensemble directory, ``runs:/RUN_ID/PATH`` or
+            ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``. An alias is resolved to its
+            version when the application is built, so every replica serves the same version.
+        tracking_uri: MLflow tracking URI for ``runs:/`` and ``models:/`` (``None``:
+            ``$MLFLOW_TRACKING_URI`` or ./mlruns).
+        deployment: Replica resources and deployment options.
+        autoscaling_config: Autoscaling of the deployment; ``None`` runs ``num_replicas`` fixed replicas.
+        num_replicas: Replica count when ``autoscaling_config`` is ``None``.
+        user_config: Batching and request limits, changeable on running replicas.
+    """
+
+    model_uri: str
+    tracking_uri: str | None = None
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    autoscaling_config: AutoscalingSettings | None = Field(default_factory=AutoscalingSettings)
+    num_replicas: int = Field(default=1, ge=1)
+    user_config: UserConfig = Field(default_factory=UserConfig)
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri(cls, value: str) -> str:
+        if not value or not value.strip():
+            raise ValueError("model_uri must name an ensemble directory, runs:/ or models:/ URI, got ''")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "AppArgs":
+        if self.deployment.max_ongoing_requests < self.user_config.max_batch_size:
+            raise ValueError(
+                f"deployment.max_ongoing_requests ({self.deployment.max_ongoing_requests}) must be >= "
+                f"user_config.max_batch_size ({self.user_config.max_batch_size}), or batches never fill")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AnomalyDetector.options(...)``."""
+        d = self.deployment
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": d.num_cpus},
+            "max_ongoing_requests": d.max_ongoing_requests,
+            "max_queued_requests": d.max_queued_requests,
+            "max_surge_percent": d.max_surge_percent,
+            "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
+            "health_check_period_s": d.health_check_period_s,
+            "user_config": self.user_config.model_dump(),
+        }
+        if self.autoscaling_config is None:
+            options["num_replicas"] = self.num_replicas
+        else:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
+        return options
+
+
+class ServeConfig(AppArgs):
+    """Everything ``raysys serve`` needs: the application's args plus where Serve listens.
+
+    Args:
+        model_uri: See :class:`AppArgs`.
+        host: HTTP host of Serve's proxy (``0.0.0.0`` to listen on every interface).
+        port: HTTP port of Serve's proxy.
+        app_name: Serve application name.
+        route_prefix: Route prefix of the application.
+    """
+
+    model_uri: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    app_name: str = APP_NAME
+    route_prefix: str = "/"
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri(cls, value: str) -> str:  # may be given later by --model
+        return value.strip()
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {value!r}")
+        return value
+
+    def app_args(self) -> dict[str, Any]:
+        """The ``args`` dict for ``app_builder`` (JSON-serialisable)."""
+        if not self.model_uri:
+            raise ValueError("no model to serve: give --model (or model_uri in the config file)")
+        return AppArgs.model_validate(self.model_dump(include=set(AppArgs.model_fields))).model_dump(
+            exclude_none=True)
+
+
+def _from_serve_config_v2(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """Pull the raysys application out of a Serve config file / serveConfigV2 document."""
+    apps = doc.get("applications") or []
+    app = next((a for a in apps if a.get("import_path") == IMPORT_PATH), None) or next(
+        (a for a in apps if a.get("name") == APP_NAME), None)
+    if app is None:
+        raise ValueError(f"{source}: no application with import_path {IMPORT_PATH!r} among {len(apps)} applications")
+    out: dict[str, Any] = dict(app.get("args") or {})
+    out["app_name"] = app.get("name", APP_NAME)
+    out["route_prefix"] = app.get("route_prefix", "/")
+    http = doc.get("http_options") or {}
+    out.update({k: http[k] for k in ("host", "port") if k in http})
+    for dep in app.get("deployments") or []:
+        if dep.get("name") != DEPLOYMENT_NAME:
+            continue
+        deployment = dict(out.get("deployment") or {})
+        actor = dep.get("ray_actor_options") or {}
+        if "num_cpus" in actor:
+            deployment["num_cpus"] = actor["num_cpus"]
+        for key in ("max_ongoing_requests", "max_queued_requests", "max_surge_percent",
+                    "graceful_shutdown_timeout_s", "health_check_period_s"):
+            if key in dep:
+                deployment[key] = dep[key]
+        out["deployment"] = deployment
+        for key in ("autoscaling_config", "user_config", "num_replicas"):
+            if key in dep:
+                out[key] = dep[key]
+    return out
+
+
+def load_serve_config(path: str | os.PathLike | None = None, **overrides: Any) -> ServeConfig:
+    """Read a :class:`ServeConfig` from YAML, then apply ``overrides`` (``None`` values are skipped).
+
+    The file is either the flat form (``model_uri``, ``host``, ``port``, ``deployment``,
+    ``autoscaling_config``, ``user_config``) or a Ray Serve config / serveConfigV2 document whose
+    application imports ``raysys.serve.app:app_builder``. Nested overrides use dotted keys, e.g.
+    ``{"autoscaling_config.max_replicas": 8}``.
+
+    Raises:
+        ValueError: naming the file and each bad field.
+    """
+    data: dict[str, Any] = {}
+    source = str(path) if path else "serve config"
+    if path:
+        text = Path(path).read_text()
+        doc = yaml.safe_load(text) or {}
+        if not isinstance(doc, dict):
+            raise ValueError(f"{source}: expected a mapping at the top level, got {type(doc).__name__}")
+        data = _from_serve_config_v2(doc, source) if "applications" in doc else doc
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):  # None (e.g. autoscaling switched off) or missing
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+                             f" (got {e.get('input')!r})" for e in exc.errors())
+        raise ValueError(f"{source}: {problems}") from None
+
+
+def to_serve_config_v2(config: ServeConfig) -> dict[str, Any]:
+    """The same settings as a Ray Serve config document (``serve deploy`` / KubeRay ``serveConfigV2``)."""
+    args = config.app_args()
+    options = AppArgs.model_validate(args).deployment_options()
+    deployment = {"name": DEPLOYMENT_NAME, **options}
+    return {
+        "http_options": {"host": config.host, "port": config.port},
+        "applications": [{
+            "name": config.app_name,
+            "route_prefix": config.route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": {k: args[k] for k in ("model_uri", "tracking_uri") if k in args},
+            "deployments": [deployment],
+        }],
+    }

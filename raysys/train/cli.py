@@ -1,0 +1,77 @@
+"""``raysys train`` and ``raysys evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+from rich.console import Console
+
+from raysys.cluster import init_ray
+from raysys.data import load_dataset
+from raysys.evaluation import THRESHOLD_METHODS, metrics_table
+from raysys.models import FAMILIES, load_detector
+from raysys.train.config import TrainConfig
+from raysys.train.driver import train
+from raysys.train.evaluate import evaluate_detector
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(data=args.data, model=args.model, params=dict(args.param), num_workers=args.num_workers,
+                      use_gpu=args.gpu, max_epochs=args.max_epochs, patience=args.patience,
+                      storage_path=args.storage_path, run_name=args.run_name, threshold_method=args.threshold,
+                      percentile=args.percentile, target_far=args.target_far, tracking_uri=args.mlflow_uri,
+                      experiment=args.experiment)
+    load_dataset(cfg.data)  # bad data fails here, before any Ray work
+    init_ray(args.address)
+    result = train(cfg, resume=args.resume)
+    print(f"run {result.run_name}: MLflow run {result.run_id}, {result.epochs} epochs")
+    print(f"detector: {result.detector_dir}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    evaluation = evaluate_detector(load_detector(args.detector), load_dataset(args.data), args.threshold,
+                                   args.percentile, args.target_far)
+    Console().print(metrics_table(evaluation.metrics))
+    return 0
+
+
+def _threshold_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="best_f1",
+                        help="threshold on validation: best F1, a percentile of normal scores, or a false-alarm rate")
+    parser.add_argument("--percentile", type=float, default=99.0)
+    parser.add_argument("--target-far", type=float, default=0.01)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    tr = subparsers.add_parser("train", help="train a detector with Ray Train, tracked in MLflow")
+    tr.add_argument("--data", required=True, help="prepared dataset directory")
+    tr.add_argument("--model", choices=sorted(FAMILIES), default="ae")
+    tr.add_argument("--num-workers", type=int, default=2)
+    tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    tr.add_argument("--max-epochs", type=int, default=30)
+    tr.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    tr.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                    help="detector parameter, e.g. --param latent_dim=4 --param 'hidden_dims=[32,16]'")
+    tr.add_argument("--run-name", help="Ray Train run name (default: MODEL-TIMESTAMP)")
+    tr.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
+    tr.add_argument("--storage-path", default="runs/train", help="Ray Train storage (shared storage on a cluster)")
+    tr.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    tr.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    tr.add_argument("--experiment", default="raysys", help="MLflow experiment")
+    _threshold_args(tr)
+    tr.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser("evaluate", help="score a saved detector on a dataset's test split")
+    ev.add_argument("--detector", required=True, help="detector directory (a training run's detector/)")
+    ev.add_argument("--data", required=True, help="prepared dataset directory")
+    _threshold_args(ev)
+    ev.set_defaults(func=run_evaluate)

@@ -1,0 +1,158 @@
+"""The driver of a training run: builds the TorchTrainer, tracks it in MLflow, evaluates it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+from rich.console import Console
+
+from raysys.data import load_dataset
+from raysys.evaluation import flat_metrics, metrics_table
+from raysys.models import load_detector
+from raysys.tracking import get_experiment_id, resolve_tracking_uri
+from raysys.train.config import TrainConfig
+from raysys.train.evaluate import Evaluation, evaluate_detector, write_evaluation
+from raysys.train.worker import DETECTOR_DIR, train_fn_per_worker
+
+logger = logging.getLogger(__name__)
+RUN_RECORD = "raysys_run.json"
+EPOCH_METRICS = ("train_loss", "val_loss", "lr", "val_pr_auc")
+
+
+class MlflowEpochLogger(UserCallback):
+    """Logs each reported epoch to an MLflow run and prints a progress line."""
+
+    def __init__(self, tracking_uri: str, run_id: str, max_epochs: int, label: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.max_epochs = max_epochs
+        self.label = label
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        m = metrics[0]
+        now = int(time.time() * 1000)
+        MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=[
+            Metric(key, float(m[key]), now, int(m["epoch"])) for key in EPOCH_METRICS if key in m])
+        shown = "  ".join(f"{k}={m[k]:.4g}" for k in EPOCH_METRICS if k in m)
+        print(f"[{self.label}] epoch {m['epoch']}/{self.max_epochs}  {shown}", flush=True)
+
+
+def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback],
+                  extra_loop_config: dict[str, Any] | None = None) -> TorchTrainer:
+    """The Ray Train ``TorchTrainer`` for ``cfg``; reusing ``run_name`` resumes that run."""
+    loop_config = {"data": str(Path(cfg.data).resolve()), "model": cfg.model, "params": cfg.params,
+                   "max_epochs": cfg.max_epochs, "patience": cfg.patience, **(extra_loop_config or {})}
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(cfg.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced.
+
+    Args:
+        run_name: The Ray Train run name (pass it to ``--resume``).
+        run_id: The MLflow run id.
+        run_dir: The run's directory under the storage path.
+        detector_dir: The fitted detector (``raysys.models.load_detector``).
+        evaluation: Threshold and test metrics.
+        epochs: Epochs trained in total.
+    """
+
+    run_name: str
+    run_id: str
+    run_dir: Path
+    detector_dir: Path
+    evaluation: Evaluation
+    epochs: int
+
+
+def _start_or_resume(cfg: TrainConfig, resume: str | None, client: MlflowClient) -> tuple[TrainConfig, str, str]:
+    """Create the MLflow run and the run record, or read them back to resume."""
+    storage = Path(cfg.storage_path).resolve()
+    if resume:
+        record_path = storage / resume / RUN_RECORD
+        if not record_path.exists():
+            raise FileNotFoundError(f"cannot resume {resume!r}: no {RUN_RECORD} under {storage / resume}")
+        record = json.loads(record_path.read_text())
+        saved = TrainConfig(**{**record["config"], "storage_path": str(storage), "tracking_uri": cfg.tracking_uri})
+        client.update_run(record["mlflow_run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
+        return saved, resume, record["mlflow_run_id"]
+    run_name = cfg.run_name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (storage / run_name).exists():
+        raise FileExistsError(f"run {run_name!r} already exists under {storage}; pass --resume {run_name} "
+                              "to continue it or choose another --run-name")
+    experiment_id = get_experiment_id(client.tracking_uri, cfg.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"raysys.stage": "train",
+                                                                     "raysys.model": cfg.model})
+    params = {**{k: v for k, v in cfg.to_dict().items() if k not in ("params", "tracking_uri")},
+              **{f"model.{k}": v for k, v in cfg.params.items()}}
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    (storage / run_name).mkdir(parents=True, exist_ok=True)
+    (storage / run_name / RUN_RECORD).write_text(json.dumps(
+        {"config": cfg.to_dict(), "mlflow_run_id": run.info.run_id}, indent=2))
+    return cfg, run_name, run.info.run_id
+
+
+def epoch_history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
+    """Per-epoch train and validation loss as logged to MLflow (one entry per epoch)."""
+    per_epoch: dict[int, dict[str, float]] = {}
+    for key in ("train_loss", "val_loss"):
+        for m in client.get_metric_history(run_id, key):
+            per_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [per_epoch[e] for e in sorted(per_epoch) if len(per_epoch[e]) == 3]
+
+
+def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | None = None,
+          console: Console | None = None) -> TrainResult:
+    """Run (or resume) a distributed training run, then evaluate and log everything to MLflow."""
+    console = console or Console()
+    client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri))
+    cfg, run_name, run_id = _start_or_resume(cfg, resume, client)
+    dataset = load_dataset(cfg.data)
+    try:
+        trainer = build_trainer(cfg, run_name, [MlflowEpochLogger(client.tracking_uri, run_id, cfg.max_epochs,
+                                                                  run_name)],
+                                {"diagnostics_dir": diagnostics_dir} if diagnostics_dir else None)
+        result = trainer.fit()
+        detector_dir = Path(result.checkpoint.path) / DETECTOR_DIR
+        detector = load_detector(detector_dir)
+        evaluation = evaluate_detector(detector, dataset, cfg.threshold_method, cfg.percentile, cfg.target_far)
+        history = epoch_history(client, run_id)
+        client.log_batch(run_id, metrics=[Metric(f"test_{k}", v, int(time.time() * 1000), 0)
+                                          for k, v in flat_metrics({**evaluation.metrics,
+                                                                    **evaluation.extra_scores}).items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            write_evaluation(evaluation, dataset, history, tmp, cfg.model)
+            client.log_artifacts(run_id, tmp)
+        client.log_artifacts(run_id, str(detector_dir), DETECTOR_DIR)
+        client.log_dict(run_id, dataset.metadata, "metadata.json")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    console.print(metrics_table(evaluation.metrics, f"{run_name}: test metrics"))
+    return TrainResult(run_name, run_id, Path(result.path), detector_dir, evaluation,
+                       int(result.metrics["epoch"]))
