@@ -5,7 +5,8 @@ of `raysys ensemble` (see `python jobs/ensemble.py --help`)::
 
     ray job submit --address http://127.0.0.1:8265 \\
         --runtime-env jobs/runtime_env.yaml --working-dir . \\
-        -- python jobs/ensemble.py --sweep /mnt/shared/ray_results/SWEEP_NAME --name raysys-detector
+        -- python jobs/ensemble.py --data /mnt/shared/data/water_treatment \\
+           --sweep /mnt/shared/ray_results/sweep-1 --name raysys-detector
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ of `raysys tune` (see `python jobs/tune.py --help`)::
 
     ray job submit --address http://127.0.0.1:8265 \\
         --runtime-env jobs/runtime_env.yaml --working-dir . \\
-        -- python jobs/tune.py --data /mnt/shared/data/water_treatment --config SWEEP.yaml \\
-           --num-samples 8 --workers-per-trial 1 --gpus-per-worker 0
+        -- python jobs/tune.py --data /mnt/shared/data/water_treatment --name sweep-1 \\
+           --storage-path /mnt/shared/ray_results --num-samples 8 --workers-per-trial 1
 """
 
 from __future__ import annotations

@@ -9,9 +9,14 @@ import sys
 from raysys import __version__
 from raysys.data import DataValidationError
 from raysys.data import cli as data_cli
+from raysys.ensemble import cli as ensemble_cli
+from raysys.jobs import cli as jobs_cli
+from raysys.pipeline import cli as pipeline_cli
+from raysys.serve import cli as serve_cli
 from raysys.train import cli as train_cli
+from raysys.tune import cli as tune_cli
 
-STAGES = (data_cli, train_cli)
+STAGES = (data_cli, train_cli, tune_cli, ensemble_cli, serve_cli, pipeline_cli, jobs_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

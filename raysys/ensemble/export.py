@@ -126,6 +126,7 @@ def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str |
     model = convert_sklearn(forest, initial_types=[(INPUT, FloatTensorType([None, n_sensors]))],
                             target_opset={"": OPSET, "ai.onnx.ml": 3})
     graph = model.graph
+    graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     # skl2onnx outputs decision_function = score_samples - offset_; undo the offset and flip the sign
     graph.initializer.append(numpy_helper.from_array(np.array([forest.offset_], dtype=np.float32), "offset"))
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
@@ -157,7 +158,7 @@ def check_parity(model: Any, directory: Path, member: dict[str, Any], checks: di
     """onnxruntime vs the source model on each named input; raises :class:`ExportParityError` above ``rtol``."""
     outputs = list(member["outputs"].values())
     entries = [{"name": out, "file": member["file"], "output": out, "window": member["window"]} for out in outputs]
-    sessions = MemberSessions(directory, entries, checks[next(iter(checks))].shape[1], intra_op_threads=None)
+    sessions = MemberSessions(directory, entries, checks[next(iter(checks))].shape[1])
     report: dict[str, dict[str, float]] = {}
     for check, X in checks.items():
         onnx_scores = sessions.raw_scores(X)

@@ -8,10 +8,12 @@ Every member model takes *raw* sensor values (the training scaler is folded into
 dynamic batch axis, and outputs an anomaly score per sample (higher is more anomalous).
 
 Sequence members take windows of ``window`` consecutive rows and score each row by the window that
-ends at it. Rows with less history than that are scored as if the first row given had been read
-``window - 1`` more times before it (left padding by repetition), so a single reading can be scored.
-A caller that streams readings keeps the last :attr:`EnsembleRuntime.history` rows and passes them
-before the new ones to get the same scores as a batch over the whole series.
+ends at it. For the first ``window - 1`` rows given there is not enough history: the member scores
+them on a window left-padded by repeating the first row (that score is reported), but the ensemble
+score of those rows leaves the member out and renormalises the other weights, since a padded window
+looks like a stuck sensor. So a single reading can always be scored. A caller that streams readings
+keeps the last :attr:`EnsembleRuntime.history` rows and passes them before the new ones; the new
+rows then score exactly as in one batch over the whole series.
 """
 
 from __future__ import annotations
@@ -55,19 +57,29 @@ def normalise(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndar
     return (raw - center) / scale
 
 
-def combine(normalised: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The ensemble score: weighted mean of normalised member scores (weights sum to 1)."""
-    return normalised @ weights
+def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | None = None) -> np.ndarray:
+    """The ensemble score: weighted mean of normalised member scores (n, members); weights sum to 1.
+
+    With ``windows`` (rows each member looks at), row ``i`` leaves out the members whose window
+    reaches before the first row (``window > i + 1``: their score rests on padding) and renormalises
+    the other weights. A row that no weighted member can score on real history keeps them all.
+    """
+    if windows is None:
+        return normalised @ weights
+    has_history = np.arange(len(normalised))[:, None] >= np.asarray(windows)[None, :] - 1
+    row_weights = weights * has_history
+    total = row_weights.sum(axis=1, keepdims=True)
+    row_weights = np.where(total > 0, row_weights / np.where(total > 0, total, 1.0), weights)
+    return (normalised * row_weights).sum(axis=1)
 
 
 def session_options(intra_op_threads: int | None = 1) -> ort.SessionOptions:
-    """CPU session options: ``intra_op_threads`` threads per call (None: onnxruntime's default)."""
+    """CPU session options: ``intra_op_threads`` threads per call (0 or None: onnxruntime's default)."""
+    if intra_op_threads is not None and intra_op_threads < 0:
+        raise ValueError(f"intra_op_threads must be >= 0 or None, got {intra_op_threads}")
     options = ort.SessionOptions()
-    if intra_op_threads is not None:
-        if intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be >= 1 or None, got {intra_op_threads}")
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = intra_op_threads or 0
+    options.inter_op_num_threads = 1
     return options
 
 
@@ -78,7 +90,7 @@ class MemberSessions:
         directory: Folder holding the member ``.onnx`` files.
         members: ``ensemble.json`` member entries (``name``, ``file``, ``output``, ``window``).
         n_sensors: Expected number of sensor columns.
-        intra_op_threads: Threads per onnxruntime call (None: onnxruntime's default).
+        intra_op_threads: Threads per onnxruntime call (0 or None: onnxruntime's default).
     """
 
     def __init__(self, directory: str | os.PathLike, members: list[Mapping[str, Any]], n_sensors: int,
@@ -126,7 +138,7 @@ class EnsembleRuntime:
     Args:
         spec: The parsed ``ensemble.json``.
         directory: Folder holding the member ``.onnx`` files.
-        intra_op_threads: Threads per onnxruntime call (None: onnxruntime's default).
+        intra_op_threads: Threads per onnxruntime call (0 or None: onnxruntime's default).
     """
 
     def __init__(self, spec: dict[str, Any], directory: str | os.PathLike, intra_op_threads: int | None = 1):
@@ -138,6 +150,7 @@ class EnsembleRuntime:
         self._center = np.array([m["center"] for m in members], dtype=np.float64)
         self._scale = np.array([m["scale"] for m in members], dtype=np.float64)
         self._weights = np.array([m["weight"] for m in members], dtype=np.float64)
+        self._windows = np.array([m["window"] for m in members])
 
     @classmethod
     def load(cls, path: str | os.PathLike, intra_op_threads: int | None = 1) -> "EnsembleRuntime":
@@ -177,10 +190,12 @@ class EnsembleRuntime:
 
         Returns:
             ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold`` (n,);
-            ``members``: member name to its *normalised* score (n,), whose weighted mean is ``score``.
+            ``members``: member name to its *normalised* score (n,), whose weighted mean is ``score``
+            (for the first ``window - 1`` rows a sequence member's score rests on padding and is left
+            out of ``score``: see :func:`combine`).
         """
         normalised = normalise(self._sessions.raw_scores(X).astype(np.float64), self._center, self._scale)
-        score = combine(normalised, self._weights)
+        score = combine(normalised, self._weights, self._windows)
         return {"score": score, "is_anomaly": score > self.threshold,
                 "members": {name: normalised[:, j] for j, name in enumerate(self.members)}}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 from sklearn.metrics import (
     average_precision_score,
@@ -99,7 +100,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Table
     for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "threshold"):
         table.add_row(key, f"{metrics[key]:.4f}")
     for kind, value in metrics.get("recall_by_type", {}).items():
-        table.add_row(f"recall[{kind}]", f"{value:.4f}")
+        table.add_row(escape(f"recall[{kind}]"), f"{value:.4f}")  # unescaped, rich reads [kind] as markup
     cm = metrics["confusion_matrix"]
     table.add_row("confusion (tn fp fn tp)", f"{cm['tn']} {cm['fp']} {cm['fn']} {cm['tp']}")
     return table

@@ -93,3 +93,39 @@ def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title:
         ax.text(i, recalls[n] + 0.02, f"{recalls[n]:.2f}", ha="center")
     ax.set(xlabel="anomaly type", ylabel="recall", title=title, ylim=(0, 1.1))
     return _save(fig, path)
+
+
+def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: np.ndarray, threshold: float,
+             y_true: np.ndarray, path: str | os.PathLike, title: str = "Test split timeline") -> Path:
+    """Sensor traces above the ensemble score, true anomalies shaded, flags marked: what was caught."""
+    n = len(sensors)
+    fig, axes = plt.subplots(n + 1, 1, figsize=(13, 1.6 * (n + 1) + 0.8), sharex=True)
+    spans = _runs(np.asarray(y_true).astype(bool))
+    for ax, (name, values) in zip(axes, sensors.items()):
+        ax.plot(timestamps, values, linewidth=0.6, color="tab:blue")
+        ax.set_ylabel(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    score_ax = axes[-1]
+    score_ax.plot(timestamps, scores, linewidth=0.6, color="tab:purple", label="ensemble score")
+    score_ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8, label="threshold")
+    flagged = scores > threshold
+    score_ax.scatter(np.asarray(timestamps)[flagged], scores[flagged], s=4, color="tab:red", label="flagged", zorder=3)
+    score_ax.set_ylabel("score", fontsize=8)
+    score_ax.set_xlabel("time")
+    if (scores > 0).all():
+        score_ax.set_yscale("log")
+    for ax in axes:
+        for start, stop in spans:
+            ax.axvspan(timestamps[start], timestamps[stop - 1], color="tab:orange", alpha=0.25, linewidth=0)
+    handles, labels = score_ax.get_legend_handles_labels()
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:orange", alpha=0.25))
+    labels.append("true anomaly")
+    score_ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=4)
+    axes[0].set_title(title)
+    return _save(fig, path)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Start and stop indices of each run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))

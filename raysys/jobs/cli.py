@@ -122,3 +122,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         logger.warning("Stopped following; the job keeps running (stop it with `ray job stop`).")
         return 130
+
+
+#: Same hook under the name the other stages use (``raysys.cli.STAGES`` calls ``add_parsers``).
+add_parsers = add_parser

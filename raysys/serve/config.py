@@ -51,7 +51,8 @@ class AutoscalingSettings(_Settings):
         target_ongoing_requests: Requests in flight per replica the autoscaler aims for.
         upscale_delay_s: Load must stay above target this long before replicas are added.
         downscale_delay_s: Load must stay below target this long before replicas are removed.
-        look_back_period_s: Window over which ongoing requests are averaged.
+        look_back_period_s: Window over which ongoing requests are averaged (keep it above the
+            metrics push interval, 10 s unless ``RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S`` is set).
         initial_replicas: Replicas at first deploy (``None``: ``min_replicas``).
     """
 
@@ -60,7 +61,7 @@ class AutoscalingSettings(_Settings):
     target_ongoing_requests: float = Field(default=8.0, gt=0)
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=60.0, ge=0)
-    look_back_period_s: float = Field(default=10.0, gt=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
     initial_replicas: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -88,7 +89,6 @@ class DeploymentSettings(_Settings):
             keep serving until their replacements are ready (zero-downtime model switch).
         graceful_shutdown_timeout_s: How long a stopping replica may drain in-flight requests.
         health_check_period_s: How often Serve calls the replica's ``check_health``.
-        intra_op_num_threads: onnxruntime threads per session (0: onnxruntime's default).
     """
 
     num_cpus: float = Field(default=0.5, ge=0)
@@ -97,7 +97,6 @@ class DeploymentSettings(_Settings):
     max_surge_percent: int = Field(default=100, ge=0, le=100)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
     health_check_period_s: float = Field(default=10.0, gt=0)
-    intra_op_num_threads: int = Field(default=1, ge=0)
 
     @field_validator("max_queued_requests")
     @classmethod
@@ -120,10 +119,12 @@ class AppArgs(_Settings):
         autoscaling_config: Autoscaling of the deployment; ``None`` runs ``num_replicas`` fixed replicas.
         num_replicas: Replica count when ``autoscaling_config`` is ``None``.
         user_config: Batching and request limits, changeable on running replicas.
+        intra_op_threads: onnxruntime threads per call in a replica (0: onnxruntime's default, all cores).
     """
 
     model_uri: str
     tracking_uri: str | None = None
+    intra_op_threads: int = Field(default=1, ge=0)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
     autoscaling_config: AutoscalingSettings | None = Field(default_factory=AutoscalingSettings)
     num_replicas: int = Field(default=1, ge=1)
@@ -196,8 +197,7 @@ class ServeConfig(AppArgs):
         """The ``args`` dict for ``app_builder`` (JSON-serialisable)."""
         if not self.model_uri:
             raise ValueError("no model to serve: give --model (or model_uri in the config file)")
-        return AppArgs.model_validate(self.model_dump(include=set(AppArgs.model_fields))).model_dump(
-            exclude_none=True)
+        return AppArgs.model_validate(self.model_dump(include=set(AppArgs.model_fields))).model_dump()
 
 
 def _from_serve_config_v2(doc: dict[str, Any], source: str) -> dict[str, Any]:
@@ -280,7 +280,7 @@ def to_serve_config_v2(config: ServeConfig) -> dict[str, Any]:
             "name": config.app_name,
             "route_prefix": config.route_prefix,
             "import_path": IMPORT_PATH,
-            "args": {k: args[k] for k in ("model_uri", "tracking_uri") if k in args},
+            "args": {k: args[k] for k in ("model_uri", "tracking_uri", "intra_op_threads") if k in args},
             "deployments": [deployment],
         }],
     }

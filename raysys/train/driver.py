@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -23,7 +24,7 @@ from raysys.models import load_detector
 from raysys.tracking import get_experiment_id, resolve_tracking_uri
 from raysys.train.config import TrainConfig
 from raysys.train.evaluate import Evaluation, evaluate_detector, write_evaluation
-from raysys.train.worker import DETECTOR_DIR, train_fn_per_worker
+from raysys.train.worker import DETECTOR_DIR, STATE_FILE, train_fn_per_worker
 
 logger = logging.getLogger(__name__)
 RUN_RECORD = "raysys_run.json"
@@ -116,6 +117,31 @@ def _start_or_resume(cfg: TrainConfig, resume: str | None, client: MlflowClient)
     return cfg, run_name, run.info.run_id
 
 
+def latest_checkpoint_on_disk(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest ``epoch-*`` checkpoint under ``run_dir`` whose training state loads, and that state.
+
+    A run killed mid-way leaves checkpoint directories its workers persisted but the Ray Train
+    controller had not registered yet (it polls the workers every few seconds); Ray restores only
+    registered ones, so without this a run killed early would silently start again from epoch 1.
+    A directory cut short by the kill does not load and is passed over.
+    """
+    for ckpt_dir in sorted(run_dir.glob("epoch-*"), reverse=True):
+        try:
+            return ckpt_dir, torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception:  # missing or truncated by the kill
+            continue
+    return None
+
+
+def _log_missing_epochs(client: MlflowClient, run_id: str, history: list[dict[str, float]]) -> None:
+    """Log the epochs of a checkpoint's history that never reached MLflow before the run was killed."""
+    logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    missing = [Metric(key, float(h[key]), int(h.get("time", time.time()) * 1000), int(h["epoch"]))
+               for h in history if int(h["epoch"]) not in logged for key in EPOCH_METRICS if key in h]
+    if missing:
+        client.log_batch(run_id, metrics=missing)
+
+
 def epoch_history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
     """Per-epoch train and validation loss as logged to MLflow (one entry per epoch)."""
     per_epoch: dict[int, dict[str, float]] = {}
@@ -132,12 +158,18 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
     client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri))
     cfg, run_name, run_id = _start_or_resume(cfg, resume, client)
     dataset = load_dataset(cfg.data)
+    extra: dict[str, Any] = {"diagnostics_dir": diagnostics_dir} if diagnostics_dir else {}
+    on_disk = latest_checkpoint_on_disk(Path(cfg.storage_path).resolve() / run_name) if resume else None
     try:
+        if on_disk:
+            extra["resume_from"] = str(on_disk[0])
+            _log_missing_epochs(client, run_id, on_disk[1].get("history", []))
         trainer = build_trainer(cfg, run_name, [MlflowEpochLogger(client.tracking_uri, run_id, cfg.max_epochs,
-                                                                  run_name)],
-                                {"diagnostics_dir": diagnostics_dir} if diagnostics_dir else None)
+                                                                  run_name)], extra or None)
         result = trainer.fit()
-        detector_dir = Path(result.checkpoint.path) / DETECTOR_DIR
+        # a run killed after its last checkpoint reports nothing more when resumed
+        checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else on_disk[0]
+        detector_dir = checkpoint_dir / DETECTOR_DIR
         detector = load_detector(detector_dir)
         evaluation = evaluate_detector(detector, dataset, cfg.threshold_method, cfg.percentile, cfg.target_far)
         history = epoch_history(client, run_id)
@@ -155,4 +187,4 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
         raise
     console.print(metrics_table(evaluation.metrics, f"{run_name}: test metrics"))
     return TrainResult(run_name, run_id, Path(result.path), detector_dir, evaluation,
-                       int(result.metrics["epoch"]))
+                       int((result.metrics or on_disk[1])["epoch"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Train one detector data-parallel; every epoch reports metrics and (rank 0) a checkpoint.
 
     Config keys: ``data``, ``model``, ``params``, ``max_epochs``, ``patience``, optional
-    ``detection_metric`` (also report validation PR AUC) and ``diagnostics_dir`` (each rank
-    writes which samples it trained on and a checksum of its final weights).
+    ``detection_metric`` (also report validation PR AUC), ``diagnostics_dir`` (each rank
+    writes which samples it trained on and a checksum of its final weights) and ``resume_from``
+    (a checkpoint directory to continue from when Ray Train has none registered, or an older one).
     """
     data_dir = config["data"]
     family = config["model"]
@@ -69,16 +71,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     start_epoch = 0
     best_state = None
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False)
+    history: list[dict[str, float]] = []
+    state = latest_state(ray.train.get_checkpoint(), config.get("resume_from"), device)
+    if state is not None:
         core_module(model).load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stopper = EarlyStopping(patience, best=state["best_val_loss"], bad_epochs=state["bad_epochs"])
         best_state = state["best_module"]
         start_epoch = state["epoch"]
+        history = list(state.get("history", []))
 
     core = core_module(model)
     sampler = getattr(train_loader, "sampler", None)
@@ -101,12 +103,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                    "best_val_loss": stopper.best, "lr": optimizer.param_groups[0]["lr"], "done": done}
         if detection_metric and rank == 0:
             metrics["val_pr_auc"] = _val_pr_auc(detector, dataset)
+        history.append({"time": time.time(), **{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "lr",
+                                                                         "val_pr_auc") if k in metrics}})
         if done:
             final_checksum = _weights_checksum(core)
         report_checkpoint(metrics, rank, epoch, done, {
             "module": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "best_module": best_state, "best_val_loss": stopper.best, "bad_epochs": stopper.bad_epochs,
-            "epoch": epoch + 1}, detector, X_train, y_train)
+            "epoch": epoch + 1, "history": history}, detector, X_train, y_train)
         if done:
             break
 
@@ -116,6 +120,24 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         (out / f"rank{rank}.json").write_text(json.dumps({
             "rank": rank, "world_size": world_size, "indices": shard_indices,
             "weights_checksum": final_checksum}))
+
+
+def latest_state(checkpoint: ray.train.Checkpoint | None, resume_from: str | None,
+                 device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The newest training state: Ray Train's latest registered checkpoint or ``resume_from``.
+
+    Ray Train V2 restores a run only from the checkpoints its controller has registered
+    (``checkpoint_manager_snapshot.json``), which lags the checkpoint directories the workers
+    have already persisted; ``resume_from`` is the newest complete one of those, which the
+    driver finds on disk when resuming a run that was killed.
+    """
+    states = []
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            states.append(torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False))
+    if resume_from:
+        states.append(torch.load(Path(resume_from) / STATE_FILE, map_location=device, weights_only=False))
+    return max(states, key=lambda s: s["epoch"], default=None)
 
 
 def _val_pr_auc(detector: BaseDeepDetector, dataset: SensorDataset) -> float:

@@ -67,13 +67,14 @@ app.kubernetes.io/component: {{ .component }}
 /home/ray/raysys/jobs
 {{- end }}
 
+{{/* The data set of one RayJob; call with (dict "root" $ "job" "raysys-train"). */}}
 {{- define "raysys.dataPath" -}}
-{{ .Values.sharedStorage.mountPath }}/{{ .Values.data.dir }}
+{{ .root.Values.sharedStorage.mountPath }}/data/{{ .job }}
 {{- end }}
 
-{{/* `python jobs/generate.py ...`: the data set every RayJob trains on. */}}
+{{/* `python jobs/generate.py ...`: the data set a RayJob trains on; call like raysys.dataPath. */}}
 {{- define "raysys.generateCommand" -}}
-python {{ include "raysys.jobsDir" . }}/generate.py --profile {{ .Values.data.profile }} --rows {{ .Values.data.rows }} --seed {{ .Values.data.seed }} --out {{ include "raysys.dataPath" . }}
+python {{ include "raysys.jobsDir" .root }}/generate.py --profile {{ .root.Values.data.profile }} --rows {{ .root.Values.data.rows }} --seed {{ .root.Values.data.seed }} --out {{ include "raysys.dataPath" . }} --overwrite
 {{- end }}
 
 {{/* Pod-level security context of every pod: the image's non-root "ray" user. */}}
@@ -90,6 +91,7 @@ securityContext:
 
 {{/* Container-level security context of every container. */}}
 {{- define "raysys.containerSecurityContext" -}}
+# No privilege escalation and no Linux capabilities.
 securityContext:
   allowPrivilegeEscalation: false
   capabilities:
@@ -97,7 +99,7 @@ securityContext:
 {{- end }}
 
 {{- define "raysys.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
+{{- with .Values.image.pullSecrets -}}
 # Registry credentials.
 imagePullSecrets:
 {{- range . }}
@@ -133,11 +135,13 @@ volumeMounts:
 {{/* Volumes of every Ray pod; call with (dict "root" $ "shmSize" "2Gi"). */}}
 {{- define "raysys.rayVolumes" -}}
 volumes:
+  # Shared memory for the object store, in RAM up to sizeLimit.
   - name: shm
     emptyDir:
       medium: Memory
       sizeLimit: {{ .shmSize }}
 {{- if .root.Values.sharedStorage.enabled }}
+  # The ReadWriteMany claim of shared-storage.yaml.
   - name: shared
     persistentVolumeClaim:
       claimName: {{ include "raysys.sharedClaimName" .root }}
@@ -157,6 +161,7 @@ autoscalerOptions:
   # Seconds a worker pod must be idle before it is removed.
   idleTimeoutSeconds: {{ .Values.autoscaler.idleTimeoutSeconds }}
   # Autoscaler v2 is opt-in: add `version: v2` to use it.
+  # Pull policy of the sidecar's image (the head's image).
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   # The sidecar's own resources.
   resources:
@@ -185,6 +190,7 @@ headGroupSpec:
     {{- with $head.rayStartParams }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  # Pod template of the head.
   template:
     metadata:
       labels:
@@ -193,7 +199,9 @@ headGroupSpec:
       # Bound by the KubeRay operator to the autoscaler's Role (see rbac.yaml).
       serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
       {{- include "raysys.podSecurityContext" $root | nindent 6 }}
+      {{- if $root.Values.image.pullSecrets }}
       {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
+      {{- end }}
       {{- with $head.nodeSelector }}
       # Where the head may run.
       nodeSelector:
@@ -209,6 +217,7 @@ headGroupSpec:
         - name: ray-head
           # Tag <rayVersion>-py311-cpu, built from the repository's Dockerfile.
           image: {{ include "raysys.image" $root }}
+          # IfNotPresent suits pinned tags (and images loaded into kind/minikube).
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           ports:
             # Global Control Store: workers join the cluster here.
@@ -253,16 +262,20 @@ headGroupSpec:
   maxReplicas: {{ $g.maxReplicas }}
   # Arguments of `ray start`; CPUs, memory and GPUs are taken from the limits.
   rayStartParams: {}
+  # Pod template of this group's workers.
   template:
     metadata:
       labels:
         {{- include "raysys.labels" (dict "root" $root "component" (ternary "ray-worker-gpu" "ray-worker" .gpu)) | nindent 8 }}
     spec:
+      # The Ray pods' service account (see rbac.yaml).
       serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
       # Workers never call the Kubernetes API.
       automountServiceAccountToken: false
       {{- include "raysys.podSecurityContext" $root | nindent 6 }}
+      {{- if $root.Values.image.pullSecrets }}
       {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
+      {{- end }}
       {{- with $g.nodeSelector }}
       # Where this group's pods may run (example: GPU nodes).
       nodeSelector:
@@ -274,6 +287,7 @@ headGroupSpec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       containers:
+        # The first container must be the Ray container.
         - name: ray-worker
           {{- if .gpu }}
           # The GPU image: CUDA build of torch.
@@ -281,6 +295,7 @@ headGroupSpec:
           {{- else }}
           image: {{ include "raysys.image" $root }}
           {{- end }}
+          # IfNotPresent suits pinned tags (and images loaded into kind/minikube).
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           ports:
             # Prometheus metrics.
@@ -317,8 +332,18 @@ headGroupSpec:
 {{- $root := .root -}}
 # Ray version in every container; equals the image tag's Ray version and pyproject's ray pin.
 rayVersion: {{ $root.Values.rayVersion | quote }}
+{{- if $root.Values.rayAuth.enabled }}
+# Token authentication for the dashboard / Job API and Ray's RPCs.
+authOptions:
+  mode: token
+  {{- with $root.Values.rayAuth.secretName }}
+  # Secret with the token under the key "auth_token".
+  secretName: {{ . }}
+  {{- end }}
+{{- end }}
 {{ include "raysys.autoscaling" $root }}
 {{ include "raysys.headGroupSpec" . }}
+# Worker groups, each scaled between its minReplicas and maxReplicas.
 workerGroupSpecs:
   # CPU workers: Ray Train workers, Tune trials, Serve replicas.
   {{- include "raysys.workerGroup" (dict "root" $root "name" "cpu" "group" $root.Values.workers.cpu "gpu" false) | nindent 2 }}
@@ -348,7 +373,9 @@ submitterPodTemplate:
     # Talks only to the Ray dashboard, never to the Kubernetes API.
     automountServiceAccountToken: false
     {{- include "raysys.podSecurityContext" . | nindent 4 }}
+    {{- if .Values.image.pullSecrets }}
     {{- include "raysys.imagePullSecrets" . | nindent 4 }}
+    {{- end }}
     containers:
       - name: ray-job-submitter
         # Same image as the head, so the Ray CLI versions match.

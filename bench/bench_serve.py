@@ -1,0 +1,248 @@
+"""Benchmark: the ONNX ensemble on Ray Serve against the seeds' design (PyTorch per request, one FastAPI process).
+
+In one run, on one machine, with the same rows: p50 / p99 latency and throughput (readings/s) at
+concurrency 1, 8 and 32, for single readings and for batches of 256 readings, for both servers.
+Targets (issue #5): p50 <= 10 ms for a single reading on Serve; >= 5x the baseline's throughput at
+concurrency 32.
+
+    python bench/bench_serve.py                      # about 3 minutes on 2 cores
+    python bench/bench_serve.py --duration 2 --smoke-test
+
+It fits the members (AE, VAE, LSTM) on a generated dataset, builds the ensemble with
+``raysys.ensemble.build.build_ensemble`` (no Isolation Forest: the baseline has no PyTorch version
+of it), starts the baseline (``bench/bench_serve_baseline.py``) in a subprocess and the
+``raysys`` Serve application on a local Ray cluster, checks both give the same scores, then
+alternates baseline and Serve per cell. Results: a Markdown table on stdout and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBERS = {"ae": {"epochs": 3}, "vae": {"epochs": 3}, "lstm": {"window": 16, "epochs": 1}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build(workdir: Path, rows: int) -> tuple[Path, dict[str, Path], list[str], np.ndarray]:
+    """Fit the members, save them (for the baseline) and build the ONNX ensemble (for Serve)."""
+    from raysys.data import generate_dataset, load_dataset
+    from raysys.ensemble.build import build_ensemble
+    from raysys.models import build_detector
+
+    dataset = load_dataset(generate_dataset(workdir / "data", rows=rows, seed=7, overwrite=True))
+    X, y = dataset.features("train"), dataset.labels("train")
+    detectors, dirs = {}, {}
+    for name, params in MEMBERS.items():
+        detectors[name] = build_detector(name, seed=0, **params).fit(X, y)
+        dirs[name] = detectors[name].save(workdir / "detectors" / name)
+    ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False).directory
+    return ensemble, dirs, dataset.sensors, dataset.features("test")
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def bodies(sensors: list[str], rows: np.ndarray, batch: int, n: int = 64) -> list[bytes]:
+    """``n`` request bodies (records form) of ``batch`` consecutive readings each, encoded once."""
+    out = []
+    for i in range(n):
+        start = (i * batch) % max(1, len(rows) - batch)
+        chunk = rows[start:start + batch]
+        out.append(json.dumps({"readings": [dict(zip(sensors, map(float, r))) for r in chunk]}).encode())
+    return out
+
+
+async def load(url: str, payloads: list[bytes], concurrency: int, duration_s: float, warmup_s: float
+               ) -> dict[str, float]:
+    """Closed-loop load: ``concurrency`` clients, each sending its next request when the last one returns."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from, end = start + warmup_s, start + warmup_s + duration_s
+
+    async def client(k: int, session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        i = k
+        while True:
+            sent = time.perf_counter()
+            if sent >= end:
+                return
+            async with session.post(url, data=payloads[i % len(payloads)],
+                                    headers={"content-type": "application/json"}) as response:
+                await response.read()
+                ok = response.status == 200
+            done = time.perf_counter()
+            if sent >= measure_from and done <= end:
+                latencies.append(done - sent)
+                errors += not ok
+            i += concurrency
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await asyncio.gather(*(client(k, session) for k in range(concurrency)))
+    ms = np.array(latencies) * 1e3
+    return {"requests": len(ms), "errors": errors, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": len(ms) / duration_s}
+
+
+def scores(url: str, body: bytes) -> np.ndarray:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    return np.array(answer["score"] if "score" in answer else [p["score"] for p in answer["predictions"]])
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"Machine: {meta['machine']}; Python {meta['python']}, Ray {meta['ray']}, onnxruntime {meta['ort']}, "
+             f"torch {meta['torch']}. Serve: {meta['serve']}. {meta['duration_s']:g} s per cell after "
+             f"{meta['warmup_s']:g} s warm-up; closed-loop aiohttp clients on the same machine.",
+             "",
+             "| readings / request | concurrency | server | p50 ms | p99 ms | requests/s | readings/s | x baseline |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = f"{r['ratio']:.1f}x" if r["server"] == "serve" else ""
+        lines.append(f"| {r['batch']} | {r['concurrency']} | {r['server']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['requests_per_s']:.0f} | {r['readings_per_s']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=6000, help="rows of the generated dataset")
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (fixed, no autoscaling)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Serve replica")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.002)
+    parser.add_argument("--throughput-optimized", action="store_true",
+                        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's low-overhead mode)")
+    parser.add_argument("--workdir", help="keep the data, detectors and ensemble here (default: a temp dir)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny run: 2 cells, 1 s each")
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.rows, args.duration, args.warmup, args.concurrency, args.batch_sizes = 3000, 1.0, 0.5, [1, 8], [1]
+    if args.throughput_optimized:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the Ray processes started below
+
+    import onnxruntime
+    import ray
+    import torch
+    from ray import serve
+
+    from raysys.serve import DeploymentSettings, ServeConfig, UserConfig, deploy, shutdown
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-serve-"))
+    started = time.perf_counter()
+    ensemble, detector_dirs, sensors, rows = build(workdir, args.rows)
+    print(f"built the ensemble in {time.perf_counter() - started:.0f}s: {ensemble}", flush=True)
+
+    baseline_port, serve_port = free_port(), free_port()
+    baseline = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bench_serve_baseline.py"), "--ensemble", str(ensemble),
+         "--port", str(baseline_port), *[f"--detector={n}={d}" for n, d in detector_dirs.items()]], cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{baseline_port}/healthz")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        config = ServeConfig(host="127.0.0.1", port=serve_port, autoscaling_config=None, num_replicas=args.replicas,
+                             deployment=DeploymentSettings(num_cpus=args.num_cpus, max_ongoing_requests=128),
+                             user_config=UserConfig(max_batch_size=args.max_batch_size,
+                                                    batch_wait_timeout_s=args.batch_wait_timeout_s,
+                                                    max_request_rows=4096))
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+        serve_url = deploy(str(ensemble), config)
+        urls = {"baseline": f"http://127.0.0.1:{baseline_port}/v1/predict", "serve": f"{serve_url}/v1/predict"}
+
+        check = bodies(sensors, rows, 256, n=1)[0]
+        a, b = scores(urls["baseline"], check), scores(urls["serve"], check)
+        parity = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-12)))
+        print(f"same rows, same scores: max relative difference baseline vs Serve {parity:.2e}", flush=True)
+
+        results = []
+        for batch in args.batch_sizes:
+            payloads = bodies(sensors, rows, batch)
+            for concurrency in args.concurrency:
+                cell = {}
+                for server in ("baseline", "serve"):
+                    r = asyncio.run(load(urls[server], payloads, concurrency, args.duration, args.warmup))
+                    r.update(server=server, batch=batch, concurrency=concurrency,
+                             readings_per_s=r["requests_per_s"] * batch)
+                    cell[server] = r
+                    results.append(r)
+                cell["serve"]["ratio"] = cell["serve"]["readings_per_s"] / max(cell["baseline"]["readings_per_s"], 1e-9)
+                cell["baseline"]["ratio"] = 1.0
+                print(f"{batch:>4} readings x {concurrency:>2} clients: baseline p50 {cell['baseline']['p50_ms']:.1f} ms "
+                      f"{cell['baseline']['readings_per_s']:.0f}/s | serve p50 {cell['serve']['p50_ms']:.1f} ms "
+                      f"p99 {cell['serve']['p99_ms']:.1f} ms {cell['serve']['readings_per_s']:.0f}/s "
+                      f"({cell['serve']['ratio']:.1f}x)", flush=True)
+        errors = sum(r["errors"] for r in results)
+        meta = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+                "python": platform.python_version(), "ray": ray.__version__, "ort": onnxruntime.__version__,
+                "torch": torch.__version__, "duration_s": args.duration, "warmup_s": args.warmup,
+                "serve": (f"{args.replicas} replica(s) x {args.num_cpus:g} CPU, max_batch_size {args.max_batch_size}, "
+                          f"batch_wait_timeout_s {args.batch_wait_timeout_s:g}"
+                          + (", RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if args.throughput_optimized else "")),
+                "parity_max_rel_diff": parity, "errors": errors}
+        print("\n" + markdown(results, meta))
+        single = [r for r in results if r["server"] == "serve" and r["batch"] == 1 and r["concurrency"] == 1]
+        top = [r for r in results if r["server"] == "serve" and r["concurrency"] == max(args.concurrency)]
+        if single:
+            print(f"\nsingle reading p50 at concurrency 1: {single[0]['p50_ms']:.1f} ms (target <= 10 ms)")
+        for r in top:
+            print(f"throughput at concurrency {r['concurrency']}, {r['batch']} readings/request: "
+                  f"{r['ratio']:.1f}x the baseline (target >= 5x)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        return 1 if errors else 0
+    finally:
+        shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+        baseline.terminate()
+        baseline.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

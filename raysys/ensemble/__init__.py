@@ -1,0 +1,34 @@
+"""The production artifact: an ensemble of ONNX detectors with one calibrated threshold, registered in MLflow.
+
+Serving side (numpy + onnxruntime only, never torch): :class:`EnsembleRuntime`, :func:`load_runtime`.
+Building side (imported on first use, as it needs torch): ``build_ensemble``, ``register_ensemble``,
+``run_ensemble``, ``predict_file``. See ``docs/ensemble.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from raysys.ensemble.runtime import SPEC_FILE, EnsembleRuntime, load_runtime
+
+_LAZY = {
+    "build_ensemble": "raysys.ensemble.build",
+    "EnsembleBuild": "raysys.ensemble.build",
+    "register_ensemble": "raysys.ensemble.registry",
+    "DEFAULT_MODEL_NAME": "raysys.ensemble.registry",
+    "run_ensemble": "raysys.ensemble.workflow",
+    "EnsembleResult": "raysys.ensemble.workflow",
+    "DEFAULT_GATES": "raysys.ensemble.gates",
+    "check_gates": "raysys.ensemble.gates",
+    "predict_file": "raysys.ensemble.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SPEC_FILE", "EnsembleRuntime", "load_runtime", *_LAZY]

@@ -1,0 +1,199 @@
+"""Build an ensemble directory from fitted detectors, and measure it on the held-out test split.
+
+``build_ensemble`` fits the Isolation Forest, exports every member to ONNX (checked against its
+source), calibrates normalisation, weights and threshold on the validation split, writes
+``ensemble.json`` last (a failed build never looks complete), then evaluates what it wrote through
+:class:`~raysys.ensemble.runtime.EnsembleRuntime`, exactly as production will run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from raysys import __version__
+from raysys.data import SensorDataset
+from raysys.ensemble.calibrate import normalisation_stats, select_weights
+from raysys.ensemble.export import OPSET, PARITY_RTOL, export_member, random_rows, source_scores
+from raysys.ensemble.runtime import (
+    FORMAT_VERSION,
+    SPEC_FILE,
+    EnsembleRuntime,
+    MemberSessions,
+    combine,
+    normalise,
+)
+from raysys.evaluation import calibrate_threshold, detection_metrics
+
+IFOREST = "iforest"
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class EnsembleBuild:
+    """A written ensemble directory and what it measured on the test split.
+
+    Args:
+        directory: The ensemble directory (``ensemble.json`` and ``.onnx`` files).
+        spec: The parsed ``ensemble.json``.
+        metrics: ``ensemble`` and each member name to its test ``detection_metrics``; members are
+            thresholded alone, calibrated on validation the same way as the ensemble.
+        latency_ms: Single-row scoring latency of the runtime: ``p50``, ``p95``.
+        test_scores: ``ensemble`` and each member name to its (normalised) test scores.
+        models: Source model of each ``.onnx`` file (by file stem), for comparison with the export.
+        example: A few raw validation rows (sensor name -> values), the logged model's input example.
+    """
+
+    directory: Path
+    spec: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    latency_ms: dict[str, float]
+    test_scores: dict[str, np.ndarray] = field(repr=False)
+    models: dict[str, Any] = field(repr=False)
+    example: dict[str, list[float]] = field(repr=False, default_factory=dict)
+
+    @property
+    def ensemble_metrics(self) -> dict[str, Any]:
+        """The ensemble's test metrics."""
+        return self.metrics[ENSEMBLE]
+
+    @property
+    def member_metrics(self) -> dict[str, dict[str, Any]]:
+        """Each member's test metrics, thresholded alone."""
+        return {name: m for name, m in self.metrics.items() if name != ENSEMBLE}
+
+
+def fit_isolation_forest(dataset: SensorDataset, n_estimators: int = 100, seed: int = 0) -> IsolationForest:
+    """An Isolation Forest on the raw sensor values of the normal training rows."""
+    return IsolationForest(n_estimators=n_estimators, random_state=seed).fit(dataset.features("train", normal_only=True))
+
+
+def source_ensemble_scores(models: Mapping[str, Any], spec: Mapping[str, Any], X: np.ndarray) -> np.ndarray:
+    """The ensemble score computed from the source models (PyTorch, scikit-learn) instead of ONNX."""
+    by_model = {name: source_scores(model, X) for name, model in models.items()}
+    raw = np.column_stack([by_model[Path(m["file"]).stem][m["output"]] for m in spec["members"]])
+    center, scale, weights, windows = (np.array([m[k] for m in spec["members"]])
+                                       for k in ("center", "scale", "weight", "window"))
+    return combine(normalise(raw, center, scale), weights, windows)
+
+
+def single_row_latency(runtime: EnsembleRuntime, X: np.ndarray, repeats: int = 200) -> dict[str, float]:
+    """Milliseconds to score one row (after a warm-up), median and 95th percentile over ``repeats`` rows."""
+    runtime.score(X[:1])
+    times = []
+    for i in range(repeats):
+        row = X[i % len(X): i % len(X) + 1]
+        start = time.perf_counter()
+        runtime.score(row)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+
+
+def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDataset, method: str,
+               options: dict[str, Any], rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Normalisation centre and scale, weights and threshold from the validation split."""
+    y_val = dataset.labels("val")
+    raw = sessions.raw_scores(dataset.features("val")).astype(np.float64)
+    center, scale = normalisation_stats(raw[y_val == 0])
+    normalised = normalise(raw, center, scale)
+    weights = select_weights(normalised, y_val, method, rounds, windows, **options)
+    threshold = calibrate_threshold(method, y_val, combine(normalised, weights, windows), **options)
+    return center, scale, weights, threshold
+
+
+def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, method: str, options: dict[str, Any]
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Test metrics and scores of the ensemble and of each member alone (thresholded on validation)."""
+    val, test = runtime.score(dataset.features("val")), runtime.score(dataset.features("test"))
+    y_val, y_test, types = dataset.labels("val"), dataset.labels("test"), dataset.anomaly_types("test")
+    metrics = {ENSEMBLE: detection_metrics(y_test, test["score"], runtime.threshold, types)}
+    scores = {ENSEMBLE: test["score"]}
+    for name in runtime.members:
+        threshold = calibrate_threshold(method, y_val, val["members"][name], **options)
+        metrics[name] = detection_metrics(y_test, test["members"][name], threshold, types)
+        scores[name] = test["members"][name]
+    return metrics, scores
+
+
+def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
+                   threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
+                   iforest: bool = True, rounds: int = 10, seed: int = 0,
+                   sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
+                   intra_op_threads: int | None = 1) -> EnsembleBuild:
+    """Export, calibrate and evaluate an ensemble of fitted detectors; write it to ``out_dir``.
+
+    Args:
+        detectors: Member name to fitted raysys detector (e.g. ``{"ae": ..., "lstm": ...}``).
+        dataset: Supplies the sensor schema, the validation split (calibration and parity checks)
+            and the test split (metrics).
+        out_dir: Ensemble directory to write; must be empty or missing.
+        threshold_method: ``best_f1``, ``far`` or ``percentile`` (``raysys.evaluation``).
+        target_far: False-alarm rate on validation normal rows for ``far``.
+        percentile: Percentile of validation normal scores for ``percentile``.
+        iforest: Add an Isolation Forest member fitted on the normal training rows.
+        rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
+        seed: Random state of the Isolation Forest and of the random parity inputs.
+        sources: Member name to provenance, recorded in ``ensemble.json``.
+        parity_rtol: Largest relative error allowed between ONNX and the source model.
+        intra_op_threads: onnxruntime threads used for calibration and evaluation.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: ensemble directory exists and is not empty")
+    if IFOREST in detectors and iforest:
+        raise ValueError(f"member name {IFOREST!r} is reserved for the Isolation Forest; rename that detector")
+    models: dict[str, Any] = dict(detectors)
+    if not models and not iforest:
+        raise ValueError("no ensemble members: give at least one detector or keep the Isolation Forest")
+    if iforest:
+        models[IFOREST] = fit_isolation_forest(dataset, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+
+    checks = {"validation": dataset.features("val"),
+              "random": random_rows(dataset.features("train", normal_only=True), seed=seed)}
+    exported = [export_member(name, model, out, checks, parity_rtol) for name, model in models.items()]
+    members = [{"name": name, "family": e.family, "file": e.file, "output": output, "window": e.window}
+               for e in exported for name, output in e.outputs.items()]
+
+    sensors = dataset.sensors
+    options = {"target_far": target_far, "percentile": percentile}
+    center, scale, weights, threshold = _calibrate(
+        MemberSessions(out, members, len(sensors), intra_op_threads), np.array([m["window"] for m in members]),
+        dataset, threshold_method, options, rounds)
+    for member, c, s, w in zip(members, center, scale, weights):
+        member.update(center=float(c), scale=float(s), weight=float(w))
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "raysys_version": __version__,
+        "sensors": sensors,
+        "history": max(e.window for e in exported) - 1,
+        "padding": "repeat_first_row",
+        "normalisation": "robust_z: (raw - center) / scale; center = median, scale = IQR of validation normal scores",
+        "combination": "weighted_mean",
+        "threshold": float(threshold),
+        "threshold_method": threshold_method,
+        "target_far": target_far if threshold_method == "far" else None,
+        "percentile": percentile if threshold_method == "percentile" else None,
+        "members": members,
+        "files": {e.file: {"family": e.family, "window": e.window, "opset": OPSET, "parity_max_rel_error": e.parity,
+                           "source": dict((sources or {}).get(Path(e.file).stem, {"kind": "fitted"}))}
+                  for e in exported},
+        "dataset": {"path": str(dataset.path), "profile": dataset.metadata.get("profile"),
+                    "validation_rows": len(dataset.val)},
+    }
+    (out / SPEC_FILE).write_text(json.dumps(spec, indent=2, default=str))
+
+    runtime = EnsembleRuntime.load(out, intra_op_threads)
+    metrics, scores = _evaluate(runtime, dataset, threshold_method, options)
+    latency = single_row_latency(runtime, dataset.features("test"))
+    example = dataset.val[sensors].head(5).to_dict(orient="list")
+    return EnsembleBuild(out, spec, metrics, latency, scores, models, example)

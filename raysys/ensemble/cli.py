@@ -1,0 +1,91 @@
+"""``raysys ensemble`` (build, gate, register) and ``raysys predict`` (offline batch scoring)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from raysys.ensemble.gates import DEFAULT_GATES, parse_gates
+from raysys.ensemble.registry import DEFAULT_MODEL_NAME
+from raysys.evaluation import THRESHOLD_METHODS, metrics_table
+
+#: Exit code of ``raysys ensemble`` when a quality gate failed (nothing registered).
+GATE_FAILED = 1
+
+
+def run_ensemble_command(args: argparse.Namespace) -> int:
+    from raysys.ensemble.workflow import run_ensemble  # torch is imported only when building
+
+    result = run_ensemble(args.data, sweep=args.sweep, run_ids=args.run_id, detector_dirs=args.detector,
+                          out_dir=args.out, name=args.name, gates=parse_gates(args.gate),
+                          threshold_method=args.threshold_method, target_far=args.target_far,
+                          percentile=args.percentile, iforest=not args.no_iforest, register=not args.no_register,
+                          tracking_uri=args.mlflow_uri, experiment=args.experiment, seed=args.seed)
+    console = Console()
+    metrics = result.build.ensemble_metrics
+    console.print(metrics_table(metrics, "Ensemble test metrics"))
+    member, f1 = result.best_member
+    console.print(f"ensemble test F1 {metrics['f1']:.4f}; best member alone: {member} {f1:.4f}")
+    console.print(f"latency (one row): p50 {result.build.latency_ms['p50']:.2f} ms, "
+                  f"p95 {result.build.latency_ms['p95']:.2f} ms")
+    console.print(f"ensemble: {result.ensemble_dir}\nevaluation: {result.evaluation_dir}")
+    console.print(result.gates.summary(), markup=False)
+    if result.registration is not None:
+        console.print(f"MLflow run {result.registration.run_id}")
+    if not result.gates.passed:
+        console.print("nothing registered", style="bold red")
+        return GATE_FAILED
+    if result.version is not None:
+        console.print(f"registered {args.name} version {result.version} as @champion "
+                      f"(models:/{args.name}@champion)")
+    return 0
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    from raysys.ensemble.predict import predict_file
+
+    scored = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads)
+    print(f"scored {len(scored)} rows, {int(scored['is_anomaly'].sum())} flagged as anomalies -> {args.output}")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add ``ensemble`` and ``predict`` to ``subparsers`` (from ``add_subparsers()``)."""
+    ens = subparsers.add_parser(
+        "ensemble", help="export the best detectors to an ONNX ensemble, gate it and register it in MLflow",
+        description="Export members to ONNX, add an Isolation Forest, calibrate weights and threshold on the "
+                    "validation split, check the quality gates on the test split and, if all pass, register the "
+                    "ensemble in MLflow and move the alias 'champion' to it. Exits 1 when a gate fails.")
+    ens.add_argument("--data", required=True, help="prepared dataset directory the members were trained on")
+    source = ens.add_argument_group("members (at least one)")
+    source.add_argument("--sweep", metavar="SWEEP_DIR", help="sweep directory with best.json")
+    source.add_argument("--run-id", action="append", default=[], metavar="ID",
+                        help="MLflow training run whose 'detector' artifact is a member (repeatable)")
+    source.add_argument("--detector", action="append", default=[], metavar="DIR",
+                        help="saved detector directory (repeatable)")
+    ens.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name (default %(default)s)")
+    ens.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="best_f1",
+                     help="threshold on validation: best F1, a false-alarm rate, or a percentile of normal scores")
+    ens.add_argument("--target-far", type=float, default=0.01, help="false-alarm rate for --threshold-method far")
+    ens.add_argument("--percentile", type=float, default=99.0, help="for --threshold-method percentile")
+    ens.add_argument("--gate", action="append", default=[], metavar="NAME=LIMIT",
+                     help="override a quality gate, or NAME=off to drop it (repeatable); defaults: "
+                          + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_GATES.items()))
+    ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
+    ens.add_argument("--no-register", action="store_true", help="build and check the gates only")
+    ens.add_argument("--out", help="work directory for ensemble/ and evaluation/ (default runs/ensemble/TIME)")
+    ens.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    ens.add_argument("--experiment", default="raysys", help="MLflow experiment")
+    ens.add_argument("--seed", type=int, default=0, help="Isolation Forest random state")
+    ens.set_defaults(func=run_ensemble_command)
+
+    pred = subparsers.add_parser("predict", help="score a CSV/Parquet file with an ensemble (batch inference)")
+    pred.add_argument("--model", required=True, metavar="URI_OR_DIR",
+                      help="ensemble directory or MLflow URI, e.g. models:/raysys-detector@champion")
+    pred.add_argument("--input", required=True, help="CSV or Parquet file with the sensor columns, in time order")
+    pred.add_argument("--output", required=True, help="output file (.parquet or .csv)")
+    pred.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    pred.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
+    pred.set_defaults(func=run_predict_command)

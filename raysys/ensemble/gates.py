@@ -1,0 +1,97 @@
+"""Quality gates an ensemble must pass on the held-out test split before it is registered."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+#: The seed pipeline's gates: test ROC AUC, precision, recall, false-alarm rate, median single-row latency (ms).
+DEFAULT_GATES: dict[str, float] = {"roc_auc": 0.90, "precision": 0.85, "recall": 0.85,
+                                   "false_alarm_rate": 0.05, "latency_ms": 50.0}
+#: Gates whose value must stay at or below the limit; every other gate is a floor.
+UPPER_LIMITS = frozenset({"false_alarm_rate", "latency_ms", "latency_ms_p95"})
+#: ``--gate NAME=off`` drops a default gate.
+OFF = "off"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate: ``value`` measured against ``limit`` (a floor, or a ceiling for error rates and latency)."""
+
+    name: str
+    value: float
+    limit: float
+    upper: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.limit if self.upper else self.value >= self.limit
+
+    @property
+    def margin(self) -> float:
+        """How far inside the limit the value is; negative by how much it failed."""
+        return self.limit - self.value if self.upper else self.value - self.limit
+
+    def describe(self) -> str:
+        op = "<=" if self.upper else ">="
+        verdict = ("pass" if self.passed else f"FAIL by {abs(self.margin):.4g}" if math.isfinite(self.margin)
+                   else "FAIL (not measurable)")
+        return f"{self.name} = {self.value:.4g} (must be {op} {self.limit:g}): {verdict}"
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """Every gate's result; the ensemble may be registered only if all passed."""
+
+    results: tuple[GateResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[GateResult]:
+        return [r for r in self.results if not r.passed]
+
+    def summary(self) -> str:
+        head = "all quality gates passed" if self.passed else \
+            f"{len(self.failures)} of {len(self.results)} quality gates failed"
+        return "\n".join([head, *(f"  {r.describe()}" for r in self.results)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed,
+                "gates": [{**asdict(r), "passed": r.passed, "margin": r.margin} for r in self.results]}
+
+
+def parse_gates(items: Iterable[str], base: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``NAME=LIMIT`` strings over ``base`` (default :data:`DEFAULT_GATES`); ``NAME=off`` drops a gate."""
+    gates = dict(DEFAULT_GATES if base is None else base)
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"a gate must be NAME=LIMIT (or NAME={OFF}), got {item!r}")
+        if value.lower() == OFF:
+            gates.pop(name, None)
+            continue
+        try:
+            gates[name] = float(value)
+        except ValueError:
+            raise ValueError(f"gate {name!r}: limit must be a number or {OFF!r}, got {value!r}") from None
+    return gates
+
+
+def check_gates(values: Mapping[str, float], gates: Mapping[str, float] | None = None) -> GateReport:
+    """Compare measured ``values`` (e.g. test metrics plus ``latency_ms``) with ``gates``.
+
+    Raises:
+        ValueError: a gate names no measured value. A value that is not a number (NaN) fails its gate.
+    """
+    gates = DEFAULT_GATES if gates is None else gates
+    results = []
+    for name, limit in gates.items():
+        if name not in values:
+            raise ValueError(f"unknown quality gate {name!r}; measured values are {sorted(values)}")
+        results.append(GateResult(name, float(values[name]), float(limit), name in UPPER_LIMITS))
+    return GateReport(tuple(results))

@@ -1,0 +1,132 @@
+"""Log an ensemble to MLflow, and register it (moving the ``champion`` alias) only if its gates pass.
+
+Every call logs one run (``ensemble``) with the test metrics of the ensemble and of each member alone,
+recall per anomaly type, latency, the gate report and the plots. Only when every gate passes is the
+ensemble logged as a pyfunc model (artifact ``model``; the ensemble directory is inside it at
+``artifacts/ensemble``), registered as a new version of ``name`` and given the alias ``champion``.
+The version that held ``champion`` before gets the alias ``previous``, and stays loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import onnxruntime
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from raysys.ensemble.gates import GateReport
+from raysys.ensemble.runtime import MEMBER_COLUMN, MODEL_ARTIFACT_KEY
+from raysys.evaluation import flat_metrics
+from raysys.tracking import DEFAULT_EXPERIMENT, use_tracking
+
+if TYPE_CHECKING:  # building needs torch; registering does not
+    from raysys.ensemble.build import EnsembleBuild
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "raysys-detector"
+CHAMPION = "champion"
+PREVIOUS = "previous"
+MODEL_ARTIFACT = "model"
+#: The pyfunc wrapper, logged as a model from code.
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+
+
+@dataclass
+class Registration:
+    """What :func:`register_ensemble` logged.
+
+    Args:
+        run_id: The MLflow run holding metrics, plots and the gate report.
+        name: Registered model name.
+        version: The new model version, or None when a gate failed (nothing registered).
+        model_uri: ``models:/NAME/VERSION``, or None when nothing was registered.
+    """
+
+    run_id: str
+    name: str
+    version: str | None
+    model_uri: str | None
+
+
+def signature(spec: dict[str, Any]) -> ModelSignature:
+    """Sensor columns in (doubles; other columns are ignored), scores and flags out."""
+    outputs = [ColSpec("double", "score"), ColSpec("boolean", "is_anomaly")]
+    outputs += [ColSpec("double", MEMBER_COLUMN.format(name=m["name"])) for m in spec["members"]]
+    return ModelSignature(Schema([ColSpec("double", s) for s in spec["sensors"]]), Schema(outputs))
+
+
+def pip_requirements() -> list[str]:
+    """What the pyfunc wrapper imports besides raysys itself (pinned to this environment)."""
+    return [f"mlflow=={mlflow.__version__}", f"onnxruntime=={onnxruntime.__version__}",
+            f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+
+
+def run_metrics(build: EnsembleBuild) -> dict[str, float]:
+    """Flat MLflow metrics: ``test_<metric>`` for the ensemble, ``<member>_test_<metric>``, latency, parity."""
+    metrics = flat_metrics(build.ensemble_metrics, "test_")
+    for name, member in build.member_metrics.items():
+        metrics.update(flat_metrics(member, f"{name}_test_"))
+    metrics.update(flat_metrics(build.latency_ms, "latency_ms_"))
+    metrics.update(flat_metrics({Path(file).stem: info["parity_max_rel_error"]
+                                 for file, info in build.spec["files"].items()}, "parity_"))
+    return metrics
+
+
+def _promote(client: MlflowClient, name: str, version: str) -> None:
+    """Point ``champion`` at ``version``; the version it left keeps the alias ``previous``."""
+    try:
+        old = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        old = None
+    if old is not None and old != version:
+        client.set_registered_model_alias(name, PREVIOUS, old)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFAULT_MODEL_NAME,
+                      tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                      evaluation_dir: str | os.PathLike | None = None) -> Registration:
+    """Log ``build``'s run; if ``report`` passed, register the ensemble as ``name`` and make it ``champion``.
+
+    Args:
+        build: The built and evaluated ensemble.
+        report: Its quality gates; a failure logs the run and registers nothing.
+        name: Registered model name.
+        tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
+        experiment: MLflow experiment of the run.
+        evaluation_dir: Folder of metrics and plots to log with the run (from ``write_evaluation``).
+    """
+    uri = use_tracking(tracking_uri, experiment)
+    with mlflow.start_run(run_name="ensemble") as run:
+        mlflow.set_tags({"raysys.stage": "ensemble", "raysys.gates": "passed" if report.passed else "failed"})
+        mlflow.log_params({"members": ",".join(m["name"] for m in build.spec["members"]),
+                           "weights": json.dumps({m["name"]: m["weight"] for m in build.spec["members"]}),
+                           "threshold": build.spec["threshold"], "threshold_method": build.spec["threshold_method"],
+                           "target_far": build.spec["target_far"], "registered_model_name": name})
+        mlflow.log_metrics(run_metrics(build))
+        mlflow.log_dict(report.to_dict(), "gate_report.json")
+        if evaluation_dir is not None:
+            mlflow.log_artifacts(str(evaluation_dir), "evaluation")
+        if not report.passed:
+            logger.warning("ensemble not registered:\n%s", report.summary())
+            return Registration(run.info.run_id, name, None, None)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={MODEL_ARTIFACT_KEY: str(build.directory)},
+            signature=signature(build.spec), input_example=pd.DataFrame(build.example), pip_requirements=pip_requirements(), registered_model_name=name)
+    version = str(info.registered_model_version)
+    client = MlflowClient(uri)
+    client.set_model_version_tag(name, version, "raysys.gates", "passed")
+    client.set_model_version_tag(name, version, "test_f1", f"{build.ensemble_metrics['f1']:.4f}")
+    _promote(client, name, version)
+    return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")

@@ -1,0 +1,81 @@
+"""The pipeline's configuration: a YAML file, with flags on top."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raysys.data.profiles import PROFILES
+from raysys.evaluation import THRESHOLD_METHODS
+
+
+@dataclass
+class PipelineConfig:
+    """What ``raysys pipeline`` runs.
+
+    Args:
+        data: A prepared dataset directory; when empty, data is generated from ``profile``.
+        profile: Facility profile of generated data.
+        rows: Rows of generated data.
+        seed: Seed of generated data and of every stage.
+        quick: Few trials and epochs (minutes on 2 CPU cores) instead of a real sweep.
+        sweep_config: A sweep YAML (``raysys tune --config``); default: the packaged sweep.
+        sweep: Overrides of sweep settings (e.g. ``num_samples``, ``max_epochs``).
+        model_name: Registered MLflow model name.
+        threshold_method: Ensemble threshold on validation: ``best_f1``, ``percentile`` or ``far``.
+        target_far: False-alarm rate when ``threshold_method`` is ``far``.
+        gates: Quality gate overrides (gate name to limit).
+        output_dir: Parent directory of pipeline run directories.
+        tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
+        experiment: MLflow experiment.
+        serve: After registering, start the endpoint and send one request.
+        serve_port: HTTP port of the endpoint when ``serve`` is set.
+    """
+
+    data: str | None = None
+    profile: str = "water_treatment"
+    rows: int = 20_000
+    seed: int = 0
+    quick: bool = False
+    sweep_config: str | None = None
+    sweep: dict[str, Any] = field(default_factory=dict)
+    model_name: str = "raysys-detector"
+    threshold_method: str = "best_f1"
+    target_far: float = 0.01
+    gates: dict[str, float] = field(default_factory=dict)
+    output_dir: str = "runs/pipeline"
+    tracking_uri: str | None = None
+    experiment: str = "raysys"
+    serve: bool = False
+    serve_port: int = 8000
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        if self.rows < 500:
+            raise ValueError(f"rows must be >= 500, got {self.rows}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_pipeline_config(path: str | os.PathLike | None, **overrides: Any) -> PipelineConfig:
+    """Read a pipeline YAML (unknown keys are an error naming the key) and apply ``overrides``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of pipeline settings, got {type(loaded).__name__}")
+        known = {f.name for f in fields(PipelineConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown pipeline setting(s) {unknown}; expected some of {sorted(known)}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PipelineConfig(**values)

@@ -1,0 +1,175 @@
+"""``run_pipeline``: data -> sweep -> ensemble (gates, registry) -> report [-> serve], one MLflow parent run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from raysys.data import generate_dataset, load_dataset
+from raysys.ensemble.workflow import EnsembleResult, run_ensemble
+from raysys.pipeline.config import PipelineConfig
+from raysys.pipeline.report import write_pipeline_report
+from raysys.pipeline.state import PipelineState
+from raysys.tracking import get_experiment_id, resolve_tracking_uri
+from raysys.tune import SweepConfig, SweepResult, load_sweep_config, run_sweep
+
+logger = logging.getLogger(__name__)
+STAGES = ["data", "sweep", "ensemble", "report"]
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class PipelineResult:
+    """Where a finished pipeline left everything.
+
+    Args:
+        run_dir: The pipeline's run directory (``pipeline.json``, data, sweep, ensemble, report).
+        parent_run_id: The MLflow parent run holding every stage as a child run.
+        model_uri: The registered champion (``models:/NAME@champion``), None if a gate failed.
+        report: The HTML report.
+        ensemble: The ensemble stage's result (metrics, gates, registration).
+        sweep: The sweep stage's result (leaderboard, best trial per family).
+        endpoint: The endpoint's base URL when ``serve`` was asked for.
+    """
+
+    run_dir: Path
+    parent_run_id: str
+    model_uri: str | None
+    report: Path
+    ensemble: EnsembleResult
+    sweep: SweepResult
+    endpoint: str | None = None
+
+
+def _sweep_config(cfg: PipelineConfig) -> SweepConfig:
+    overrides = {"seed": cfg.seed, **cfg.sweep}
+    if cfg.sweep_config:
+        return load_sweep_config(cfg.sweep_config, **overrides)
+    return SweepConfig.quick(**overrides) if cfg.quick else SweepConfig.default(**overrides)
+
+
+def _child_run(client: MlflowClient, experiment_id: str, parent: str, stage: str) -> str:
+    run = client.create_run(experiment_id, run_name=stage, tags={PARENT_TAG: parent, "raysys.stage": stage})
+    return run.info.run_id
+
+
+def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
+    """Run every stage in order; a failing stage raises ``StageError`` naming it, with earlier
+    stages' outputs kept and marked done in ``pipeline.json``."""
+    console = console or Console()
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(uri)
+    experiment_id = get_experiment_id(uri, cfg.experiment)
+    run_dir = Path(cfg.output_dir).resolve() / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    state = PipelineState(run_dir, STAGES + (["serve"] if cfg.serve else []), cfg.to_dict())
+    parent = client.create_run(experiment_id, run_name=f"pipeline-{run_dir.name}",
+                               tags={"raysys.stage": "pipeline", "raysys.run_dir": str(run_dir)}).info.run_id
+    client.log_dict(parent, cfg.to_dict(), "pipeline_config.json")
+    try:
+        result = _run_stages(cfg, state, client, experiment_id, parent, run_dir, uri, console)
+    except BaseException:
+        client.log_artifact(parent, str(state.path))
+        client.set_terminated(parent, "FAILED")
+        raise
+    state.complete()
+    client.log_artifact(parent, str(state.path))
+    client.set_terminated(parent, "FINISHED")
+    return result
+
+
+def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient, experiment_id: str, parent: str,
+                run_dir: Path, uri: str, console: Console) -> PipelineResult:
+    console.rule("[bold]1/4 data")
+    with state.stage("data") as out:
+        if cfg.data:
+            dataset = load_dataset(cfg.data)
+        else:
+            dataset = load_dataset(generate_dataset(run_dir / "data", cfg.profile, cfg.rows, cfg.seed))
+        child = _child_run(client, experiment_id, parent, "data")
+        client.log_dict(child, dataset.metadata, "metadata.json")
+        client.set_terminated(child, "FINISHED")
+        out.update(path=str(dataset.path), rows=dataset.metadata["rows"], sensors=dataset.sensors, mlflow_run_id=child)
+        console.print(f"dataset {dataset.path}: {dataset.metadata['rows']} rows, sensors {dataset.sensors}")
+
+    console.rule("[bold]2/4 sweep")
+    with state.stage("sweep") as out:
+        sweep = run_sweep(_sweep_config(cfg), dataset.path, storage_path=run_dir / "sweep", tracking_uri=uri,
+                          experiment=cfg.experiment, parent_run_id=parent)
+        out.update(sweep_dir=str(sweep.sweep_dir), mlflow_run_id=sweep.parent_run_id,
+                   best={k: v["checkpoint"] for k, v in sweep.best.items()})
+
+    console.rule("[bold]3/4 ensemble")
+    with state.stage("ensemble") as out:
+        ensemble = run_ensemble(dataset, sweep=sweep.sweep_dir, out_dir=run_dir / "ensemble", name=cfg.model_name,
+                                gates=cfg.gates or None, threshold_method=cfg.threshold_method,
+                                target_far=cfg.target_far, tracking_uri=uri, experiment=cfg.experiment,
+                                seed=cfg.seed, parent_run_id=parent)
+        console.print(ensemble.gates.summary())
+        model_uri = f"models:/{cfg.model_name}@champion" if ensemble.version else None
+        out.update(ensemble_dir=str(ensemble.ensemble_dir), gates_passed=ensemble.gates.passed,
+                   version=ensemble.version, model_uri=model_uri,
+                   mlflow_run_id=ensemble.registration.run_id if ensemble.registration else None)
+
+    console.rule("[bold]4/4 report")
+    with state.stage("report") as out:
+        report = write_pipeline_report(run_dir / "report", dataset, sweep, ensemble, client, cfg.model_name)
+        child = _child_run(client, experiment_id, parent, "report")
+        client.log_artifacts(child, str(report.parent))
+        client.set_terminated(child, "FINISHED")
+        client.log_artifact(parent, str(report))
+        out.update(report=str(report), mlflow_run_id=child)
+    for key, value in ensemble.metrics["ensemble"].items():
+        if isinstance(value, float):
+            client.log_metric(parent, f"ensemble_test_{key}", value)
+
+    endpoint = None
+    if cfg.serve:
+        console.rule("[bold]serve")
+        with state.stage("serve") as out:
+            if model_uri is None:
+                raise RuntimeError("no champion was registered (a quality gate failed), so there is nothing to serve")
+            endpoint = _serve_and_probe(model_uri, dataset, cfg, uri, console)
+            out.update(endpoint=endpoint)
+    return PipelineResult(run_dir, parent, model_uri, report, ensemble, sweep, endpoint)
+
+
+def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str, console: Console) -> str:
+    """Deploy the champion with Ray Serve and show one request answering."""
+    import httpx
+
+    from raysys.serve.deploy import deploy
+
+    url = deploy(model_uri, tracking_uri=uri, port=cfg.serve_port)
+    row = dataset.test[dataset.sensors].iloc[0].to_dict()
+    response = httpx.post(f"{url}/v1/predict", json={"readings": [row]}, timeout=30)
+    response.raise_for_status()
+    console.print(f"POST {url}/v1/predict {row}\n-> {response.json()}")
+    return url
+
+
+def summary_lines(result: PipelineResult, tracking_uri: str) -> list[str]:
+    """What the user needs next: where things are and how to look at them."""
+    ens = result.ensemble.metrics["ensemble"]
+    best, best_f1 = result.ensemble.best_member
+    lines = [
+        f"run directory : {result.run_dir}",
+        f"report        : {result.report}",
+        f"MLflow        : parent run {result.parent_run_id} (browse: mlflow ui --backend-store-uri {tracking_uri})",
+        f"sweep         : {result.sweep.sweep_dir} (best per family: {', '.join(sorted(result.sweep.best))})",
+        f"ensemble test : ROC AUC {ens['roc_auc']:.4f}  PR AUC {ens['pr_auc']:.4f}  precision {ens['precision']:.4f}"
+        f"  recall {ens['recall']:.4f}  F1 {ens['f1']:.4f} (best member {best}: F1 {best_f1:.4f})",
+        f"quality gates : {'passed' if result.ensemble.gates.passed else 'FAILED'}",
+        f"model         : {result.model_uri or 'not registered (gate failed)'}"
+        + (f" (version {result.ensemble.version})" if result.ensemble.version else ""),
+    ]
+    if result.endpoint:
+        lines.append(f"endpoint      : {result.endpoint}/v1/predict")
+    return lines

@@ -1,0 +1,1 @@
+"""Internals of ``raysys.serve``: not a public API."""

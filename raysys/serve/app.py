@@ -1,0 +1,193 @@
+"""The Ray Serve application: one deployment, ``AnomalyDetector``, with a FastAPI ingress.
+
+Routes (see ``docs/serving.md``):
+
+- ``POST /v1/predict``: score readings (records or columnar form, :mod:`raysys.serve.schemas`);
+- ``GET /v1/model``: name, version, members, feature schema, threshold and gate metrics;
+- ``GET /healthz`` (liveness) and ``GET /readyz`` (the model is loaded and scores).
+
+Requests are coalesced by ``@serve.batch``; the batch size and wait, and the largest request, come from
+the deployment's ``user_config`` (:class:`raysys.serve.config.UserConfig`), applied by ``reconfigure``
+without restarting replicas. Autoscaling is the deployment's ``autoscaling_config``.
+
+Run it from a Serve config file / KubeRay serveConfigV2 with::
+
+    import_path: raysys.serve.app:app_builder
+    args: {model_uri: "models:/raysys-detector@champion", tracking_uri: "http://mlflow:5000"}
+"""
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.metrics import Counter, Histogram
+
+from raysys import __version__
+from raysys.serve._internal.model import ModelSource, ServedModel, pin_model
+from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig
+from raysys.serve.schemas import (
+    PredictRequest,
+    PredictResponse,
+    RequestError,
+    parse_json,
+    parse_predict_request,
+    predict_response,
+)
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="raysys anomaly detector",
+    version=__version__,
+    description="Anomaly scores for industrial sensor readings from the champion ensemble.",
+)
+
+#: ``@serve.batch`` needs start values; ``reconfigure`` replaces them from ``user_config`` before any request.
+_START = UserConfig()
+#: Bytes of request body allowed per row and sensor (generous: JSON numbers and sensor names).
+_BYTES_PER_VALUE = 160
+_ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class AnomalyDetector:
+    """One replica: the ensemble's onnxruntime sessions, loaded once, behind the HTTP API.
+
+    Args:
+        source: The pinned model (``ModelSource.to_dict()``, from :func:`app_builder`).
+        tracking_uri: MLflow tracking URI for ``runs:/`` and ``models:/`` sources.
+        intra_op_threads: onnxruntime threads per call (``None``: its default).
+    """
+
+    def __init__(self, source: dict[str, Any], tracking_uri: str | None = None, intra_op_threads: int | None = 1):
+        started = time.perf_counter()
+        self._model = ServedModel.load(ModelSource(**source), tracking_uri, intra_op_threads)
+        self._settings = _START
+        # A real score proves the sessions work before the replica takes traffic (and warms them up).
+        self._probe = np.zeros((1, len(self._model.sensors)), dtype=np.float32)
+        self._model.runtime.score(self._probe)
+        self._readings = Counter("raysys_readings_scored", "Readings scored.", tag_keys=("model_version",))
+        self._anomalies = Counter("raysys_anomalies_flagged", "Readings scored above the threshold.",
+                                  tag_keys=("model_version",))
+        self._rejected = Counter("raysys_requests_rejected", "Bad requests answered with a 4xx.",
+                                 tag_keys=("status",))
+        self._rows = Histogram("raysys_request_rows", "Readings per predict request.", boundaries=_ROW_BUCKETS)
+        self._tags = {"model_version": self._model.source.version}
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        logger.info("Loaded %s version %s from %s in %.2fs (%d sensors, members %s).", self._model.name,
+                    self._model.source.version, self._model.source.uri, time.perf_counter() - started,
+                    len(self._model.sensors), self._model.runtime.members)
+
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Apply ``user_config`` (batch size and wait, request limit) to this running replica."""
+        try:
+            settings = UserConfig.model_validate(user_config or {})
+        except ValidationError as exc:
+            raise ValueError(f"invalid user_config {user_config!r}: {exc}") from None
+        self._score_batch.set_max_batch_size(settings.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._settings = settings
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: the sessions still score (raising marks the replica unhealthy)."""
+        result = self._model.runtime.score(self._probe)
+        if not np.isfinite(result["score"]).all():
+            raise RuntimeError(f"health probe scored {result['score']!r}")
+
+    @serve.batch(max_batch_size=_START.max_batch_size, batch_wait_timeout_s=_START.batch_wait_timeout_s)
+    async def _score_batch(self, parts: list[np.ndarray]) -> list[dict[str, Any]]:
+        return self._model.score_many(parts)
+
+    # -- routes --------------------------------------------------------------------
+    @api.post("/v1/predict", response_model=PredictResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": PredictRequest.model_json_schema()}}}},
+              responses={400: {"description": "Body is not JSON"}, 413: {"description": "Too many readings"},
+                         422: {"description": "Unknown or missing sensor, wrong type, NaN/inf, empty batch"}})
+    async def predict(self, request: Request) -> JSONResponse:
+        """Score one or many readings: ensemble score, member scores, ``is_anomaly``, threshold, model version."""
+        settings, model = self._settings, self._model
+        try:
+            limit = settings.max_request_rows * (len(model.sensors) + 1) * _BYTES_PER_VALUE + 65536
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > limit:
+                raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes "
+                                        f"for max_request_rows={settings.max_request_rows}")
+            parsed = parse_predict_request(parse_json(await request.body()), model.sensors,
+                                           settings.max_request_rows)
+        except RequestError as exc:
+            self._rejected.inc(tags={"status": str(exc.status)})
+            return JSONResponse(exc.body(), status_code=exc.status)
+        result = await self._score_batch(parsed.rows)
+        if parsed.n_history:
+            keep = slice(parsed.n_history, None)
+            result = {"score": result["score"][keep], "is_anomaly": result["is_anomaly"][keep],
+                      "members": {k: v[keep] for k, v in result["members"].items()}}
+        self._readings.inc(parsed.n_readings, tags=self._tags)
+        flagged = int(np.count_nonzero(result["is_anomaly"]))
+        if flagged:
+            self._anomalies.inc(flagged, tags=self._tags)
+        self._rows.observe(parsed.n_readings)
+        return JSONResponse(predict_response(parsed, result, model.ref, model.threshold))
+
+    @api.get("/v1/model")
+    async def model(self) -> dict[str, Any]:
+        """The loaded model: name, version, members, feature schema, threshold, gate metrics, serving limits."""
+        return {**self._model.card(), "serving": {**self._settings.model_dump(), "replica": self._replica}}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the replica answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: the model is loaded and scores a probe row."""
+        try:
+            self.check_health()
+        except Exception as exc:  # report, never crash: Serve's own check_health replaces the replica
+            return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ready", **self._model.ref})
+
+
+def build_app(args: dict[str, Any]) -> tuple[Application, ModelSource]:
+    """The application for ``args`` (:class:`raysys.serve.config.AppArgs`) and the model version it serves.
+
+    Raises:
+        ValueError: naming each invalid arg.
+    """
+    try:
+        parsed = AppArgs.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ValueError(f"invalid raysys serve args: {problems}") from None
+    tracking_uri = parsed.tracking_uri
+    if parsed.model_uri.startswith(("models:/", "runs:/")):
+        from raysys.tracking import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # absolute, so replicas (other processes) agree
+    source = pin_model(parsed.model_uri, tracking_uri)
+    threads = parsed.intra_op_threads or None
+    app = AnomalyDetector.options(**parsed.deployment_options()).bind(source.to_dict(), tracking_uri, threads)
+    return app, source
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Build the application from ``args`` (:class:`raysys.serve.config.AppArgs`).
+
+    Used by ``serve run`` / ``serve deploy`` / KubeRay (``import_path: raysys.serve.app:app_builder``)
+    and by :func:`raysys.serve.deploy`. A ``models:/NAME@ALIAS`` URI is resolved to its version here,
+    so every replica, including those autoscaling adds later, serves that version until the next deploy.
+
+    Raises:
+        ValueError: naming each invalid arg.
+    """
+    return build_app(args)[0]

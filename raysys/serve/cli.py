@@ -1,0 +1,129 @@
+"""``raysys serve``: the champion ensemble as an autoscaling HTTP endpoint on Ray Serve.
+
+Wired into the main CLI by ``raysys.cli`` with :func:`add_parsers`::
+
+    raysys serve --model models:/raysys-detector@champion --config serve.yaml --port 8000
+
+Running it again with a new model (or after the alias moved) is a rolling update that fails no
+in-flight request. Settings come from ``--config`` (YAML), then flags; ``--print-config`` writes the
+result as a Serve config / KubeRay ``serveConfigV2`` document instead of deploying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+import yaml
+
+from raysys.serve.config import ServeConfig, load_serve_config, to_serve_config_v2
+
+logger = logging.getLogger(__name__)
+
+#: Flag destination to the dotted ServeConfig field it overrides.
+_OVERRIDES = {
+    "model": "model_uri",
+    "mlflow_uri": "tracking_uri",
+    "host": "host",
+    "port": "port",
+    "min_replicas": "autoscaling_config.min_replicas",
+    "max_replicas": "autoscaling_config.max_replicas",
+    "target_ongoing_requests": "autoscaling_config.target_ongoing_requests",
+    "upscale_delay_s": "autoscaling_config.upscale_delay_s",
+    "downscale_delay_s": "autoscaling_config.downscale_delay_s",
+    "max_batch_size": "user_config.max_batch_size",
+    "batch_wait_timeout_s": "user_config.batch_wait_timeout_s",
+    "max_request_rows": "user_config.max_request_rows",
+    "num_cpus": "deployment.num_cpus",
+    "max_ongoing_requests": "deployment.max_ongoing_requests",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` of ``--config`` with the flags given applied on top."""
+    overrides = {field: getattr(args, dest, None) for dest, field in _OVERRIDES.items()}
+    if getattr(args, "num_replicas", None) is not None:  # a fixed replica count switches autoscaling off
+        overrides["num_replicas"] = args.num_replicas
+    config = load_serve_config(args.config, **overrides)
+    if getattr(args, "num_replicas", None) is not None:
+        config.autoscaling_config = None
+    return config
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Handler of ``raysys serve``; returns the process exit code."""
+    from raysys.serve.deploy import deploy, shutdown
+
+    config = config_from_args(args)
+    if args.print_config:
+        config.app_args()  # fail on a missing model like a deploy would
+        yaml.safe_dump(to_serve_config_v2(config), sys.stdout, sort_keys=False)
+        return 0
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    # A local cluster started here lives only as long as this process: keep serving until stopped.
+    blocking = args.blocking if args.blocking is not None else not address
+    from raysys.cluster import init_ray
+
+    init_ray(address)
+    url = deploy(config=config)
+    print(f"raysys serve: {config.model_uri} at {url} (POST {url}/v1/predict, GET {url}/v1/model)", flush=True)
+    if not blocking:
+        return 0
+    print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
+    _wait_for_stop()
+    logger.info("Stopping the %r application", config.app_name)
+    shutdown(config.app_name)
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``subparsers`` (from ``add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "serve", help="serve the ensemble over HTTP with Ray Serve (autoscaling, dynamic batching)",
+        description="Deploy the ensemble as the Ray Serve application 'raysys' (deployment AnomalyDetector): "
+                    "POST /v1/predict, GET /v1/model, /healthz, /readyz. Flags override --config.")
+    p.add_argument("--model", metavar="URI",
+                   help="ensemble directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS, "
+                        "e.g. models:/raysys-detector@champion (required here or in --config)")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="serve settings: raysys's flat form or a Serve config / serveConfigV2 document")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    http = p.add_argument_group("HTTP (fixed when Serve first starts on the cluster)")
+    http.add_argument("--host", help="proxy host (default 127.0.0.1; 0.0.0.0 for every interface)")
+    http.add_argument("--port", type=int, help="proxy port (default 8000)")
+    scale = p.add_argument_group("autoscaling (the deployment's autoscaling_config)")
+    scale.add_argument("--min-replicas", type=int, help="replicas kept with no traffic (default 1)")
+    scale.add_argument("--max-replicas", type=int, help="upper bound on replicas (default 4)")
+    scale.add_argument("--target-ongoing-requests", type=float,
+                       help="in-flight requests per replica the autoscaler aims for (default 8)")
+    scale.add_argument("--upscale-delay-s", type=float, help="default 10")
+    scale.add_argument("--downscale-delay-s", type=float, help="default 60")
+    scale.add_argument("--num-replicas", type=int, help="a fixed replica count instead of autoscaling")
+    batch = p.add_argument_group("batching and limits (the deployment's user_config)")
+    batch.add_argument("--max-batch-size", type=int, help="requests per model call (default 32)")
+    batch.add_argument("--batch-wait-timeout-s", type=float,
+                       help="longest wait for a batch to fill (default 0.002)")
+    batch.add_argument("--max-request-rows", type=int, help="most readings per request, else 413 (default 4096)")
+    rep = p.add_argument_group("replicas")
+    rep.add_argument("--num-cpus", type=float, help="CPUs reserved per replica (default 0.5)")
+    rep.add_argument("--max-ongoing-requests", type=int, help="requests per replica at once (default 64)")
+    p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep running until Ctrl-C, then delete the app (default: only when this process "
+                        "started a local Ray cluster, which would otherwise end with it)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings as a Serve config (serveConfigV2) YAML document and exit")
+    p.set_defaults(func=handler)
+    return p

@@ -1,0 +1,106 @@
+"""Deploy the detector on Ray Serve from Python (what ``raysys serve`` and the pipeline call).
+
+A second :func:`deploy` of the same application is a rolling update: with a new model (or an alias
+that now points to a new version) Serve starts replicas of the new version beside the old ones
+(``max_surge_percent``), moves traffic once they are ready and lets the old ones finish their
+in-flight requests. A change of ``user_config`` alone reconfigures running replicas in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from raysys.serve.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+
+def base_url(host: str, port: int, route_prefix: str = "/") -> str:
+    """The URL clients on this machine use (a wildcard host is reached through 127.0.0.1)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+
+
+def wait_ready(url: str, timeout_s: float = 60.0, expect_version: str | None = None) -> dict[str, Any]:
+    """Poll ``url``/readyz until it answers 200 (with ``expect_version``, if given); returns its body.
+
+    Raises:
+        TimeoutError: naming the last answer seen.
+    """
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                body = json.loads(response.read())
+                if expect_version is None or body.get("version") == expect_version:
+                    return body
+                last = f"version {body.get('version')!r}, waiting for {expect_version!r}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/readyz not ready after {timeout_s:g}s: {last}")
+
+
+def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host: str | None = None,
+           port: int | None = None, tracking_uri: str | None = None, timeout_s: float = 120.0) -> str:
+    """Deploy (or update) the ``raysys`` Serve application; returns its base URL once it answers.
+
+    Connects to Ray first if needed (``$RAY_ADDRESS``, else a local cluster owned by this process).
+
+    Args:
+        model_uri: Ensemble directory, ``runs:/`` or ``models:/NAME@ALIAS`` (overrides ``config``).
+        config: Everything else (defaults: :class:`ServeConfig`).
+        host: HTTP host of Serve's proxy (overrides ``config``).
+        port: HTTP port of Serve's proxy (overrides ``config``).
+        tracking_uri: MLflow tracking URI (overrides ``config``).
+        timeout_s: Longest wait for the application to answer ``/readyz``.
+
+    Serve's HTTP host and port are fixed when Serve starts on the cluster; a later deploy with other
+    values keeps the running proxy (Serve logs a warning).
+    """
+    from ray import serve
+
+    from raysys.cluster import init_ray
+    from raysys.serve.app import build_app
+
+    config = (config or ServeConfig()).model_copy(deep=True)
+    updates = {"model_uri": model_uri, "host": host, "port": port, "tracking_uri": tracking_uri}
+    config = ServeConfig.model_validate({**config.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    args = config.app_args()
+    init_ray()
+    serve.start(http_options={"host": config.host, "port": config.port})
+    app, source = build_app(args)
+    version = source.version
+    started = time.monotonic()
+    serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
+    url = base_url(config.host, config.port, config.route_prefix)
+    wait_ready(url, max(1.0, timeout_s - (time.monotonic() - started)), expect_version=version)
+    logger.info("Serving %s (version %s) at %s", config.model_uri, version, url)
+    return url
+
+
+def shutdown(app_name: str | None = None, stop_serve: bool = True) -> None:
+    """Delete the application ``app_name`` (default ``raysys``); with ``stop_serve``, stop Serve too
+    when no other application is left. A no-op if Ray or Serve is not running."""
+    import ray
+    from ray import serve
+
+    from raysys.serve.config import APP_NAME
+
+    if not ray.is_initialized():
+        return
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve not started on this cluster
+        return
+    name = app_name or APP_NAME
+    if name in applications:
+        serve.delete(name)
+    if stop_serve and not (set(applications) - {name}):
+        serve.shutdown()

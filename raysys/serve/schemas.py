@@ -1,0 +1,277 @@
+"""Request and response bodies of the HTTP API, and the validation that turns a body into rows.
+
+``POST /v1/predict`` takes one of two forms, both keyed by sensor name (the model's feature schema,
+``GET /v1/model``'s ``sensors``), rows in time order:
+
+- records: ``{"readings": [{"flow_in": 1.2, "ph": 7.1, ...}, ...]}``;
+- columnar: ``{"columns": {"flow_in": [1.2, 1.3, ...], "ph": [7.1, 7.0, ...], ...}}``, compact for large batches.
+
+An optional ``history`` (same form, earlier rows) gives sequence members the context before the first
+reading; those rows are not scored in the response. Every problem is a :class:`RequestError` with an
+HTTP status (400 body not JSON, 413 too many rows, 422 anything else) and a message naming the field,
+the reading and the sensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+#: A finite JSON number: no strings, booleans, nulls, NaN or infinities.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+_RECORDS = TypeAdapter(list[dict[str, Number]])
+_COLUMNS = TypeAdapter(dict[str, list[Number]])
+_FIELDS = ("readings", "columns", "history")
+#: Most validation problems listed in one response.
+MAX_ERRORS = 10
+
+
+class RequestError(ValueError):
+    """A bad request: ``status`` (4xx), a one-line ``message`` and every problem found in ``errors``."""
+
+    def __init__(self, status: int, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or [message]
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.message, "errors": self.errors}
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict`` (exactly one of ``readings`` and ``columns``).
+
+    Args:
+        readings: Records form: one object per reading, from sensor name to value.
+        columns: Columnar form: sensor name to its values, all of one length.
+        history: Optional earlier rows in the same form, context for sequence members only.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"readings": [{"sensor_a": 1.0, "sensor_b": 2.5}]},
+        {"columns": {"sensor_a": [1.0, 1.1], "sensor_b": [2.5, 2.4]}},
+    ]})
+
+    readings: list[dict[str, Number]] | None = None
+    columns: dict[str, list[Number]] | None = None
+    history: list[dict[str, Number]] | dict[str, list[Number]] | None = None
+
+
+class ModelRef(BaseModel):
+    """Which model answered: registered name (or ensemble name) and version."""
+
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    """One reading's result (records form)."""
+
+    score: float
+    is_anomaly: bool
+    members: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    """Body of a ``POST /v1/predict`` answer.
+
+    Records requests get ``predictions`` (one per reading, in order); columnar requests get the
+    columns ``score``, ``is_anomaly`` and ``members`` instead.
+
+    Args:
+        model: Name and version of the model that scored the readings.
+        threshold: Scores above it are anomalies.
+        predictions: Records form: per-reading ensemble score, ``is_anomaly`` and normalised member scores.
+        score: Columnar form: ensemble scores.
+        is_anomaly: Columnar form: anomaly flags.
+        members: Columnar form: member name to its normalised scores.
+    """
+
+    model: ModelRef
+    threshold: float
+    predictions: list[Prediction] | None = None
+    score: list[float] | None = None
+    is_anomaly: list[bool] | None = None
+    members: dict[str, list[float]] | None = None
+
+
+@dataclass
+class ParsedRequest:
+    """A validated request: ``rows`` (float32, history first, in schema order) and how to answer."""
+
+    rows: np.ndarray
+    n_history: int
+    columnar: bool
+    n_readings: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_readings = len(self.rows) - self.n_history
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _where(name: str, loc: tuple[Any, ...]) -> str:
+    out = name
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f"[{json.dumps(part)}]"
+    return out
+
+
+def _pydantic_errors(exc: ValidationError, name: str) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        where, value, kind = _where(name, tuple(err["loc"])), err.get("input"), err["type"]
+        if kind == "finite_number":
+            problems.append(f"{where}: NaN and infinite values are not allowed, got {value}")
+        elif kind == "float_type":
+            problems.append(f"{where}: expected a number, got {_describe(value)}")
+        elif kind == "list_type":
+            problems.append(f"{where}: expected a list, got {_describe(value)}")
+        elif kind == "dict_type":
+            expected = "an object from sensor name to value" if name != "columns" else \
+                "an object from sensor name to a list of values"
+            problems.append(f"{where}: expected {expected}, got {_describe(value)}")
+        else:
+            problems.append(f"{where}: {err['msg']}")
+    return problems
+
+
+def _fail(problems: list[str], status: int = 422) -> None:
+    if problems:
+        extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RequestError(status, problems[0] + extra, problems[:MAX_ERRORS])
+
+
+def _sensor_problems(where: str, keys: Any, sensors: list[str], known: set[str]) -> list[str]:
+    keys = set(keys)
+    problems = []
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        problems.append(f"{where}: unknown sensor(s) {', '.join(map(repr, sorted(unknown)))}; "
+                        f"the model's sensors are {sensors}")
+    missing = [s for s in sensors if s not in keys]
+    if missing:
+        problems.append(f"{where}: missing sensor(s) {', '.join(map(repr, missing))}")
+    return problems
+
+
+def _count(value: Any, columnar: bool) -> int:
+    """Rows in a not-yet-validated part (0 when it has the wrong shape; validation says why)."""
+    if columnar:
+        if isinstance(value, dict):
+            return max((len(v) for v in value.values() if isinstance(v, list)), default=0)
+        return 0
+    return len(value) if isinstance(value, list) else 0
+
+
+def _rows(name: str, value: Any, columnar: bool, sensors: list[str], known: set[str]) -> np.ndarray:
+    """Validate one part (``readings``/``columns``/``history``) into float32 rows in schema order."""
+    try:
+        data = (_COLUMNS if columnar else _RECORDS).validate_python(value)
+    except ValidationError as exc:
+        _fail(_pydantic_errors(exc, name))
+    if columnar:
+        _fail(_sensor_problems(name, data, sensors, known))
+        lengths = {k: len(v) for k, v in data.items()}
+        if len(set(lengths.values())) > 1:
+            _fail([f"{name}: every column must hold the same number of values, got "
+                   + ", ".join(f"{k!r}: {n}" for k, n in lengths.items())])
+        rows = np.array([data[s] for s in sensors], dtype=np.float64).T
+    else:
+        problems = []
+        for i, reading in enumerate(data):
+            if reading.keys() != known:
+                problems += _sensor_problems(f"{name}[{i}]", reading, sensors, known)
+                if len(problems) >= MAX_ERRORS:
+                    break
+        _fail(problems)
+        rows = np.array([[reading[s] for s in sensors] for reading in data], dtype=np.float64)
+    rows = rows.reshape(-1, len(sensors))
+    big = np.abs(rows) > np.finfo(np.float32).max
+    if big.any():
+        i, j = map(int, np.argwhere(big)[0])
+        where = f"{name}[{json.dumps(sensors[j])}][{i}]" if columnar else f"{name}[{i}][{json.dumps(sensors[j])}]"
+        _fail([f"{where}: value {rows[i, j]!r} is out of float32 range"])
+    return rows.astype(np.float32)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in ``body``; 400 if it is not JSON."""
+    if not body.strip():
+        raise RequestError(400, "request body is empty; expected a JSON object with 'readings' or 'columns'")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> ParsedRequest:
+    """Validate a parsed ``POST /v1/predict`` body against the model's ``sensors``.
+
+    Args:
+        document: The JSON body, already parsed (see :func:`parse_json`).
+        sensors: The model's feature schema, in order.
+        max_rows: Most rows (readings plus history) one request may hold.
+
+    Raises:
+        RequestError: 413 over ``max_rows``, 422 for any other problem, naming it.
+    """
+    if not isinstance(document, dict):
+        raise RequestError(422, f"request body must be a JSON object with 'readings' or 'columns', "
+                                f"got {type(document).__name__}")
+    unknown = [k for k in document if k not in _FIELDS]
+    if unknown:
+        raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))} in request body; "
+                                f"expected 'readings' or 'columns' (and optionally 'history')")
+    given = [k for k in ("readings", "columns") if document.get(k) is not None]
+    if len(given) != 1:
+        raise RequestError(422, "request body must hold exactly one of 'readings' (a list of objects "
+                                "from sensor name to value) and 'columns' (sensor name to a list of values), "
+                                f"got {'both' if given else 'neither'}")
+    name = given[0]
+    columnar = name == "columns"
+    value, history = document[name], document.get("history")
+    n_rows = _count(value, columnar)
+    n_history = _count(history, columnar)
+    if n_rows + n_history > max_rows:
+        with_history = f" plus {n_history} history rows" if n_history else ""
+        raise RequestError(413, f"batch too large: {n_rows} readings{with_history} exceed the maximum of "
+                                f"{max_rows} rows per request (max_request_rows); split it into smaller requests")
+    if value == [] or value == {}:
+        raise RequestError(422, f"empty batch: {name!r} holds no readings")
+    known = set(sensors)
+    rows = _rows(name, value, columnar, sensors, known)
+    if not len(rows):
+        raise RequestError(422, f"empty batch: {name!r} holds no readings")
+    past = _rows("history", history, columnar, sensors, known) if history not in (None, [], {}) else rows[:0]
+    return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar)
+
+
+def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[str, str],
+                     threshold: float) -> dict[str, Any]:
+    """The JSON answer for ``parsed`` from the runtime's ``result`` (history rows already dropped)."""
+    score = np.asarray(result["score"], dtype=np.float64).tolist()
+    flags = np.asarray(result["is_anomaly"], dtype=bool).tolist()
+    members = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in result["members"].items()}
+    out: dict[str, Any] = {"model": model, "threshold": threshold}
+    if parsed.columnar:
+        out.update(score=score, is_anomaly=flags, members=members)
+    else:
+        names = list(members)
+        out["predictions"] = [
+            {"score": s, "is_anomaly": a, "members": {n: members[n][i] for n in names}}
+            for i, (s, a) in enumerate(zip(score, flags))]
+    return out
+

@@ -1,0 +1,97 @@
+"""The sweep's output for the ensemble step: the best trial per family as a loadable detector.
+
+A trial that ran to its own end has a fitted detector in its last checkpoint (``detector/``).
+A trial stopped by ASHA (or the time budget) has only ``train_state.pt``; its detector is
+rebuilt from the best weights in that state (:func:`materialize_detector`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from sklearn.metrics import average_precision_score
+
+from raysys.data import load_dataset
+from raysys.models import build_detector, load_detector
+from raysys.models.base import CONFIG_FILE
+from raysys.train.worker import DETECTOR_DIR, STATE_FILE
+from raysys.tune.leaderboard import COMPLETED, STOPPED
+
+BEST_FILE = "best.json"
+BEST_DIR = "best"
+
+
+def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params: dict[str, Any],
+                         data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the fitted detector of a Train checkpoint to ``out_dir``.
+
+    Copies the checkpoint's ``detector/`` when it has one; otherwise fits the scaler on the
+    training split as the worker did, loads the best weights from ``train_state.pt`` and
+    computes the fitted state (threshold, latent statistics) like the worker's last epoch.
+    """
+    checkpoint_dir, out = Path(checkpoint_dir), Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    if (checkpoint_dir / DETECTOR_DIR / CONFIG_FILE).exists():
+        shutil.copytree(checkpoint_dir / DETECTOR_DIR, out)
+        return out
+    state_path = checkpoint_dir / STATE_FILE
+    if not state_path.exists():
+        raise FileNotFoundError(f"{checkpoint_dir}: neither {DETECTOR_DIR}/ nor {STATE_FILE}; not a raysys checkpoint")
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    dataset = load_dataset(data_dir)
+    X, y = dataset.features("train"), dataset.labels("train")
+    detector = build_detector(family, **params)
+    detector.init_fit(X, y)
+    detector.module_.load_state_dict(state["best_module"] if state.get("best_module") is not None
+                                     else state["module"])
+    detector.finish_fit(X, y).save(out)
+    return out
+
+
+def val_pr_auc(detector_dir: str | os.PathLike, data_dir: str | os.PathLike) -> float:
+    """PR AUC of a saved detector on the labelled validation split."""
+    dataset = load_dataset(data_dir)
+    labels = dataset.labels("val")
+    if not labels.any():
+        return float("nan")
+    return float(average_precision_score(labels, load_detector(detector_dir).decision_function(dataset.features("val"))))
+
+
+def best_per_family(leaderboard: pd.DataFrame, metric: str, mode: str) -> dict[str, pd.Series]:
+    """The best completed-or-stopped trial with a finite ``metric`` and a checkpoint, per family."""
+    usable = leaderboard[leaderboard["status"].isin([COMPLETED, STOPPED]) & leaderboard["checkpoint_path"].notna()
+                         & leaderboard[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    best: dict[str, pd.Series] = {}
+    for family, group in usable.groupby("family", sort=False):
+        index = group[metric].idxmax() if mode == "max" else group[metric].idxmin()
+        best[family] = group.loc[index]
+    return best
+
+
+def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, data_dir: str | os.PathLike,
+                sweep_dir: str | os.PathLike, families: list[str]) -> dict[str, dict[str, Any]]:
+    """Write ``<sweep_dir>/best/<family>/`` detectors; returns the ``best.json`` entries.
+
+    ``metric`` in an entry describes the exported detector: its validation PR AUC (recomputed
+    on the saved detector, which holds the trial's best-validation-loss weights) or its best
+    validation loss. ``trial_metric`` is what Tune ranked the trial by (its last report).
+    """
+    out_root = Path(sweep_dir).resolve() / BEST_DIR
+    best: dict[str, dict[str, Any]] = {}
+    for family, row in sorted(best_per_family(leaderboard, metric, mode).items(),
+                              key=lambda item: families.index(item[0]) if item[0] in families else 99):
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else dict(row["params"])
+        detector_dir = materialize_detector(row["checkpoint_path"], family, params, data_dir, out_root / family)
+        value = val_pr_auc(detector_dir, data_dir) if metric == "val_pr_auc" else float(row["best_val_loss"])
+        best[family] = {"checkpoint": str(detector_dir), "run_id": row["run_id"], "trial_id": row["trial_id"],
+                        "config": {"family": family, "params": params}, "metric": value, "metric_name": metric,
+                        "trial_metric": float(row[metric]), "status": row["status"], "epochs": int(row["epochs"])}
+    return best

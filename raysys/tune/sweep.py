@@ -1,0 +1,253 @@
+"""Running a sweep: the Tuner, its MLflow parent run, resume, and the outputs.
+
+A sweep directory (``<storage_path>/<name>``) is the Tune experiment directory. Beside Tune's
+own files it holds::
+
+    raysys_sweep.json   the config, the dataset and the MLflow parent run (what --resume reads)
+    train/trial_<id>/   each trial's Ray Train run (checkpoints) and raysys_trial.json
+    leaderboard.csv     one row per trial, best first
+    leaderboard.png     metric per trial and epochs per trial
+    best.json           the best trial per family (the ensemble step reads this)
+    best/<family>/      those trials' detectors (raysys.models.load_detector)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from raysys.cluster import init_ray
+from raysys.data import load_dataset
+from raysys.tracking import get_experiment_id, resolve_tracking_uri
+from raysys.tune.config import SweepConfig
+from raysys.tune.export import BEST_FILE, export_best
+from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
+                                     leaderboard_table, plot_leaderboard, total_trial_epochs)
+from raysys.tune.space import make_searcher
+from raysys.tune.trial import TrialSettings, train_driver_fn
+
+logger = logging.getLogger(__name__)
+SWEEP_RECORD = "raysys_sweep.json"
+TRAIN_DIR = "train"
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_PLOT = "leaderboard.png"
+#: Logical memory (bytes) a trial's driver function reserves; it holds no CPU.
+TRIAL_DRIVER_MEMORY = 128 * 1024**2
+_RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED", UNFINISHED: "KILLED"}
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced.
+
+    Args:
+        sweep_dir: The sweep (Tune experiment) directory; pass it to ``--resume``.
+        parent_run_id: The MLflow parent run; each trial is a child run of it.
+        best: ``best.json``: family -> ``checkpoint`` (detector dir), ``run_id``, ``trial_id``,
+            ``config``, ``metric``, ``metric_name`` (and ``trial_metric``, ``status``, ``epochs``).
+        leaderboard: One row per trial, best first.
+        config: The sweep's config.
+        finished: False when trials were left pending or running (interrupted: resume it).
+    """
+
+    sweep_dir: Path
+    parent_run_id: str
+    best: dict[str, dict[str, Any]]
+    leaderboard: pd.DataFrame = field(repr=False)
+    config: SweepConfig = field(repr=False)
+    finished: bool = True
+
+    @property
+    def total_trial_epochs(self) -> int:
+        """Epochs trained over all trials."""
+        return total_trial_epochs(self.leaderboard)
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config.get('family', 'trial')}_{trial.trial_id}"
+
+
+def _settings(record: dict[str, Any], config: SweepConfig, sweep_dir: Path) -> TrialSettings:
+    return TrialSettings(
+        data=record["data"], train_storage=str(sweep_dir / TRAIN_DIR), max_epochs=config.max_epochs,
+        patience=config.patience, workers_per_trial=config.workers_per_trial,
+        cpus_per_worker=config.cpus_per_worker, gpus_per_worker=config.gpus_per_worker,
+        max_failures=config.max_failures, tracking_uri=record["tracking_uri"], experiment=config.experiment,
+        experiment_id=record["experiment_id"], parent_run_id=record["parent_run_id"])
+
+
+def _trainable(settings: TrialSettings):
+    from ray import tune
+
+    # The trial only drives a Train run: it reserves no CPU (Tune's default is 1), so on a small
+    # cluster the CPUs go to the Train workers (ScalingConfig); max_concurrent_trials bounds how many
+    # runs compete for them. Tune needs some resource in a trial's bundle: a little memory.
+    return tune.with_resources(tune.with_parameters(train_driver_fn, settings=settings),
+                               {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
+def _scheduler(config: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
+                         reduction_factor=config.reduction_factor)
+
+
+def read_sweep_record(sweep_dir: str | os.PathLike) -> dict[str, Any]:
+    """The sweep's record (config, data, MLflow parent run) written when it started."""
+    path = Path(sweep_dir) / SWEEP_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume {str(sweep_dir)!r}: no {SWEEP_RECORD} there; "
+                                "pass the sweep directory printed when the sweep started")
+    return json.loads(path.read_text())
+
+
+def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClient) -> tuple[Path, dict[str, Any]]:
+    """Create the sweep directory, its MLflow parent run and its record."""
+    data = str(Path(data_dir).resolve())
+    load_dataset(data)  # a bad dataset fails here, before any Ray work
+    name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = config.replace(name=name)
+    sweep_dir = Path(config.storage_path).resolve() / name
+    if sweep_dir.exists():
+        raise FileExistsError(f"sweep {name!r} already exists under {sweep_dir.parent}; pass --resume {sweep_dir} "
+                              "to continue it or choose another name")
+    experiment_id = get_experiment_id(client.tracking_uri, config.experiment)
+    parent = client.create_run(experiment_id, run_name=name, tags={
+        "raysys.stage": "tune", "raysys.sweep_dir": str(sweep_dir), "raysys.families": ",".join(config.families)})
+    run_id = parent.info.run_id
+    for key, value in config.to_dict().items():
+        if key not in ("space", "tracking_uri"):
+            client.log_param(run_id, key, str(value)[:6000])
+    client.log_param(run_id, "data", data)
+    client.log_text(run_id, config.to_yaml(), "sweep.yaml")
+    sweep_dir.mkdir(parents=True)
+    record = {"config": config.to_dict(), "data": data, "tracking_uri": client.tracking_uri,
+              "experiment_id": experiment_id, "parent_run_id": run_id}
+    (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=2))
+    return sweep_dir, record
+
+
+def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = None, resume: str | None = None,
+              console: Console | None = None) -> SweepResult:
+    """Run a sweep (or resume an interrupted one), then write the leaderboard and best trials.
+
+    Args:
+        config: What to sweep (ignored with ``resume``: the sweep's own config is used).
+        data_dir: Prepared dataset directory (ignored with ``resume``).
+        resume: A sweep directory: continue it with ``Tuner.restore``; trials that finished are
+            not run again, trials that were running resume from their Train checkpoints.
+        console: Where tables are printed.
+
+    Raises:
+        ValueError, FileNotFoundError: bad dataset or sweep directory, before any trial starts.
+        FileExistsError: the sweep's directory exists (resume it or rename the sweep).
+    """
+    from ray import tune
+
+    console = console or Console()
+    if resume:
+        sweep_dir = Path(resume).resolve()
+        record = read_sweep_record(sweep_dir)
+        config = SweepConfig.from_dict(record["config"], str(sweep_dir / SWEEP_RECORD))
+        client = MlflowClient(record["tracking_uri"])
+        client.update_run(record["parent_run_id"], status="RUNNING")
+    else:
+        if config is None or data_dir is None:
+            raise ValueError("a new sweep needs a config and a data directory")
+        client = MlflowClient(resolve_tracking_uri(config.tracking_uri))
+        sweep_dir, record = _start(config, data_dir, client)
+        config = SweepConfig.from_dict(record["config"])
+    console.print(f"sweep {config.name}: {sweep_dir} (MLflow parent run {record['parent_run_id']})")
+
+    init_ray()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trainable = _trainable(_settings(record, config, sweep_dir))
+    if resume:
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=config.metric, mode=config.mode, search_alg=make_searcher(config),
+                scheduler=_scheduler(config), num_samples=config.num_samples,
+                max_concurrent_trials=config.max_concurrent, time_budget_s=config.time_budget_s,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent)))
+    try:
+        tuner.fit()
+    except BaseException:
+        client.set_terminated(record["parent_run_id"], "KILLED")
+        raise
+    return finalize_sweep(sweep_dir, console)
+
+
+def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None) -> SweepResult:
+    """Build the leaderboard from the Tune experiment, export the best trial per family, write
+    ``leaderboard.csv``, ``leaderboard.png`` and ``best.json``, and log them to the parent run."""
+    from ray.tune import ExperimentAnalysis
+
+    console = console or Console()
+    sweep_dir = Path(sweep_dir).resolve()
+    record = read_sweep_record(sweep_dir)
+    config = SweepConfig.from_dict(record["config"], str(sweep_dir / SWEEP_RECORD))
+    client = MlflowClient(record["tracking_uri"])
+    parent = record["parent_run_id"]
+    trials = ExperimentAnalysis(str(sweep_dir)).trials
+    leaderboard = build_leaderboard(trials, sweep_dir / TRAIN_DIR, config.metric, config.mode)
+    finished = not (leaderboard["status"] == UNFINISHED).any() if len(leaderboard) else False
+
+    for row in leaderboard.itertuples(index=False):
+        if row.run_id and client.get_run(row.run_id).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(row.run_id, "raysys.trial_status", row.status)
+            client.set_terminated(row.run_id, _RUN_STATUS[row.status])
+    best = export_best(leaderboard, config.metric, config.mode, record["data"], sweep_dir, config.families)
+
+    leaderboard.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)
+    plot_leaderboard(leaderboard, config.metric, config.mode, sweep_dir / LEADERBOARD_PLOT, config.name)
+    tmp = sweep_dir / (BEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(best, indent=2))
+    tmp.replace(sweep_dir / BEST_FILE)
+
+    now = int(time.time() * 1000)
+    counts = leaderboard["status"].value_counts()
+    metrics = [Metric("trial_epochs", total_trial_epochs(leaderboard), now, 0)]
+    metrics += [Metric(f"trials_{status}", int(counts.get(status, 0)), now, 0)
+                for status in (COMPLETED, STOPPED, ERROR, UNFINISHED)]
+    metrics += [Metric(f"best_{family}_{entry['metric_name']}", entry["metric"], now, 0)
+                for family, entry in best.items()]
+    client.log_batch(parent, metrics=metrics)
+    for family, entry in best.items():
+        client.set_tag(parent, f"raysys.best.{family}.run_id", entry["run_id"] or "")
+        if entry["run_id"]:
+            client.set_tag(entry["run_id"], "raysys.best", "true")
+            client.log_artifacts(entry["run_id"], entry["checkpoint"], "detector")
+    for name in (LEADERBOARD_CSV, LEADERBOARD_PLOT, BEST_FILE):
+        client.log_artifact(parent, str(sweep_dir / name))
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        configs = {family: entry["config"] for family, entry in best.items()}
+        (Path(tmp_dir) / "best_configs.json").write_text(json.dumps(configs, indent=2))
+        client.log_artifact(parent, str(Path(tmp_dir) / "best_configs.json"))
+    client.set_terminated(parent, "FINISHED" if finished else "KILLED")
+
+    console.print(leaderboard_table(leaderboard, config.metric, f"{config.name}: leaderboard"))
+    console.print(best_table(best))
+    console.print(f"{len(leaderboard)} trials, {total_trial_epochs(leaderboard)} trial-epochs; "
+                  f"best per family: {sweep_dir / BEST_FILE}")
+    if not finished:
+        console.print(f"[yellow]sweep interrupted: resume it with  raysys tune --resume {sweep_dir}[/yellow]")
+    return SweepResult(sweep_dir, parent, best, leaderboard, config, finished)

@@ -1,0 +1,170 @@
+"""One sweep trial: a Ray Tune function trainable that drives one Ray Train run.
+
+Tune calls :func:`train_driver_fn` with the trial's sampled config. It builds the raysys
+``TorchTrainer`` (``raysys.train.build_trainer``), named after the trial id, and calls ``fit()``;
+``TuneReportCallback`` forwards every epoch's metrics (with the checkpoint path) to Tune, and
+``MlflowEpochLogger`` logs them to the trial's MLflow child run.
+
+Restarting a trial (``raysys tune --resume``) calls this function again with the same trial id:
+the Train run of the same name resumes from its latest checkpoint, the same MLflow child run is
+reused, and a trial whose Train run already finished only reports its final metrics again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+from mlflow.tracking import MlflowClient
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raysys.train import MlflowEpochLogger, TrainConfig, build_trainer
+from raysys.tune.space import trial_params
+
+#: Per-trial record beside the Train run's checkpoints: MLflow run id, status, final metrics.
+TRIAL_RECORD = "raysys_trial.json"
+#: The worker's ``done`` flag, renamed: ``done`` is a reserved Tune result key.
+TRAIN_DONE = "train_done"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares (passed with ``tune.with_parameters``).
+
+    Args:
+        data: Absolute path of the prepared dataset.
+        train_storage: Absolute storage path of the trials' Ray Train runs.
+        max_epochs: Epochs a trial trains at most.
+        patience: Early-stopping patience of a trial.
+        workers_per_trial: Ray Train workers per trial.
+        cpus_per_worker: CPUs per Train worker.
+        gpus_per_worker: GPUs per Train worker.
+        max_failures: Worker-group restarts per Train run.
+        tracking_uri: Absolute MLflow tracking URI.
+        experiment: MLflow experiment name.
+        experiment_id: MLflow experiment id.
+        parent_run_id: The sweep's MLflow parent run.
+    """
+
+    data: str
+    train_storage: str
+    max_epochs: int
+    patience: int
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_failures: int
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def train_run_name(trial_id: str) -> str:
+    """The Ray Train run name of trial ``trial_id``."""
+    return f"trial_{trial_id}"
+
+
+def read_record(train_storage: str | os.PathLike, trial_id: str) -> dict[str, Any] | None:
+    path = Path(train_storage) / train_run_name(trial_id) / TRIAL_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_record(train_storage: str, trial_id: str, record: dict[str, Any]) -> None:
+    path = Path(train_storage) / train_run_name(trial_id) / TRIAL_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class _TrialReportCallback(TuneReportCallback):
+    """``TuneReportCallback`` that renames the worker's ``done`` flag to ``train_done``
+    (Tune reads ``done`` itself) and drops NaN metrics so schedulers never compare a NaN."""
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        renamed = [{(TRAIN_DONE if k == "done" else k): v for k, v in m.items()
+                    if not (isinstance(v, float) and math.isnan(v))} for m in metrics]
+        super().after_report(run_context, renamed, checkpoint)
+
+
+def _child_run(client: MlflowClient, settings: TrialSettings, trial_id: str, family: str,
+               params: dict[str, Any]) -> str:
+    """Create the trial's MLflow child run (params, tags) under the sweep's parent run."""
+    run = client.create_run(settings.experiment_id, run_name=train_run_name(trial_id), tags={
+        "mlflow.parentRunId": settings.parent_run_id, "raysys.stage": "tune-trial", "raysys.model": family,
+        "raysys.trial_id": trial_id})
+    client.log_param(run.info.run_id, "model", family)
+    client.log_param(run.info.run_id, "trial_id", trial_id)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, f"model.{key}", str(value)[:6000])
+    return run.info.run_id
+
+
+def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, Any], run_name: str,
+                        callbacks: list) -> TorchTrainer:
+    """The trial's TorchTrainer: ``raysys.train.build_trainer`` with the sweep's resources."""
+    cfg = TrainConfig(data=settings.data, model=family, params=params, num_workers=settings.workers_per_trial,
+                      use_gpu=settings.gpus_per_worker > 0, max_epochs=settings.max_epochs,
+                      patience=settings.patience, storage_path=settings.train_storage, run_name=run_name,
+                      max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,
+                      experiment=settings.experiment)
+    trainer = build_trainer(cfg, run_name, callbacks, {"detection_metric": True})
+    if settings.cpus_per_worker == 1 and settings.gpus_per_worker in (0, 1):
+        return trainer
+    # build_trainer reserves 1 CPU (and 1 GPU with use_gpu) per worker; other amounts need their own
+    # ScalingConfig. TODO: drop this once TrainConfig carries resources_per_worker.
+    resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
+    return TorchTrainer(trainer.train_loop_per_worker, train_loop_config=trainer.train_loop_config,
+                        scaling_config=ScalingConfig(num_workers=settings.workers_per_trial,
+                                                     use_gpu=settings.gpus_per_worker > 0,
+                                                     resources_per_worker=resources),
+                        run_config=trainer.run_config)
+
+
+def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune trainable: run (or resume) the trial's Ray Train run, reporting every epoch to Tune."""
+    family, params = trial_params(config)
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_name = train_run_name(trial_id)
+    client = MlflowClient(settings.tracking_uri)
+    record = read_record(settings.train_storage, trial_id)
+    if record and record.get("status") == "completed":
+        # finished before the sweep was interrupted: report the outcome again, train nothing
+        ray.tune.report({**record["final"], TRAIN_DONE: True})
+        return
+    if record is None:
+        record = {"trial_id": trial_id, "family": family, "params": params, "status": "running",
+                  "run_id": _child_run(client, settings, trial_id, family, params)}
+        _write_record(settings.train_storage, trial_id, record)
+    run_id = record["run_id"]
+    client.update_run(run_id, status="RUNNING")
+    trainer = build_trial_trainer(settings, family, params, run_name, [
+        MlflowEpochLogger(settings.tracking_uri, run_id, settings.max_epochs, f"{family} {trial_id}"),
+        _TrialReportCallback()])
+    try:
+        result = trainer.fit()
+    except Exception:
+        _write_record(settings.train_storage, trial_id, {**record, "status": "error"})
+        client.set_tag(run_id, "raysys.trial_status", "error")
+        client.set_terminated(run_id, "FAILED")
+        raise
+    final = {(TRAIN_DONE if k == "done" else k): v for k, v in result.metrics.items()
+             if not (isinstance(v, float) and math.isnan(v))}
+    final["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
+    _write_record(settings.train_storage, trial_id, {**record, "status": "completed", "final": final})
+    client.set_tag(run_id, "raysys.trial_status", "completed")
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,204 @@
+"""Reading and validating users' files, interpolating gaps, and writing datasets atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raysys.data import (
+    DataValidationError,
+    generate,
+    generate_dataset,
+    get_profile,
+    load_dataset,
+    load_table,
+    prepare_dataset,
+    write_dataset,
+)
+
+SENSORS = get_profile("water_treatment").sensors
+
+
+def sensor_frame(rows: int = 300, seed: int = 3) -> pd.DataFrame:
+    """A valid raw table as a user would bring it: timestamp, sensors, a 0/1 label."""
+    return generate("water_treatment", rows=max(rows, 500), seed=seed).iloc[:rows].drop(columns="anomaly_type")
+
+
+def _missing_timestamp(df):
+    return df.rename(columns={"timestamp": "time"})
+
+
+def _non_numeric(df):
+    df["pressure"] = df["pressure"].astype(str)  # numbers as text, as some exports write them
+    df.loc[17, "pressure"] = "fault"
+    return df
+
+
+def _all_nan(df):
+    df["level"] = np.nan
+    return df
+
+
+def _unsorted(df):
+    return df.iloc[[*range(0, 40), 41, 40, *range(42, len(df))]].reset_index(drop=True)
+
+
+def _duplicated(df):
+    df.loc[30, "timestamp"] = df.loc[29, "timestamp"]
+    return df
+
+
+def _too_few_rows(df):
+    return df.iloc[:50]
+
+
+def _bad_label(df):
+    df.loc[5, "is_anomaly"] = 7
+    return df
+
+
+# (case, how to spoil a valid table, fragments the error must contain besides the file name)
+BAD_TABLES = [
+    ("missing_timestamp", _missing_timestamp, ["missing timestamp column 'timestamp'", "'time'"]),
+    ("non_numeric", _non_numeric, ["column 'pressure' must be numeric", "'fault'", "row 17"]),
+    ("all_nan", _all_nan, ["column 'level' is all NaN"]),
+    ("unsorted", _unsorted, ["column 'timestamp' is not sorted ascending", "row 41"]),
+    ("duplicated", _duplicated, ["column 'timestamp' has 1 duplicated timestamps"]),
+    ("too_few_rows", _too_few_rows, ["too few rows: expected at least 100, got 50"]),
+    ("bad_label", _bad_label, ["label column 'is_anomaly' must hold only 0 and 1"]),
+]
+
+
+def write_table(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(("case", "spoil", "fragments"), BAD_TABLES, ids=[c[0] for c in BAD_TABLES])
+def test_load_table_names_file_and_column(tmp_path, suffix, case, spoil, fragments):
+    path = write_table(spoil(sensor_frame()), tmp_path / f"{case}{suffix}")
+    with pytest.raises(DataValidationError) as info:
+        load_table(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(("name", "content", "fragment"), [
+    ("garbage.parquet", b"this is not parquet", "cannot be read as parquet"),
+    ("empty.csv", b"", "cannot be read as csv"),
+    ("readings.xlsx", b"PK\x03\x04", "unsupported file type '.xlsx'"),
+    ("missing.csv", None, "file not found"),
+])
+def test_load_table_rejects_unreadable_files(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataValidationError, match=fragment) as info:
+        load_table(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_gaps_are_interpolated_and_reported(tmp_path, caplog):
+    df = sensor_frame()
+    expected_level = df["level"].copy()
+    df.loc[10:12, "level"] = np.nan
+    df.loc[0, "flow_rate"] = np.nan
+    df.loc[50, "quality"] = np.inf
+    path = write_table(df, tmp_path / "gaps.csv")
+    with caplog.at_level(logging.WARNING, logger="raysys.data.io"):
+        table = load_table(path)
+    assert table.interpolated == {"level": 3, "flow_rate": 1, "quality": 1}
+    assert not table.frame[SENSORS].isna().any().any()
+    # linear between the neighbours, and the leading gap takes the first value
+    np.testing.assert_allclose(table.frame.loc[10:12, "level"],
+                               np.linspace(expected_level[9], expected_level[13], 5)[1:4], rtol=1e-9)
+    assert table.frame.loc[0, "flow_rate"] == table.frame.loc[1, "flow_rate"]
+    assert any(str(path) in r.getMessage() and "'level': 3" in r.getMessage() for r in caplog.records)
+    # and what was filled is recorded with the prepared dataset
+    out = prepare_dataset(path, tmp_path / "prepared")
+    assert json.loads((out / "metadata.json").read_text())["interpolated"] == {"level": 3, "flow_rate": 1,
+                                                                              "quality": 1}
+
+
+def test_time_gaps_are_counted(tmp_path):
+    df = sensor_frame().drop(index=[100, 101, 102, 200]).reset_index(drop=True)
+    table = load_table(write_table(df, tmp_path / "holes.parquet"))
+    assert table.time_gaps == 2
+
+
+def test_prepare_dataset_round_trip_without_labels(tmp_path):
+    df = sensor_frame(400).drop(columns="is_anomaly").rename(columns={"timestamp": "ts"})
+    out = prepare_dataset(write_table(df, tmp_path / "plant.csv"), tmp_path / "plant", timestamp_col="ts",
+                          label_col=None)
+    ds = load_dataset(out)
+    assert ds.sensors == SENSORS
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (280, 60, 60)
+    np.testing.assert_allclose(np.concatenate([ds.features(n) for n in ("train", "val", "test")]),
+                               df[SENSORS].to_numpy(dtype=np.float32))
+    with pytest.raises(DataValidationError, match="no 'is_anomaly' column"):
+        ds.labels("test")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _unwritable_frame() -> pd.DataFrame:
+    """A table whose test split pyarrow cannot convert: the train and val files get written first."""
+    frame = generate("water_treatment", rows=1000, seed=1)
+    frame["note"] = None
+    frame.loc[950, "note"] = object()
+    return frame
+
+
+def test_failure_during_write_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "datasets" / "broken"
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        write_dataset(_unwritable_frame(), SENSORS, out, {"source": "test"})
+    assert not out.exists()
+    assert list((tmp_path / "datasets").iterdir()) == []  # no temporary directory either
+
+
+def test_failure_during_overwrite_keeps_the_previous_dataset(tmp_path):
+    out = generate_dataset(tmp_path / "ds", rows=600, seed=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        write_dataset(_unwritable_frame(), SENSORS, out, {"source": "test"}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_write_refuses_a_non_empty_directory_unless_overwrite(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_dataset(out, rows=600)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    generate_dataset(out, rows=600, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "test.parquet", "train.parquet",
+                                                     "val.parquet"]
+    # an existing empty directory is fine without overwrite
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_dataset(generate_dataset(empty, rows=600)).metadata["rows"] == 600
+
+
+def test_load_dataset_requires_a_prepared_directory(tmp_path):
+    with pytest.raises(DataValidationError, match="no metadata.json"):
+        load_dataset(tmp_path)
+    out = generate_dataset(tmp_path / "ds", rows=600)
+    (out / "val.parquet").unlink()
+    with pytest.raises(DataValidationError, match="val.parquet: file not found"):
+        load_dataset(out)

@@ -1,0 +1,308 @@
+"""The ONNX ensemble: export parity, calibration, gates, MLflow registry, fresh-process loading, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raysys.data import load_dataset
+from raysys.ensemble import cli as ensemble_cli
+from raysys.ensemble.build import ENSEMBLE, build_ensemble, source_ensemble_scores
+from raysys.ensemble.calibrate import normalisation_stats, select_weights
+from raysys.ensemble.export import ExportParityError, check_parity, max_relative_error, random_rows, source_scores
+from raysys.ensemble.gates import DEFAULT_GATES, check_gates, parse_gates
+from raysys.ensemble.members import SWEEP_FILE, load_members
+from raysys.ensemble.predict import predict_file
+from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
+from raysys.ensemble.runtime import EnsembleRuntime, combine, history_windows, load_runtime
+from raysys.ensemble.workflow import gate_values
+from raysys.models import build_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "raysys-detector"
+
+
+@pytest.fixture(scope="module")
+def dataset(default_dataset):
+    return load_dataset(default_dataset)
+
+
+@pytest.fixture(scope="module")
+def detectors(dataset):
+    """The three deep families fitted in-process on the default dataset (the LSTM on a budget).
+
+    One torch thread: on a shared 2-core machine more threads mostly spin.
+    """
+    X, y = dataset.features("train"), dataset.labels("train")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"ae": build_detector("ae").fit(X, y), "vae": build_detector("vae").fit(X, y),
+                "lstm": build_detector("lstm", epochs=5, stride=2).fit(X, y)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def built(detectors, dataset, tmp_path_factory):
+    return build_ensemble(detectors, dataset, tmp_path_factory.mktemp("ensemble") / "ensemble")
+
+
+@pytest.fixture(scope="module")
+def detector_dirs(detectors, tmp_path_factory):
+    root = tmp_path_factory.mktemp("detectors")
+    return {name: det.save(root / name) for name, det in detectors.items()}
+
+
+# -- runtime -------------------------------------------------------------------------------------
+
+def test_history_windows_pad_with_the_first_row():
+    X = np.arange(8, dtype=np.float32).reshape(4, 2)
+    windows = history_windows(X, 3)
+    assert windows.shape == (4, 3, 2)
+    np.testing.assert_array_equal(windows[0], [X[0], X[0], X[0]])
+    np.testing.assert_array_equal(windows[1], [X[0], X[0], X[1]])
+    np.testing.assert_array_equal(windows[3], X[1:4])
+
+
+def test_combine_leaves_out_members_without_full_history():
+    normalised = np.array([[1.0, 100.0], [1.0, 100.0], [1.0, 100.0]])
+    weights = np.array([0.5, 0.5])
+    np.testing.assert_allclose(combine(normalised, weights), [50.5] * 3)
+    # member 2 looks at windows of 2 rows: row 0 has no history, so only member 1 counts there
+    np.testing.assert_allclose(combine(normalised, weights, np.array([1, 2])), [1.0, 50.5, 50.5])
+    # with only sequence members weighted, rows without history keep every member
+    np.testing.assert_allclose(combine(normalised, np.array([0.0, 1.0]), np.array([1, 2])), [100.0] * 3)
+
+
+def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset):
+    runtime = EnsembleRuntime.load(built.directory)
+    X = dataset.features("test")[:200]
+    full = runtime.score(X)
+    assert runtime.history == 15 and runtime.sensors == dataset.sensors
+    assert full["score"].shape == (200,) and full["is_anomaly"].dtype == bool
+    assert set(full["members"]) == set(runtime.members) == {"ae", "vae", "vae_mahalanobis", "lstm", "iforest"}
+    one = runtime.score(X[:1])
+    assert one["score"].shape == (1,)
+    for i in (3, 40, 199):  # a streaming caller passes the last `history` rows before the new one
+        start = max(0, i - runtime.history)
+        np.testing.assert_allclose(runtime.score(X[start:i + 1])["score"][-1], full["score"][i], rtol=1e-6, atol=1e-6)
+
+
+def test_runtime_rejects_bad_input_naming_it(built, dataset):
+    runtime = EnsembleRuntime.load(built.directory)
+    with pytest.raises(ValueError, match=r"shape \(rows, 5\)"):
+        runtime.score(np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        runtime.score(np.full((3, 5), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="pressure"):
+        runtime.score_frame(dataset.test.drop(columns=["pressure"]))
+    scored = runtime.score_frame(dataset.test.head(10))  # timestamp and label columns are ignored
+    assert list(scored.columns[:2]) == ["score", "is_anomaly"] and "score_lstm" in scored.columns
+
+
+def test_runtime_imports_neither_torch_nor_training_code():
+    code = ("import sys, raysys.ensemble.runtime, raysys.ensemble.pyfunc; "
+            "bad = [m for m in ('torch', 'raysys.models', 'raysys.train') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file", ["ae.onnx", "vae.onnx", "lstm.onnx", "iforest.onnx"])
+def test_member_matches_its_source_on_random_and_validation_data(built, dataset, file):
+    model = onnx.load(str(built.directory / file))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    info = built.spec["files"][file]
+    assert info["opset"] == 17 and max(max(c.values()) for c in info["parity_max_rel_error"].values()) <= 1e-4
+    source = built.models[Path(file).stem]
+    member = {"file": file, "family": info["family"], "window": info["window"],
+              "outputs": {o: o for o in source_scores(source, dataset.features("val")[:2])}}
+    fresh = random_rows(dataset.features("train"), n=300, seed=123)  # not the inputs checked at export
+    report = check_parity(source, built.directory, member, {"random": fresh, "validation": dataset.features("val")})
+    assert max(max(c.values()) for c in report.values()) <= 1e-4
+
+
+def test_vae_exports_reconstruction_and_mahalanobis_scores(built, dataset):
+    X = dataset.features("val")
+    raw = EnsembleRuntime.load(built.directory).raw_scores(X)
+    vae = built.models["vae"]
+    assert max_relative_error(raw["vae"], vae.decision_function(X)) <= 1e-4
+    assert max_relative_error(raw["vae_mahalanobis"], vae.latent_scores(X)["mahalanobis"]) <= 1e-4
+
+
+def test_parity_check_catches_a_wrong_export(built, dataset):
+    member = {"file": "ae.onnx", "family": "vae", "window": 1, "outputs": {"vae": "score"}}
+    with pytest.raises(ExportParityError, match="relative error"):
+        check_parity(built.models["vae"], built.directory, member, {"validation": dataset.features("val")})
+
+
+# -- calibration and quality -------------------------------------------------------------------
+
+def test_ensemble_f1_at_least_best_member(built):
+    ensemble = built.ensemble_metrics
+    best = max(built.member_metrics, key=lambda n: built.member_metrics[n]["f1"])
+    print(f"test F1: ensemble {ensemble['f1']:.4f}, best member {best} {built.member_metrics[best]['f1']:.4f}; "
+          f"weights {[(m['name'], m['weight']) for m in built.spec['members']]}; latency {built.latency_ms}")
+    assert ensemble["f1"] >= built.member_metrics[best]["f1"]
+    assert ensemble["roc_auc"] >= 0.95
+    assert set(ensemble["recall_by_type"]) == {"spike", "drift", "stuck", "oscillation", "process", "replay"}
+    assert abs(sum(m["weight"] for m in built.spec["members"]) - 1.0) < 1e-9
+
+
+def test_exported_ensemble_scores_like_its_sources(built, dataset):
+    X = dataset.features("test")
+    reference = source_ensemble_scores(built.models, built.spec, X)
+    np.testing.assert_allclose(built.test_scores[ENSEMBLE], reference, rtol=1e-4, atol=1e-4)
+
+
+def test_select_weights_prefers_the_informative_member():
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.05).astype(int)
+    scores = np.column_stack([rng.normal(size=2000) + 6 * y, rng.normal(size=2000)])
+    center, scale = normalisation_stats(scores[y == 0])
+    weights = select_weights((scores - center) / scale, y)
+    assert weights[0] > 0.5 and weights.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="both normal"):
+        select_weights(scores, np.zeros(2000, dtype=int))
+
+
+def test_far_threshold_keeps_the_false_alarm_budget_on_validation(detectors, dataset, tmp_path):
+    build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "far", threshold_method="far",
+                           target_far=0.02, iforest=False)
+    runtime = EnsembleRuntime.load(build.directory)
+    normal = runtime.score(dataset.features("val"))["is_anomaly"][dataset.labels("val") == 0]
+    assert normal.mean() <= 0.02 + 1 / len(normal)  # raysys.evaluation.far_threshold interpolates the quantile
+    assert build.spec["threshold_method"] == "far" and build.spec["target_far"] == 0.02
+
+
+# -- gates ------------------------------------------------------------------------------------------
+
+def test_parse_gates_overrides_and_drops_defaults():
+    gates = parse_gates(["roc_auc=0.95", "latency_ms=off", "f1=0.9"])
+    assert gates["roc_auc"] == 0.95 and "latency_ms" not in gates and gates["f1"] == 0.9
+    assert gates["recall"] == DEFAULT_GATES["recall"]
+    with pytest.raises(ValueError, match="'roc_auc'"):
+        parse_gates(["roc_auc=high"])
+    with pytest.raises(ValueError, match="NAME=LIMIT"):
+        parse_gates(["roc_auc"])
+
+
+def test_gate_report_says_which_gate_failed_by_how_much():
+    report = check_gates({"roc_auc": 0.95, "false_alarm_rate": 0.08, "latency_ms": 3.0},
+                         {"roc_auc": 0.9, "false_alarm_rate": 0.05, "latency_ms": 50})
+    assert not report.passed and [f.name for f in report.failures] == ["false_alarm_rate"]
+    assert "false_alarm_rate = 0.08 (must be <= 0.05): FAIL by 0.03" in report.summary()
+    with pytest.raises(ValueError, match="unknown quality gate 'auc'"):
+        check_gates({"roc_auc": 0.95}, {"auc": 0.9})
+
+
+# -- registry ---------------------------------------------------------------------------------------
+
+def test_gate_failure_registers_nothing(built, mlflow_uri):
+    report = check_gates(gate_values(built), parse_gates(["roc_auc=0.9999"]))
+    assert not report.passed and "roc_auc" in report.summary() and "FAIL by" in report.summary()
+    registration = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)
+    assert registration.version is None and registration.model_uri is None
+    client = MlflowClient(mlflow_uri)
+    assert client.search_registered_models() == []
+    run = client.get_run(registration.run_id)
+    assert run.data.tags["raysys.gates"] == "failed" and "test_f1" in run.data.metrics
+
+
+_FRESH = """
+import json, sys
+import mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/{name}@champion")
+out = model.predict(pd.read_parquet(sys.argv[2]))
+loaded = [m for m in ("torch", "raysys.models", "raysys.train") if m in sys.modules]
+np.save(sys.argv[3], out["score"].to_numpy())
+print(json.dumps({{"loaded": loaded, "columns": list(out.columns), "flags": int(out["is_anomaly"].sum())}}))
+"""
+
+
+def test_pass_registers_moves_champion_and_loads_in_a_fresh_process(built, dataset, mlflow_uri, tmp_path):
+    report = check_gates(gate_values(built))
+    assert report.passed, report.summary()
+    first = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)
+    second = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)
+    assert (first.version, second.version) == ("1", "2")
+    client = MlflowClient(mlflow_uri)
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, PREVIOUS).version) == "1"
+    assert "test_recall_by_type_drift" in client.get_run(second.run_id).data.metrics
+    assert "gate_report.json" in {a.path for a in client.list_artifacts(second.run_id)}
+
+    test_file = dataset.path / "test.parquet"
+    out = subprocess.run([sys.executable, "-c", _FRESH.format(name=NAME), mlflow_uri, str(test_file),
+                          str(tmp_path / "scores.npy")], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["columns"][:2] == ["score", "is_anomaly"] and "score_vae_mahalanobis" in result["columns"]
+    fresh = np.load(tmp_path / "scores.npy")
+    np.testing.assert_allclose(fresh, built.test_scores[ENSEMBLE], rtol=1e-6, atol=1e-6)  # same ONNX run
+    reference = source_ensemble_scores(built.models, built.spec, dataset.features("test"))  # before export
+    np.testing.assert_allclose(fresh, reference, rtol=1e-4, atol=1e-4)
+
+    # the previous champion stays loadable, and `raysys predict` reads the alias too
+    assert load_runtime(f"models:/{NAME}@{PREVIOUS}", tracking_uri=mlflow_uri).threshold == built.spec["threshold"]
+    scored = predict_file(f"models:/{NAME}@{CHAMPION}", test_file, tmp_path / "scores.csv", tracking_uri=mlflow_uri)
+    np.testing.assert_allclose(scored["score"], built.test_scores[ENSEMBLE], rtol=1e-6, atol=1e-6)
+    assert list(pd.read_csv(tmp_path / "scores.csv").columns[:3]) == ["timestamp", "score", "is_anomaly"]
+
+
+# -- members and CLI --------------------------------------------------------------------------------
+
+def test_members_from_sweep_and_mlflow_run(detector_dirs, mlflow_uri, tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / SWEEP_FILE).write_text(json.dumps({
+        "ae": {"checkpoint": str(detector_dirs["ae"]), "run_id": None, "config": {"lr": 1e-3}, "metric": 0.9}}))
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("members")).info.run_id
+    client.log_artifacts(run_id, str(detector_dirs["vae"]), "detector")
+    members = load_members(sweep, [run_id], [detector_dirs["ae"]], tracking_uri=mlflow_uri)
+    assert [m.name for m in members] == ["ae", "vae", "ae_2"]
+    assert members[0].source["config"] == {"lr": 1e-3} and members[1].source == {"kind": "run", "run_id": run_id}
+    with pytest.raises(ValueError, match="no ensemble members"):
+        load_members()
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="raysys")
+    ensemble_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_gate_failure_exits_1_and_predict_writes_scores(default_dataset, detector_dirs, built, mlflow_uri,
+                                                           tmp_path, capsys):
+    code = _cli(["ensemble", "--data", str(default_dataset), "--detector", str(detector_dirs["ae"]),
+                 "--gate", "roc_auc=0.9999", "--out", str(tmp_path / "work"), "--mlflow-uri", mlflow_uri])
+    out = capsys.readouterr().out
+    assert code == 1 and "roc_auc" in out and "FAIL by" in out and "nothing registered" in out
+    assert MlflowClient(mlflow_uri).search_registered_models() == []
+    assert (tmp_path / "work" / "evaluation" / "plots" / "roc_pr.png").exists()
+
+    assert _cli(["predict", "--model", str(built.directory), "--input", str(default_dataset / "test.parquet"),
+                 "--output", str(tmp_path / "scores.parquet")]) == 0
+    scored = pd.read_parquet(tmp_path / "scores.parquet")
+    assert len(scored) == 3000 and {"timestamp", "score", "is_anomaly", "score_ae"} <= set(scored.columns)
+    np.testing.assert_allclose(scored["score"], built.test_scores[ENSEMBLE], rtol=1e-6, atol=1e-6)

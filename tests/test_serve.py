@@ -1,0 +1,396 @@
+"""The served ensemble on a real Ray Serve instance (HTTP on 127.0.0.1), with a real registered model.
+
+One module-scoped Serve application serves ``models:/raysys-detector@champion`` (a small AE + LSTM
+ensemble built in-process and registered in a temporary MLflow store); tests run in file order and
+the last one moves the champion and redeploys.
+"""
+
+import itertools
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+from raysys.serve import AutoscalingSettings, DeploymentSettings, ServeConfig, UserConfig, deploy, shutdown  # noqa: E402
+
+MODEL = "models:/raysys-detector@champion"
+#: Faster autoscaling metrics than Serve's 10 s default, for the proxy and replicas of this test's Serve.
+SERVE_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+             "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+MAX_ROWS = 512
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Ensembles:
+    tracking_uri: str
+    builds: list = field(default_factory=list)
+    sensors: list = field(default_factory=list)
+    rows: np.ndarray | None = None
+
+
+@pytest.fixture(scope="module")
+def ensembles(small_dataset, tmp_path_factory) -> Ensembles:
+    """Two real ensembles (AE + LSTM, ONNX) from detectors fitted here; the first is registered as champion."""
+    from raysys.data import load_dataset
+    from raysys.ensemble.build import build_ensemble
+    from raysys.ensemble.gates import check_gates
+    from raysys.ensemble.registry import register_ensemble
+    from raysys.models import build_detector
+
+    tmp = tmp_path_factory.mktemp("serve")
+    dataset = load_dataset(small_dataset)
+    X, y = dataset.features("train"), dataset.labels("train")
+    out = Ensembles(f"sqlite:///{tmp / 'mlflow.db'}", sensors=dataset.sensors, rows=dataset.features("test"))
+    for seed in (0, 1):
+        detectors = {"ae": build_detector("ae", epochs=2, seed=seed).fit(X, y),
+                     "lstm": build_detector("lstm", window=8, hidden_size=16, latent_dim=8, epochs=1,
+                                            seed=seed).fit(X, y)}
+        # the directory must be named "ensemble": register_ensemble logs it under artifacts/<its name>
+        out.builds.append(build_ensemble(detectors, dataset, tmp / f"v{seed}" / "ensemble", iforest=False))
+    registration = register_ensemble(out.builds[0], check_gates({}, {}), tracking_uri=out.tracking_uri)
+    assert registration.version == "1"
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, ensembles):
+    """Serve on 127.0.0.1:<free port> with the champion deployed; Serve is shut down after the module."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+    config = ServeConfig(
+        host="127.0.0.1", port=port, tracking_uri=ensembles.tracking_uri,
+        deployment=DeploymentSettings(num_cpus=0.1, max_ongoing_requests=32, graceful_shutdown_timeout_s=10,
+                                      health_check_period_s=2),
+        autoscaling_config=AutoscalingSettings(min_replicas=1, max_replicas=3, target_ongoing_requests=2,
+                                               upscale_delay_s=1, downscale_delay_s=3, look_back_period_s=2),
+        user_config=UserConfig(max_batch_size=16, batch_wait_timeout_s=0.002, max_request_rows=MAX_ROWS))
+    try:
+        url = deploy(MODEL, config, timeout_s=120)
+        yield url, config
+    finally:
+        shutdown(stop_serve=True)
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with httpx.Client(timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def offline(ensembles):
+    from raysys.ensemble.runtime import load_runtime
+
+    return load_runtime("models:/raysys-detector/1", ensembles.tracking_uri)
+
+
+def records(sensors, rows):
+    return {"readings": [dict(zip(sensors, map(float, row))) for row in rows]}
+
+
+def columns(sensors, rows):
+    return {"columns": {s: rows[:, j].astype(float).tolist() for j, s in enumerate(sensors)}}
+
+
+def replicas() -> list[str]:
+    """Names of the AnomalyDetector replica actors alive now."""
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA::raysys#AnomalyDetector#"))
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications.get("raysys")
+    return app.deployments["AnomalyDetector"].replica_states.get("RUNNING", 0) if app else 0
+
+
+def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: list = field(default_factory=list)
+    retried: int = 0
+    versions: list = field(default_factory=list)
+    seconds: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def run_load(url: str, bodies: list[dict], clients: int, total: int, retries: int = 0, timeout_s: float = 180,
+             during=None) -> LoadResult:
+    """Up to ``total`` POSTs of ``bodies`` (round robin) from ``clients`` threads, until ``result.stop`` is
+    set; a 5xx or a dropped connection is retried up to ``retries`` times. ``during(result)`` runs in
+    this thread while the load runs."""
+    result, lock, counter = LoadResult(), threading.Lock(), itertools.count()
+    deadline = time.monotonic() + timeout_s
+
+    def worker():
+        with httpx.Client(timeout=30) as c:
+            while time.monotonic() < deadline and not result.stop.is_set():
+                i = next(counter)
+                if i >= total:
+                    return
+                for attempt in range(retries + 1):
+                    try:
+                        response = c.post(f"{url}/v1/predict", json=bodies[i % len(bodies)])
+                        status, error = response.status_code, None if response.status_code < 500 else response.text
+                    except httpx.HTTPError as exc:
+                        status, error = None, repr(exc)
+                    if error is None or attempt == retries:
+                        break
+                    with lock:
+                        result.retried += 1
+                    time.sleep(0.05)
+                with lock:
+                    if status == 200:
+                        result.ok += 1
+                        result.versions.append(response.json()["model"]["version"])
+                    else:
+                        result.failed.append((status, error or response.text[:200]))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        during(result)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()) + 5)
+    result.seconds = time.monotonic() - started
+    assert not any(t.is_alive() for t in threads), f"load did not finish within {timeout_s}s"
+    return result
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_model_card_health_and_readiness(served, client, ensembles):
+    url, _ = served
+    assert client.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = client.get(f"{url}/readyz")
+    assert ready.status_code == 200 and ready.json()["version"] == "1"
+    card = client.get(f"{url}/v1/model").json()
+    spec = ensembles.builds[0].spec
+    assert card["name"] == "raysys-detector" and card["version"] == "1"
+    assert card["source"]["alias"] == "champion" and card["source"]["uri"] == "models:/raysys-detector/1"
+    assert card["sensors"] == ensembles.sensors
+    assert card["threshold"] == pytest.approx(spec["threshold"])
+    assert [m["name"] for m in card["members"]] == ["ae", "lstm"] and card["history"] == 7
+    assert card["gates"]["passed"] is True and "roc_auc" in card["test_metrics"]
+    assert card["serving"]["max_request_rows"] == MAX_ROWS and card["serving"]["replica"]
+
+
+def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offline):
+    url, _ = served
+    sensors, rows = ensembles.sensors, ensembles.rows[:300]
+    expected = offline.score(rows)
+    body = client.post(f"{url}/v1/predict", json=records(sensors, rows)).json()
+    assert body["model"] == {"name": "raysys-detector", "version": "1"}
+    assert body["threshold"] == pytest.approx(offline.threshold)
+    got = body["predictions"]
+    np.testing.assert_allclose([p["score"] for p in got], expected["score"], rtol=1e-6, atol=1e-9)
+    for name in ("ae", "lstm"):
+        np.testing.assert_allclose([p["members"][name] for p in got], expected["members"][name], rtol=1e-6, atol=1e-9)
+    assert [p["is_anomaly"] for p in got] == expected["is_anomaly"].tolist()
+
+    col = client.post(f"{url}/v1/predict", json=columns(sensors, rows)).json()
+    np.testing.assert_allclose(col["score"], expected["score"], rtol=1e-6, atol=1e-9)
+    assert col["is_anomaly"] == expected["is_anomaly"].tolist()
+
+    # history rows: context for the LSTM, not scored; equals the tail of scoring the whole series
+    tail = client.post(f"{url}/v1/predict", json={**records(sensors, rows[290:]),
+                                                  "history": records(sensors, rows[283:290])["readings"]}).json()
+    np.testing.assert_allclose([p["score"] for p in tail["predictions"]], expected["score"][290:], rtol=1e-6)
+
+
+def test_concurrent_requests_are_batched_but_scored_alone(served, ensembles, offline):
+    """Requests coalesced by @serve.batch still get the scores of their own rows (sequence windows stay
+    inside each request)."""
+    url, _ = served
+    sensors, rows = ensembles.sensors, ensembles.rows
+    parts = [rows[i * 7: i * 7 + n] for i, n in enumerate([1, 3, 9, 16, 2, 5, 12, 1] * 4)]
+    answers = [None] * len(parts)
+
+    def ask(i):
+        with httpx.Client(timeout=30) as c:
+            answers[i] = c.post(f"{url}/v1/predict", json=records(sensors, parts[i]))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(parts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for part, answer in zip(parts, answers):
+        assert answer is not None and answer.status_code == 200
+        np.testing.assert_allclose([p["score"] for p in answer.json()["predictions"]], offline.score(part)["score"],
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_bad_requests_get_4xx_naming_the_problem(served, client, ensembles):
+    url, _ = served
+    sensors = ensembles.sensors
+    good = dict.fromkeys(sensors, 1.0)
+    first, missing = sensors[0], sensors[-1]
+    cases = [
+        (b"this is not json", 400, "not valid JSON"),
+        (b"", 400, "request body is empty"),
+        ({"readings": [{**good, "vibration": 1.0}]}, 422, "unknown sensor(s) 'vibration'"),
+        ({"readings": [{k: v for k, v in good.items() if k != missing}]}, 422, f"missing sensor(s) '{missing}'"),
+        ({"readings": [{**good, first: "high"}]}, 422, f'readings[0]["{first}"]: expected a number, got str'),
+        (b'{"readings": [{"%s": NaN}]}' % first.encode(), 422, "NaN and infinite values are not allowed"),
+        (b'{"columns": {"%s": [Infinity]}}' % first.encode(), 422, "NaN and infinite values are not allowed"),
+        ({"readings": []}, 422, "empty batch"),
+        ({"readings": [good] * (MAX_ROWS + 1)}, 413, f"exceed the maximum of {MAX_ROWS}"),
+        ({"rows": [good]}, 422, "unknown field(s) 'rows'"),
+    ]
+    before = replicas()
+    for body, status, message in cases:
+        kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+        response = client.post(f"{url}/v1/predict", headers={"content-type": "application/json"}, **kwargs)
+        assert response.status_code == status, (body, response.text)
+        assert message in response.json()["detail"], response.json()
+        ok = client.post(f"{url}/v1/predict", json={"readings": [good]})  # and it keeps answering
+        assert ok.status_code == 200
+    assert replicas() == before  # no replica was lost or replaced
+
+
+def test_prometheus_metrics_cover_requests_latency_and_batches(served, client):
+    """Serve's own metrics and raysys's counters, on the node's Prometheus endpoint."""
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    metrics_url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    wanted = {"ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_bucket",
+              "ray_serve_actual_batch_size_bucket", "ray_serve_batch_wait_time_ms_bucket",
+              "ray_raysys_readings_scored_total", "ray_raysys_requests_rejected_total",
+              "ray_raysys_request_rows_bucket"}
+
+    def exported():
+        text = client.get(metrics_url).text
+        return wanted <= {line.split("{")[0].split(" ")[0] for line in text.splitlines()} and text
+
+    text = wait_for(exported, 60, f"metrics {sorted(wanted)}", every_s=1)
+    assert 'application="raysys"' in text and 'deployment="AnomalyDetector"' in text
+
+
+def test_user_config_from_a_redeploy_is_applied(served, client, ensembles):
+    """A new user_config (batching, request limit) reaches the replicas' ``reconfigure``."""
+    url, config = served
+    good = records(ensembles.sensors, ensembles.rows[:65])
+    smaller = config.model_copy(update={"user_config": UserConfig(max_batch_size=8, batch_wait_timeout_s=0.0,
+                                                                  max_request_rows=64)})
+    try:
+        deploy(MODEL, smaller, timeout_s=60)
+        wait_for(lambda: client.get(f"{url}/v1/model").json()["serving"]["max_request_rows"] == 64, 30,
+                 "the new user_config")
+        assert client.post(f"{url}/v1/predict", json=good).status_code == 413
+    finally:
+        deploy(MODEL, config, timeout_s=60)
+        wait_for(lambda: client.get(f"{url}/v1/model").json()["serving"]["max_request_rows"] == MAX_ROWS, 30,
+                 "the original user_config")
+    assert client.post(f"{url}/v1/predict", json=good).status_code == 200
+
+
+def load_bodies(ensembles) -> list[dict]:
+    sensors, rows = ensembles.sensors, ensembles.rows
+    return [records(sensors, rows[i:i + 1]) if i % 2 else columns(sensors, rows[i:i + 16]) for i in range(64)]
+
+
+def test_concurrent_load_succeeds_and_autoscales_up_and_down(served, ensembles):
+    """32 clients until the autoscaler has added a replica (and at least 2,400 requests), within 120 s."""
+    url, config = served
+    minimum = config.autoscaling_config.min_replicas
+    wait_for(lambda: running_replicas() == minimum, 60, f"{minimum} replica before the load")
+    seen = []
+
+    def watch(result):
+        deadline = time.monotonic() + 110
+        while not result.stop.is_set() and time.monotonic() < deadline:
+            seen.append(running_replicas())
+            if max(seen) > minimum and result.ok + len(result.failed) >= 2400:
+                result.stop.set()
+            time.sleep(0.25)
+
+    result = run_load(url, load_bodies(ensembles), clients=32, total=20_000, timeout_s=120, during=watch)
+    print(f"\n32 clients, {result.ok} requests in {result.seconds:.1f}s ({result.ok / result.seconds:.0f} req/s), "
+          f"replicas seen {Counter(seen)}")
+    assert result.failed == [] and result.ok >= 2400
+    assert max(seen) > minimum, f"replicas never rose above {minimum}: {Counter(seen)}"
+    wait_for(lambda: running_replicas() == minimum, 90, f"scale-down to {minimum} replica after the load")
+
+
+def test_killing_a_replica_during_load_loses_no_request(served, ensembles):
+    import ray
+
+    url, _ = served
+    killed = []
+
+    def kill_one(result):
+        wait_for(lambda: result.ok >= 300, 60, "300 answered requests", every_s=0.05)
+        name = replicas()[0]
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        killed.append(name)
+
+    result = run_load(url, load_bodies(ensembles), clients=32, total=1500, retries=5, timeout_s=180,
+                      during=kill_one)
+    print(f"\nkilled {killed[0]}: {result.ok} ok, {result.retried} retried, {len(result.failed)} failed")
+    assert result.failed == [] and result.ok == 1500
+    assert result.retried <= 64, f"{result.retried} retried requests"
+    restored = wait_for(lambda: running_replicas() >= 1 and killed[0] not in replicas() and replicas(), 90,
+                        "Serve to replace the killed replica")
+    assert killed[0] not in restored
+
+
+def test_redeploy_switches_to_the_new_champion_without_failing_requests(served, ensembles, client):
+    from raysys.ensemble.gates import check_gates
+    from raysys.ensemble.registry import register_ensemble
+
+    url, config = served
+    registration = register_ensemble(ensembles.builds[1], check_gates({}, {}), tracking_uri=ensembles.tracking_uri)
+    assert registration.version == "2"  # the champion alias moved to version 2
+    switched = []
+
+    def redeploy(result):
+        wait_for(lambda: result.ok >= 200, 60, "200 answered requests", every_s=0.05)
+        deploy(MODEL, config, timeout_s=120)  # the same alias, now resolved to version 2
+        switched.append(result.ok)
+        # keep the load on until the old replicas have drained and 200 answers in a row came from version 2
+        wait_for(lambda: len(result.versions) > switched[0] + 200 and set(result.versions[-200:]) == {"2"}, 120,
+                 "200 answers in a row from version 2", every_s=0.1)
+        result.stop.set()
+
+    result = run_load(url, load_bodies(ensembles), clients=16, total=100_000, retries=0, timeout_s=240,
+                      during=redeploy)
+    print(f"\nredeploy after {switched[0]} requests: {Counter(result.versions)}, {len(result.failed)} failed")
+    assert result.failed == [] and result.ok > switched[0]
+    assert result.versions[0] == "1" and result.versions[-1] == "2"
+    assert set(result.versions) == {"1", "2"}
+    card = client.get(f"{url}/v1/model").json()
+    assert card["version"] == "2" and card["source"]["uri"] == "models:/raysys-detector/2"

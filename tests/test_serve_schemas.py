@@ -1,0 +1,192 @@
+"""Request validation, settings and the CLI of ``raysys.serve``, without Ray."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from raysys.serve import (
+    RequestError,
+    ServeConfig,
+    load_serve_config,
+    parse_json,
+    parse_predict_request,
+    to_serve_config_v2,
+)
+from raysys.serve.cli import add_parsers, config_from_args, handler
+
+SENSORS = ["flow", "ph", "temp"]
+
+
+def reading(**values):
+    row = {"flow": 1.0, "ph": 7.0, "temp": 20.0}
+    row.update(values)
+    return row
+
+
+def parse(document, max_rows=100):
+    return parse_predict_request(document, SENSORS, max_rows)
+
+
+def test_records_and_columns_give_the_same_rows():
+    rows = [reading(flow=float(i)) for i in range(5)]
+    records = parse({"readings": rows})
+    columns = parse({"columns": {s: [r[s] for r in rows] for s in reversed(SENSORS)}})
+    assert records.rows.dtype == np.float32 and records.rows.shape == (5, 3)
+    np.testing.assert_array_equal(records.rows, columns.rows)
+    assert not records.columnar and columns.columnar
+    assert records.n_history == 0 and records.n_readings == 5
+
+
+def test_history_rows_come_first_and_are_counted():
+    parsed = parse({"readings": [reading(flow=9.0)], "history": [reading(flow=1.0), reading(flow=2.0)]})
+    assert parsed.n_history == 2 and parsed.n_readings == 1
+    np.testing.assert_array_equal(parsed.rows[:, 0], [1.0, 2.0, 9.0])
+
+
+def test_integers_are_numbers():
+    assert parse({"readings": [{"flow": 1, "ph": 7, "temp": 20}]}).rows.tolist() == [[1.0, 7.0, 20.0]]
+
+
+@pytest.mark.parametrize("document, status, message", [
+    ([reading()], 422, "must be a JSON object"),
+    ({}, 422, "exactly one of 'readings'"),
+    ({"readings": [reading()], "columns": {}}, 422, "got both"),
+    ({"readings": [reading()], "extra": 1}, 422, "unknown field(s) 'extra'"),
+    ({"readings": []}, 422, "empty batch"),
+    ({"columns": {}}, 422, "empty batch"),
+    ({"columns": {"flow": [], "ph": [], "temp": []}}, 422, "empty batch"),
+    ({"readings": [reading(pressure=1.0)]}, 422, "readings[0]: unknown sensor(s) 'pressure'"),
+    ({"readings": [reading(), {"flow": 1.0, "ph": 7.0}]}, 422, "readings[1]: missing sensor(s) 'temp'"),
+    ({"readings": [reading(ph="7.1")]}, 422, 'readings[0]["ph"]: expected a number, got str "7.1"'),
+    ({"readings": [reading(ph=True)]}, 422, 'readings[0]["ph"]: expected a number, got bool'),
+    ({"readings": [reading(ph=None)]}, 422, 'readings[0]["ph"]: expected a number, got null'),
+    ({"readings": [reading(temp=float("nan"))]}, 422, 'readings[0]["temp"]: NaN and infinite'),
+    ({"readings": [reading(temp=float("inf"))]}, 422, "NaN and infinite values are not allowed"),
+    ({"readings": [reading(temp=1e300)]}, 422, "out of float32 range"),
+    ({"readings": [[1.0, 7.0, 20.0]]}, 422, "readings[0]: expected an object"),
+    ({"readings": {"flow": 1.0}}, 422, "readings: expected a list"),
+    ({"columns": {"flow": [1.0], "ph": [7.0], "temp": [20.0, 21.0]}}, 422, "same number of values"),
+    ({"columns": {"flow": [1.0], "ph": ["x"], "temp": [20.0]}}, 422, 'columns["ph"][0]: expected a number'),
+    ({"columns": {"flow": [1.0], "ph": [7.0]}}, 422, "columns: missing sensor(s) 'temp'"),
+    ({"readings": [reading()] * 101}, 413, "101 readings exceed the maximum of 100"),
+    ({"columns": {s: [1.0] * 101 for s in SENSORS}}, 413, "max_request_rows"),
+    ({"readings": [reading()] * 60, "history": [reading()] * 60}, 413, "plus 60 history rows"),
+])
+def test_bad_requests_name_the_problem(document, status, message):
+    with pytest.raises(RequestError) as info:
+        parse(document)
+    assert info.value.status == status
+    assert message in info.value.message, info.value.message
+    assert info.value.body()["detail"] == info.value.message
+
+
+def test_every_bad_reading_is_listed():
+    with pytest.raises(RequestError) as info:
+        parse({"readings": [reading(ph="a"), reading(), reading(temp=None)]})
+    assert len(info.value.errors) == 2 and "(and 1 more)" in info.value.message
+
+
+@pytest.mark.parametrize("body", [b"", b"  ", b"{not json", b"\xff\xfe", b'{"readings": [}'])
+def test_a_body_that_is_not_json_is_400(body):
+    with pytest.raises(RequestError) as info:
+        parse_json(body)
+    assert info.value.status == 400 and "JSON" in info.value.message
+
+
+def test_nan_tokens_parse_then_fail_validation():
+    document = parse_json(b'{"readings": [{"flow": NaN, "ph": 7, "temp": 20}]}')
+    with pytest.raises(RequestError, match="NaN and infinite"):
+        parse(document)
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def test_flat_config_file_and_overrides(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_uri": "models:/raysys-detector@champion",
+        "port": 9000,
+        "autoscaling_config": {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 4},
+        "user_config": {"max_batch_size": 16},
+    }))
+    config = load_serve_config(path, **{"autoscaling_config.max_replicas": 8, "user_config.batch_wait_timeout_s": 0.01,
+                                        "port": None})
+    assert config.port == 9000
+    assert config.autoscaling_config.min_replicas == 2 and config.autoscaling_config.max_replicas == 8
+    assert config.user_config.max_batch_size == 16 and config.user_config.batch_wait_timeout_s == 0.01
+
+
+def test_serve_config_v2_round_trip(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeConfig(model_uri="models:/raysys-detector@champion", tracking_uri="http://mlflow:5000",
+                         host="0.0.0.0", port=8000)
+    document = to_serve_config_v2(config)
+    ServeDeploySchema.model_validate(document)  # what `serve deploy` and KubeRay accept
+    app = document["applications"][0]
+    assert app["name"] == "raysys" and app["import_path"] == "raysys.serve.app:app_builder"
+    deployment = app["deployments"][0]
+    assert deployment["name"] == "AnomalyDetector"
+    assert set(deployment["user_config"]) == {"max_batch_size", "batch_wait_timeout_s", "max_request_rows"}
+    assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+            "downscale_delay_s"} <= set(deployment["autoscaling_config"])
+    path = tmp_path / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert load_serve_config(path) == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"autoscaling_config.min_replicas": 5, "autoscaling_config.max_replicas": 2}, "max_replicas (2) must be >="),
+    ({"user_config.max_batch_size": 0}, "user_config.max_batch_size"),
+    ({"user_config.batch_wait_timeout_s": -1}, "batch_wait_timeout_s"),
+    ({"deployment.max_ongoing_requests": 4, "user_config.max_batch_size": 8}, "batches never fill"),
+    ({"route_prefix": "api"}, "must start with '/'"),
+    ({"autoscaling_config.max_replicass": 3}, "max_replicass"),
+])
+def test_bad_settings_fail_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_serve_config(None, model_uri="x", **overrides)
+
+
+def test_app_args_need_a_model():
+    with pytest.raises(ValueError, match="give --model"):
+        ServeConfig().app_args()
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
+def test_cli_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("model_uri: /models/ensemble\nautoscaling_config: {max_replicas: 2}\n")
+    args = _parse(["--config", str(path), "--model", "models:/raysys-detector@champion", "--min-replicas", "1",
+                   "--max-replicas", "4", "--target-ongoing-requests", "8", "--max-batch-size", "64",
+                   "--batch-wait-timeout-s", "0.005", "--port", "8100", "--no-blocking"])
+    assert args.func is handler and args.blocking is False
+    config = config_from_args(args)
+    assert config.model_uri == "models:/raysys-detector@champion" and config.port == 8100
+    assert config.autoscaling_config.max_replicas == 4 and config.autoscaling_config.target_ongoing_requests == 8
+    assert config.user_config.max_batch_size == 64 and config.user_config.batch_wait_timeout_s == 0.005
+
+
+def test_cli_num_replicas_switches_autoscaling_off():
+    config = config_from_args(_parse(["--model", "m", "--num-replicas", "3"]))
+    assert config.autoscaling_config is None
+    options = to_serve_config_v2(config)["applications"][0]["deployments"][0]
+    assert options["num_replicas"] == 3 and "autoscaling_config" not in options
+
+
+def test_cli_print_config(capsys):
+    assert handler(_parse(["--model", "models:/raysys-detector@champion", "--max-replicas", "3",
+                           "--print-config"])) == 0
+    document = yaml.safe_load(capsys.readouterr().out)
+    deployment = document["applications"][0]["deployments"][0]
+    assert deployment["autoscaling_config"]["max_replicas"] == 3
+    assert json.dumps(document)  # plain data, ready for a RayService manifest
