@@ -17,7 +17,7 @@ Setups, all on one machine and measured in one run:
 
 Each Ray setup is compared with the plain loop that uses as many threads in total.
 
-    python bench/bench_train.py                      # default dataset (20,000 rows), ae, 6 epochs
+    python bench/bench_train.py                      # default dataset (20,000 rows), ae, 20 epochs
     python bench/bench_train.py --model lstm --epochs 4 --json bench-train.json
 """
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", help="prepared dataset (default: generate the default 20,000-row dataset)")
     parser.add_argument("--model", default="ae", choices=["ae", "vae", "lstm"])
     parser.add_argument("--batch-size", type=int, default=256, help="per worker, as in raysys train")
-    parser.add_argument("--epochs", type=int, default=6, help="timed epochs per setup, after the warm-up")
+    parser.add_argument("--epochs", type=int, default=20, help="timed epochs per setup, after the warm-up")
     parser.add_argument("--warmup", type=int, default=1, help="epochs run first and not counted")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)

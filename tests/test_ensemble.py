@@ -27,7 +27,7 @@ from raysys.ensemble.members import SWEEP_FILE, load_members
 from raysys.ensemble.predict import predict_file
 from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
 from raysys.ensemble.runtime import EnsembleRuntime, combine, history_windows, load_runtime
-from raysys.ensemble.workflow import gate_values
+from raysys.ensemble.workflow import gate_values, run_ensemble
 from raysys.models import build_detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def detectors(dataset):
 
 @pytest.fixture(scope="module")
 def built(detectors, dataset, tmp_path_factory):
-    return build_ensemble(detectors, dataset, tmp_path_factory.mktemp("ensemble") / "ensemble")
+    return build_ensemble(detectors, dataset, tmp_path_factory.mktemp("ensemble") / "onnx")  # any name
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,10 @@ def test_history_windows_pad_with_the_first_row():
     np.testing.assert_array_equal(windows[0], [X[0], X[0], X[0]])
     np.testing.assert_array_equal(windows[1], [X[0], X[0], X[1]])
     np.testing.assert_array_equal(windows[3], X[1:4])
+    # two series of 2 rows: the second's windows repeat its own first row, never reach into the first
+    windows = history_windows(X, 3, np.array([0, 1, 0, 1]))
+    np.testing.assert_array_equal(windows[2], [X[2], X[2], X[2]])
+    np.testing.assert_array_equal(windows[3], [X[2], X[2], X[3]])
 
 
 def test_combine_leaves_out_members_without_full_history():
@@ -85,6 +89,8 @@ def test_combine_leaves_out_members_without_full_history():
     np.testing.assert_allclose(combine(normalised, weights, np.array([1, 2])), [1.0, 50.5, 50.5])
     # with only sequence members weighted, rows without history keep every member
     np.testing.assert_allclose(combine(normalised, np.array([0.0, 1.0]), np.array([1, 2])), [100.0] * 3)
+    # a second series starting at row 2 has no history there either
+    np.testing.assert_allclose(combine(normalised, weights, np.array([1, 2]), np.array([0, 1, 0])), [1.0, 50.5, 1.0])
 
 
 def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset):
@@ -99,6 +105,13 @@ def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset)
     for i in (3, 40, 199):  # a streaming caller passes the last `history` rows before the new one
         start = max(0, i - runtime.history)
         np.testing.assert_allclose(runtime.score(X[start:i + 1])["score"][-1], full["score"][i], rtol=1e-6, atol=1e-6)
+    parts = [X[:1], X[50:60], X[100:130]]  # independent requests, scored together as if alone
+    for together, part in zip(runtime.score_many(parts), parts):
+        alone = runtime.score(part)
+        np.testing.assert_allclose(together["score"], alone["score"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(together["members"]["lstm"], alone["members"]["lstm"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="sum to the 200 rows"):
+        runtime.score(X, lengths=[100, 50])
 
 
 def test_runtime_rejects_bad_input_naming_it(built, dataset):
@@ -216,12 +229,14 @@ def test_gate_report_says_which_gate_failed_by_how_much():
 def test_gate_failure_registers_nothing(built, mlflow_uri):
     report = check_gates(gate_values(built), parse_gates(["roc_auc=0.9999"]))
     assert not report.passed and "roc_auc" in report.summary() and "FAIL by" in report.summary()
-    registration = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)
-    assert registration.version is None and registration.model_uri is None
     client = MlflowClient(mlflow_uri)
+    parent = client.create_run(client.create_experiment("pipeline")).info.run_id
+    registration = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri, parent_run_id=parent)
+    assert registration.version is None and registration.model_uri is None
     assert client.search_registered_models() == []
     run = client.get_run(registration.run_id)
     assert run.data.tags["raysys.gates"] == "failed" and "test_f1" in run.data.metrics
+    assert run.data.tags["mlflow.parentRunId"] == parent
 
 
 _FRESH = """
@@ -270,7 +285,7 @@ def test_pass_registers_moves_champion_and_loads_in_a_fresh_process(built, datas
 
 # -- members and CLI --------------------------------------------------------------------------------
 
-def test_members_from_sweep_and_mlflow_run(detector_dirs, mlflow_uri, tmp_path):
+def test_members_from_sweep_and_mlflow_run(detector_dirs, dataset, mlflow_uri, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / SWEEP_FILE).write_text(json.dumps({
@@ -282,7 +297,7 @@ def test_members_from_sweep_and_mlflow_run(detector_dirs, mlflow_uri, tmp_path):
     assert [m.name for m in members] == ["ae", "vae", "ae_2"]
     assert members[0].source["config"] == {"lr": 1e-3} and members[1].source == {"kind": "run", "run_id": run_id}
     with pytest.raises(ValueError, match="no ensemble members"):
-        load_members()
+        run_ensemble(dataset, register=False)
 
 
 def _cli(argv: list[str]) -> int:

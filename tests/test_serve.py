@@ -138,6 +138,7 @@ class LoadResult:
     ok: int = 0
     failed: list = field(default_factory=list)
     retried: int = 0
+    retry_reasons: Counter = field(default_factory=Counter)
     versions: list = field(default_factory=list)
     seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -152,7 +153,7 @@ def run_load(url: str, bodies: list[dict], clients: int, total: int, retries: in
     deadline = time.monotonic() + timeout_s
 
     def worker():
-        with httpx.Client(timeout=30) as c:
+        with httpx.Client(timeout=20) as c:
             while time.monotonic() < deadline and not result.stop.is_set():
                 i = next(counter)
                 if i >= total:
@@ -167,6 +168,7 @@ def run_load(url: str, bodies: list[dict], clients: int, total: int, retries: in
                         break
                     with lock:
                         result.retried += 1
+                        result.retry_reasons[status or error.split("(")[0]] += 1
                     time.sleep(0.05)
                 with lock:
                     if status == 200:
@@ -208,6 +210,8 @@ def test_model_card_health_and_readiness(served, client, ensembles):
 
 
 def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offline):
+    """The same rows scored offline by onnxruntime (``EnsembleRuntime``) and through HTTP agree to float32
+    rounding (onnxruntime's kernels may round differently for a different number of rows)."""
     url, _ = served
     sensors, rows = ensembles.sensors, ensembles.rows[:300]
     expected = offline.score(rows)
@@ -215,19 +219,19 @@ def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offl
     assert body["model"] == {"name": "raysys-detector", "version": "1"}
     assert body["threshold"] == pytest.approx(offline.threshold)
     got = body["predictions"]
-    np.testing.assert_allclose([p["score"] for p in got], expected["score"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose([p["score"] for p in got], expected["score"], rtol=1e-5, atol=1e-6)
     for name in ("ae", "lstm"):
-        np.testing.assert_allclose([p["members"][name] for p in got], expected["members"][name], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose([p["members"][name] for p in got], expected["members"][name], rtol=1e-5, atol=1e-6)
     assert [p["is_anomaly"] for p in got] == expected["is_anomaly"].tolist()
 
     col = client.post(f"{url}/v1/predict", json=columns(sensors, rows)).json()
-    np.testing.assert_allclose(col["score"], expected["score"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(col["score"], expected["score"], rtol=1e-5, atol=1e-6)
     assert col["is_anomaly"] == expected["is_anomaly"].tolist()
 
     # history rows: context for the LSTM, not scored; equals the tail of scoring the whole series
     tail = client.post(f"{url}/v1/predict", json={**records(sensors, rows[290:]),
                                                   "history": records(sensors, rows[283:290])["readings"]}).json()
-    np.testing.assert_allclose([p["score"] for p in tail["predictions"]], expected["score"][290:], rtol=1e-6)
+    np.testing.assert_allclose([p["score"] for p in tail["predictions"]], expected["score"][290:], rtol=1e-5, atol=1e-6)
 
 
 def test_concurrent_requests_are_batched_but_scored_alone(served, ensembles, offline):
@@ -250,7 +254,7 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, ensembles, off
     for part, answer in zip(parts, answers):
         assert answer is not None and answer.status_code == 200
         np.testing.assert_allclose([p["score"] for p in answer.json()["predictions"]], offline.score(part)["score"],
-                                   rtol=1e-6, atol=1e-9)
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_bad_requests_get_4xx_naming_the_problem(served, client, ensembles):
@@ -360,7 +364,8 @@ def test_killing_a_replica_during_load_loses_no_request(served, ensembles):
 
     result = run_load(url, load_bodies(ensembles), clients=32, total=1500, retries=5, timeout_s=180,
                       during=kill_one)
-    print(f"\nkilled {killed[0]}: {result.ok} ok, {result.retried} retried, {len(result.failed)} failed")
+    print(f"\nkilled {killed[0]}: {result.ok} ok, {result.retried} retried {dict(result.retry_reasons)}, "
+          f"{len(result.failed)} failed")
     assert result.failed == [] and result.ok == 1500
     assert result.retried <= 64, f"{result.retried} retried requests"
     restored = wait_for(lambda: running_replicas() >= 1 and killed[0] not in replicas() and replicas(), 90,

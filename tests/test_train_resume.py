@@ -19,7 +19,7 @@ from raysys.cli import main
 from raysys.train.worker import STATE_FILE
 
 RAYSYS = str(Path(sys.executable).with_name("raysys"))
-EPOCHS = 10
+EPOCHS = 8
 HANG_GUARD_S = 600  # only so that a broken cluster fails the test instead of hanging it
 
 
@@ -47,11 +47,11 @@ def test_killed_training_resumes_from_its_checkpoint(ray_cluster, small_dataset,
     common = ["--data", str(small_dataset), "--storage-path", str(storage), "--mlflow-uri", uri]
     log = tmp_path / "first.log"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    # small batches: about 2 s an epoch on 2 CPUs, so the kill lands well before epoch 10
+    # small batches: about 1 s an epoch on 2 CPUs, so the kill lands well before the last epoch
     with log.open("w") as out:
         proc = subprocess.Popen(
             [RAYSYS, "train", *common, "--model", "ae", "--num-workers", "2", "--max-epochs", str(EPOCHS),
-             "--patience", "100", "--param", "batch_size=16", "--run-name", "R"],
+             "--patience", "100", "--param", "batch_size=32", "--run-name", "R"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(lambda: (run_dir / "epoch-0002").exists() or proc.poll() is not None, "epoch-0002", log)

@@ -31,7 +31,7 @@ from raysys.ensemble.runtime import (
     combine,
     normalise,
 )
-from raysys.evaluation import calibrate_threshold, detection_metrics
+from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, detection_metrics
 
 IFOREST = "iforest"
 ENSEMBLE = "ensemble"
@@ -73,7 +73,8 @@ class EnsembleBuild:
 
 def fit_isolation_forest(dataset: SensorDataset, n_estimators: int = 100, seed: int = 0) -> IsolationForest:
     """An Isolation Forest on the raw sensor values of the normal training rows."""
-    return IsolationForest(n_estimators=n_estimators, random_state=seed).fit(dataset.features("train", normal_only=True))
+    forest = IsolationForest(n_estimators=n_estimators, random_state=seed)
+    return forest.fit(dataset.features("train", normal_only=True))
 
 
 def source_ensemble_scores(models: Mapping[str, Any], spec: Mapping[str, Any], X: np.ndarray) -> np.ndarray:
@@ -97,8 +98,19 @@ def single_row_latency(runtime: EnsembleRuntime, X: np.ndarray, repeats: int = 2
     return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
 
 
+@dataclass
+class _Calibration:
+    """What the validation split decided, and the normalised member scores it decided on."""
+
+    center: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    threshold: float
+    normalised: np.ndarray
+
+
 def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDataset, method: str,
-               options: dict[str, Any], rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+               options: dict[str, Any], rounds: int) -> _Calibration:
     """Normalisation centre and scale, weights and threshold from the validation split."""
     y_val = dataset.labels("val")
     raw = sessions.raw_scores(dataset.features("val")).astype(np.float64)
@@ -106,18 +118,18 @@ def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDat
     normalised = normalise(raw, center, scale)
     weights = select_weights(normalised, y_val, method, rounds, windows, **options)
     threshold = calibrate_threshold(method, y_val, combine(normalised, weights, windows), **options)
-    return center, scale, weights, threshold
+    return _Calibration(center, scale, weights, threshold, normalised)
 
 
-def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, method: str, options: dict[str, Any]
-              ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, val_normalised: np.ndarray, method: str,
+              options: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """Test metrics and scores of the ensemble and of each member alone (thresholded on validation)."""
-    val, test = runtime.score(dataset.features("val")), runtime.score(dataset.features("test"))
+    test = runtime.score(dataset.features("test"))
     y_val, y_test, types = dataset.labels("val"), dataset.labels("test"), dataset.anomaly_types("test")
     metrics = {ENSEMBLE: detection_metrics(y_test, test["score"], runtime.threshold, types)}
     scores = {ENSEMBLE: test["score"]}
-    for name in runtime.members:
-        threshold = calibrate_threshold(method, y_val, val["members"][name], **options)
+    for j, name in enumerate(runtime.members):
+        threshold = calibrate_threshold(method, y_val, val_normalised[:, j], **options)
         metrics[name] = detection_metrics(y_test, test["members"][name], threshold, types)
         scores[name] = test["members"][name]
     return metrics, scores
@@ -145,6 +157,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         parity_rtol: Largest relative error allowed between ONNX and the source model.
         intra_op_threads: onnxruntime threads used for calibration and evaluation.
     """
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: ensemble directory exists and is not empty")
@@ -165,10 +179,10 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
 
     sensors = dataset.sensors
     options = {"target_far": target_far, "percentile": percentile}
-    center, scale, weights, threshold = _calibrate(
+    calibration = _calibrate(
         MemberSessions(out, members, len(sensors), intra_op_threads), np.array([m["window"] for m in members]),
         dataset, threshold_method, options, rounds)
-    for member, c, s, w in zip(members, center, scale, weights):
+    for member, c, s, w in zip(members, calibration.center, calibration.scale, calibration.weights):
         member.update(center=float(c), scale=float(s), weight=float(w))
     spec = {
         "format_version": FORMAT_VERSION,
@@ -179,7 +193,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "padding": "repeat_first_row",
         "normalisation": "robust_z: (raw - center) / scale; center = median, scale = IQR of validation normal scores",
         "combination": "weighted_mean",
-        "threshold": float(threshold),
+        "threshold": float(calibration.threshold),
         "threshold_method": threshold_method,
         "target_far": target_far if threshold_method == "far" else None,
         "percentile": percentile if threshold_method == "percentile" else None,
@@ -193,7 +207,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2, default=str))
 
     runtime = EnsembleRuntime.load(out, intra_op_threads)
-    metrics, scores = _evaluate(runtime, dataset, threshold_method, options)
+    metrics, scores = _evaluate(runtime, dataset, calibration.normalised, threshold_method, options)
     latency = single_row_latency(runtime, dataset.features("test"))
     example = dataset.val[sensors].head(5).to_dict(orient="list")
     return EnsembleBuild(out, spec, metrics, latency, scores, models, example)

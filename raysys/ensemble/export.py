@@ -22,7 +22,7 @@ from sklearn.ensemble import IsolationForest
 from torch import nn
 
 from raysys.data.preprocessing import scaler_affine
-from raysys.ensemble.runtime import MemberSessions, history_windows
+from raysys.ensemble.runtime import MemberSessions
 from raysys.models import BaseDeepDetector
 
 #: ONNX opset of the exported graphs (recorded in each model and in ``ensemble.json``).

@@ -33,6 +33,9 @@ class GateResult:
         """How far inside the limit the value is; negative by how much it failed."""
         return self.limit - self.value if self.upper else self.value - self.limit
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "margin": self.margin}
+
     def describe(self) -> str:
         op = "<=" if self.upper else ">="
         verdict = ("pass" if self.passed else f"FAIL by {abs(self.margin):.4g}" if math.isfinite(self.margin)
@@ -60,8 +63,7 @@ class GateReport:
         return "\n".join([head, *(f"  {r.describe()}" for r in self.results)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed,
-                "gates": [{**asdict(r), "passed": r.passed, "margin": r.margin} for r in self.results]}
+        return {"passed": self.passed, "gates": [r.to_dict() for r in self.results]}
 
 
 def parse_gates(items: Iterable[str], base: Mapping[str, float] | None = None) -> dict[str, float]:

@@ -59,7 +59,8 @@ def from_run(run_id: str, tracking_uri: str | None = None) -> tuple[BaseDeepDete
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_DETECTOR_ARTIFACT,
                                                     tracking_uri=resolve_tracking_uri(tracking_uri))
     except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"MLflow run {run_id!r}: cannot download its {RUN_DETECTOR_ARTIFACT!r} artifact: {exc}") from exc
+        raise ValueError(
+            f"MLflow run {run_id!r}: cannot download its {RUN_DETECTOR_ARTIFACT!r} artifact: {exc}") from exc
     return load_detector(local), {"kind": "run", "run_id": run_id}
 
 

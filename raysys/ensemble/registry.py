@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +98,8 @@ def _promote(client: MlflowClient, name: str, version: str) -> None:
 
 def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFAULT_MODEL_NAME,
                       tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
-                      evaluation_dir: str | os.PathLike | None = None) -> Registration:
+                      evaluation_dir: str | os.PathLike | None = None, parent_run_id: str | None = None
+                      ) -> Registration:
     """Log ``build``'s run; if ``report`` passed, register the ensemble as ``name`` and make it ``champion``.
 
     Args:
@@ -106,9 +109,10 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
         experiment: MLflow experiment of the run.
         evaluation_dir: Folder of metrics and plots to log with the run (from ``write_evaluation``).
+        parent_run_id: Log the run as a child of this (active) run, e.g. the pipeline's.
     """
     uri = use_tracking(tracking_uri, experiment)
-    with mlflow.start_run(run_name="ensemble") as run:
+    with mlflow.start_run(run_name="ensemble", nested=True, parent_run_id=parent_run_id) as run:
         mlflow.set_tags({"raysys.stage": "ensemble", "raysys.gates": "passed" if report.passed else "failed"})
         mlflow.log_params({"members": ",".join(m["name"] for m in build.spec["members"]),
                            "weights": json.dumps({m["name"]: m["weight"] for m in build.spec["members"]}),
@@ -116,14 +120,19 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
                            "target_far": build.spec["target_far"], "registered_model_name": name})
         mlflow.log_metrics(run_metrics(build))
         mlflow.log_dict(report.to_dict(), "gate_report.json")
+        mlflow.log_dict(build.spec, "ensemble.json")
         if evaluation_dir is not None:
             mlflow.log_artifacts(str(evaluation_dir), "evaluation")
         if not report.passed:
             logger.warning("ensemble not registered:\n%s", report.summary())
             return Registration(run.info.run_id, name, None, None)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={MODEL_ARTIFACT_KEY: str(build.directory)},
-            signature=signature(build.spec), input_example=pd.DataFrame(build.example), pip_requirements=pip_requirements(), registered_model_name=name)
+        with tempfile.TemporaryDirectory() as tmp:
+            # MLflow keeps an artifact directory's own name: stage it as artifacts/ensemble
+            staged = shutil.copytree(build.directory, Path(tmp) / MODEL_ARTIFACT_KEY)
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={MODEL_ARTIFACT_KEY: str(staged)},
+                signature=signature(build.spec), input_example=pd.DataFrame(build.example),
+                pip_requirements=pip_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "raysys.gates", "passed")

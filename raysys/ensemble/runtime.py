@@ -13,21 +13,21 @@ them on a window left-padded by repeating the first row (that score is reported)
 score of those rows leaves the member out and renormalises the other weights, since a padded window
 looks like a stuck sensor. So a single reading can always be scored. A caller that streams readings
 keeps the last :attr:`EnsembleRuntime.history` rows and passes them before the new ones; the new
-rows then score exactly as in one batch over the whole series.
+rows then score exactly as in one batch over the whole series. Independent series (several
+requests) can be scored in one call with :meth:`EnsembleRuntime.score_many`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
 SPEC_FILE = "ensemble.json"
 FORMAT_VERSION = 1
@@ -39,17 +39,35 @@ MEMBER_COLUMN = "score_{name}"
 DEFAULT_BATCH_ROWS = 8192
 
 
-def history_windows(X: np.ndarray, window: int) -> np.ndarray:
-    """One window per row of ``X``, ending at that row; shape (n, window, sensors).
+def positions_of(n_rows: int, lengths: Sequence[int] | None = None) -> np.ndarray:
+    """Each row's index within its own series, for ``n_rows`` rows made of series of ``lengths`` rows."""
+    if lengths is None:
+        return np.arange(n_rows)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.ndim != 1 or (lengths < 1).any() or lengths.sum() != n_rows:
+        raise ValueError(f"series lengths must be positive and sum to the {n_rows} rows, got {lengths.tolist()}")
+    return np.arange(n_rows) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
-    Rows with fewer than ``window - 1`` predecessors are left-padded by repeating ``X[0]``.
+
+def window_rows(positions: np.ndarray, window: int, rows: np.ndarray) -> np.ndarray:
+    """Row indices (len(rows), window) of the window ending at each of ``rows``.
+
+    ``positions`` give every row's index within its own series; a window never reaches before its
+    series' first row but repeats that row instead (left padding).
+    """
+    first = rows - positions[rows]
+    return np.maximum(first[:, None], rows[:, None] - (window - 1) + np.arange(window))
+
+
+def history_windows(X: np.ndarray, window: int, positions: np.ndarray | None = None) -> np.ndarray:
+    """One window per row of ``X``, ending at that row: shape (n, window, sensors), left-padded.
+
+    ``positions`` default to ``0..n-1`` (``X`` is one series); see :func:`window_rows`.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    if window == 1:
-        return X[:, None, :]
-    padded = np.concatenate([np.repeat(X[:1], window - 1, axis=0), X])
-    return sliding_window_view(padded, window, axis=0).transpose(0, 2, 1)
+    rows = np.arange(len(X))
+    return X[window_rows(rows if positions is None else positions, window, rows)]
 
 
 def normalise(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -57,17 +75,19 @@ def normalise(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndar
     return (raw - center) / scale
 
 
-def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | None = None) -> np.ndarray:
+def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | None = None,
+            positions: np.ndarray | None = None) -> np.ndarray:
     """The ensemble score: weighted mean of normalised member scores (n, members); weights sum to 1.
 
-    With ``windows`` (rows each member looks at), row ``i`` leaves out the members whose window
-    reaches before the first row (``window > i + 1``: their score rests on padding) and renormalises
-    the other weights. A row that no weighted member can score on real history keeps them all.
+    With ``windows`` (rows each member looks at), a row leaves out the members whose window reaches
+    before its series' first row (``window > position + 1``: their score rests on padding) and
+    renormalises the other weights. A row no weighted member can score on real history keeps them all.
+    ``positions`` as in :func:`history_windows`.
     """
     if windows is None:
         return normalised @ weights
-    has_history = np.arange(len(normalised))[:, None] >= np.asarray(windows)[None, :] - 1
-    row_weights = weights * has_history
+    positions = np.arange(len(normalised)) if positions is None else positions
+    row_weights = weights * (positions[:, None] >= np.asarray(windows)[None, :] - 1)
     total = row_weights.sum(axis=1, keepdims=True)
     row_weights = np.where(total > 0, row_weights / np.where(total > 0, total, 1.0), weights)
     return (normalised * row_weights).sum(axis=1)
@@ -109,20 +129,25 @@ class MemberSessions:
         self._outputs = [(m["file"], m["output"]) for m in members]
         self.history = max(window for _, window in self._files.values()) - 1
 
-    def raw_scores(self, X: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
-        """Raw member scores, shape (n, members), for raw sensor rows ``X`` in time order."""
+    def raw_scores(self, X: np.ndarray, positions: np.ndarray | None = None,
+                   batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
+        """Raw member scores, shape (n, members), for raw sensor rows ``X`` in time order.
+
+        ``positions``: each row's index within its own series (default: ``X`` is one series).
+        """
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_sensors:
             raise ValueError(f"X must have shape (rows, {self.n_sensors}), got {X.shape}")
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or infinite values")
+        positions = np.arange(len(X)) if positions is None else positions
         out = np.empty((len(X), len(self._outputs)), dtype=np.float32)
         for file, (session, window) in self._files.items():
-            samples = X if window == 1 else history_windows(X, window)
             names = [o.name for o in session.get_outputs()]
             feed = session.get_inputs()[0].name
             for start in range(0, len(X), batch_rows):
-                batch = np.ascontiguousarray(samples[start:start + batch_rows])
+                rows = np.arange(start, min(start + batch_rows, len(X)))
+                batch = X[rows] if window == 1 else X[window_rows(positions, window, rows)]
                 results = dict(zip(names, session.run(None, {feed: batch})))
                 for j, (f, output) in enumerate(self._outputs):
                     if f == file:
@@ -180,24 +205,42 @@ class EnsembleRuntime:
         """Preceding rows a sequence member looks at (0 when every member scores single rows)."""
         return self._sessions.history
 
-    def raw_scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Each member's raw anomaly score (before normalisation) for rows ``X`` in time order."""
-        raw = self._sessions.raw_scores(X)
+    def raw_scores(self, X: np.ndarray, lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Each member's raw anomaly score (before normalisation); arguments as in :meth:`score`."""
+        raw = self._sessions.raw_scores(X, positions_of(len(X), lengths))
         return {name: raw[:, j] for j, name in enumerate(self.members)}
 
-    def score(self, X: np.ndarray) -> dict[str, Any]:
+    def score(self, X: np.ndarray, lengths: Sequence[int] | None = None) -> dict[str, Any]:
         """Score raw sensor rows ``X`` (n, sensors), in time order.
+
+        Args:
+            X: Raw sensor values, float32, columns in :attr:`sensors` order.
+            lengths: ``X`` is several independent series of these lengths, one after the other
+                (default: one series). Each scores exactly as it would alone.
 
         Returns:
             ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold`` (n,);
             ``members``: member name to its *normalised* score (n,), whose weighted mean is ``score``
-            (for the first ``window - 1`` rows a sequence member's score rests on padding and is left
-            out of ``score``: see :func:`combine`).
+            (for the first ``window - 1`` rows of a series a sequence member's score rests on padding
+            and is left out of ``score``: see :func:`combine`).
         """
-        normalised = normalise(self._sessions.raw_scores(X).astype(np.float64), self._center, self._scale)
-        score = combine(normalised, self._weights, self._windows)
+        positions = positions_of(len(X), lengths)
+        raw = self._sessions.raw_scores(X, positions).astype(np.float64)
+        normalised = normalise(raw, self._center, self._scale)
+        score = combine(normalised, self._weights, self._windows, positions)
         return {"score": score, "is_anomaly": score > self.threshold,
                 "members": {name: normalised[:, j] for j, name in enumerate(self.members)}}
+
+    def score_many(self, parts: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """Score independent series (e.g. several requests) in one onnxruntime call per member file.
+
+        Each result equals ``score(part)`` of that part alone.
+        """
+        result = self.score(np.concatenate(parts), [len(p) for p in parts])
+        bounds = np.cumsum([0, *(len(p) for p in parts)])
+        return [{"score": result["score"][a:b], "is_anomaly": result["is_anomaly"][a:b],
+                 "members": {name: values[a:b] for name, values in result["members"].items()}}
+                for a, b in zip(bounds[:-1], bounds[1:])]
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """The sensor columns of ``frame`` as float32, in schema order; other columns are ignored."""
@@ -253,7 +296,8 @@ def load_runtime(model: str | os.PathLike, tracking_uri: str | None = None,
     """Load an ensemble from a local directory or an MLflow URI (``models:/NAME@champion``, ``runs:/ID/model``).
 
     URIs are downloaded with ``mlflow.artifacts.download_artifacts`` from ``tracking_uri``
-    (default: ``$MLFLOW_TRACKING_URI`` or the local store, as in ``raysys.tracking``).
+    (default: ``$MLFLOW_TRACKING_URI`` or the local store, as in ``raysys.tracking``), which also
+    becomes MLflow's registry URI (``models:/`` resolves names there).
     """
     path = Path(model)
     if not path.exists():

@@ -42,6 +42,11 @@ class EnsembleResult:
         return self.build.directory
 
     @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """``ensemble`` and each member name to its test metrics."""
+        return self.build.metrics
+
+    @property
     def version(self) -> str | None:
         """The registered model version, or None if nothing was registered."""
         return self.registration.version if self.registration else None
@@ -67,7 +72,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
                  name: str = DEFAULT_MODEL_NAME, gates: Mapping[str, float] | None = None,
                  threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
                  iforest: bool = True, register: bool = True, tracking_uri: str | None = None,
-                 experiment: str = DEFAULT_EXPERIMENT, seed: int = 0) -> EnsembleResult:
+                 experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
+                 seed: int = 0) -> EnsembleResult:
     """Build the ensemble from its members, check the gates, write the evaluation and register it if they pass.
 
     Members come from ``sweep`` (its ``best.json``), MLflow ``run_ids``, ``detector_dirs`` and/or
@@ -83,9 +89,10 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
             :func:`raysys.ensemble.registry.register_ensemble`.
     """
     dataset = data if isinstance(data, SensorDataset) else load_dataset(data)
+    run_ids, detector_dirs = list(run_ids), list(detector_dirs)
     found: dict[str, Any] = {}
     sources: dict[str, dict[str, Any]] = {}
-    if sweep is not None or run_ids or detector_dirs:
+    if sweep is not None or run_ids or detector_dirs or not detectors:  # load_members says when none is given
         for member in load_members(sweep, run_ids, detector_dirs, tracking_uri):
             found[member.name], sources[member.name] = member.detector, member.source
     for key, detector in (detectors or {}).items():
@@ -97,6 +104,6 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
                            target_far=target_far, percentile=percentile, iforest=iforest, seed=seed, sources=sources)
     report = check_gates(gate_values(build), gates)
     evaluation_dir = write_evaluation(build, dataset, report, out / "evaluation")
-    registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir)
+    registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir, parent_run_id)
                     if register else None)
     return EnsembleResult(build, report, evaluation_dir, registration)

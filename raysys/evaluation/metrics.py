@@ -36,7 +36,8 @@ def far_threshold(normal_scores: np.ndarray, target_far: float) -> float:
     """The threshold that flags about ``target_far`` of normal rows (a false-alarm budget)."""
     if not 0.0 < target_far < 1.0:
         raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_far}")
-    return float(np.quantile(normal_scores, 1.0 - target_far))
+    # "higher" picks an observed score, so no more than target_far of normal rows lie above it
+    return float(np.quantile(normal_scores, 1.0 - target_far, method="higher"))
 
 
 def calibrate_threshold(method: str, y_true: np.ndarray, scores: np.ndarray, percentile: float = 99.0,

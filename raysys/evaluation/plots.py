@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
@@ -28,9 +29,12 @@ def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
     fig, ax = plt.subplots(figsize=(7, 4))
     for (name, history), color in zip(histories.items(), plt.cm.tab10.colors):
         epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["train_loss"] for h in history], color=color, label=f"{name} train")
-        ax.plot(epochs, [h["val_loss"] for h in history], color=color, linestyle="--", label=f"{name} validation")
+        ax.plot(epochs, [h["train_loss"] for h in history], color=color, marker="o", markersize=3,
+                label=f"{name} train")
+        ax.plot(epochs, [h["val_loss"] for h in history], color=color, marker="s", markersize=3, linestyle="--",
+                label=f"{name} validation")
     ax.set(xlabel="epoch", ylabel="loss", title="Loss curves", yscale="log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -11,6 +11,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from raysys.evaluation import plots
+from raysys.train.driver import epoch_history
+from raysys.tune.sweep import LEADERBOARD_PLOT
+
+LEADERBOARD_COLUMNS = ["trial", "family", "status", "epochs", "val_pr_auc", "val_loss", "params"]
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -53,8 +59,6 @@ def write_report(path: str | os.PathLike, title: str, summary: Mapping[str, str]
 def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, client, model_name: str) -> Path:
     """The pipeline's report: sweep leaderboard, winners' loss curves, ROC/PR of members and ensemble,
     confusion matrix, recall per anomaly type and a timeline of the test split. Returns the HTML path."""
-    from raysys.evaluation import plots
-    from raysys.train.driver import epoch_history
 
     out = Path(out_dir)
     figures = out / "figures"
@@ -64,7 +68,7 @@ def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, 
         shutil.copy(png, figures / png.name)
     histories = {family: epoch_history(client, best["run_id"]) for family, best in sorted(sweep.best.items())}
     plots.loss_curves({k: v for k, v in histories.items() if v}, figures / "winners_loss_curves.png")
-    sweep_plot = sweep.plot_metric_vs_trial(figures / "sweep_metric_vs_trial.png")
+    sweep_plot = shutil.copy(Path(sweep.sweep_dir) / LEADERBOARD_PLOT, figures / "sweep_metric_vs_trial.png")
     test = dataset.test
     spec = ensemble.build.spec
     plots.timeline(test["timestamp"].to_numpy(), {s: test[s].to_numpy() for s in dataset.sensors},
@@ -86,7 +90,8 @@ def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, 
         "threshold": f"{spec['threshold']:.4g} ({spec['threshold_method']})",
     }
     return write_report(out / "report.html", "raysys pipeline report", summary, [
-        ("Sweep", [sweep.leaderboard.head(20), ("Validation PR AUC of each trial", sweep_plot)]),
+        ("Sweep", [sweep.leaderboard[LEADERBOARD_COLUMNS].head(20),
+                   (f"{sweep.config.metric} of each trial and the epochs it trained", Path(sweep_plot))]),
         ("Winners", [("Loss curves of the best trial per family", figures / "winners_loss_curves.png")]),
         ("Detection on the held-out test split", [
             members, ("ROC and precision-recall curves: every member and the ensemble", figures / "roc_pr.png"),

@@ -48,8 +48,9 @@ class PipelineResult:
     endpoint: str | None = None
 
 
-def _sweep_config(cfg: PipelineConfig) -> SweepConfig:
-    overrides = {"seed": cfg.seed, **cfg.sweep}
+def _sweep_config(cfg: PipelineConfig, run_dir: Path, tracking_uri: str) -> SweepConfig:
+    overrides = {"seed": cfg.seed, **cfg.sweep, "name": "sweep", "storage_path": str(run_dir),
+                 "tracking_uri": tracking_uri, "experiment": cfg.experiment}
     if cfg.sweep_config:
         return load_sweep_config(cfg.sweep_config, **overrides)
     return SweepConfig.quick(**overrides) if cfg.quick else SweepConfig.default(**overrides)
@@ -101,8 +102,10 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
 
     console.rule("[bold]2/4 sweep")
     with state.stage("sweep") as out:
-        sweep = run_sweep(_sweep_config(cfg), dataset.path, storage_path=run_dir / "sweep", tracking_uri=uri,
-                          experiment=cfg.experiment, parent_run_id=parent)
+        sweep = run_sweep(_sweep_config(cfg, run_dir, uri), dataset.path, console=console)
+        client.set_tag(sweep.parent_run_id, PARENT_TAG, parent)
+        if not sweep.best:
+            raise RuntimeError(f"no trial of the sweep finished; see {sweep.sweep_dir}")
         out.update(sweep_dir=str(sweep.sweep_dir), mlflow_run_id=sweep.parent_run_id,
                    best={k: v["checkpoint"] for k, v in sweep.best.items()})
 

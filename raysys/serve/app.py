@@ -8,7 +8,8 @@ Routes (see ``docs/serving.md``):
 
 Requests are coalesced by ``@serve.batch``; the batch size and wait, and the largest request, come from
 the deployment's ``user_config`` (:class:`raysys.serve.config.UserConfig`), applied by ``reconfigure``
-without restarting replicas. Autoscaling is the deployment's ``autoscaling_config``.
+(a ``user_config`` change in a Serve config / serveConfigV2 reaches running replicas without a restart).
+Autoscaling is the deployment's ``autoscaling_config``.
 
 Run it from a Serve config file / KubeRay serveConfigV2 with::
 
@@ -16,6 +17,7 @@ Run it from a Serve config file / KubeRay serveConfigV2 with::
     args: {model_uri: "models:/raysys-detector@champion", tracking_uri: "http://mlflow:5000"}
 """
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -52,6 +54,10 @@ api = FastAPI(
 _START = UserConfig()
 #: Bytes of request body allowed per row and sensor (generous: JSON numbers and sensor names).
 _BYTES_PER_VALUE = 160
+#: Longest wait for a request's body. When a replica dies mid-request, Serve (2.60) may hand the request to
+#: another replica that then never receives the body; answering 503 after this long lets the client retry
+#: at once instead of waiting for its own timeout.
+BODY_TIMEOUT_S = 10.0
 _ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 
@@ -76,7 +82,8 @@ class AnomalyDetector:
         self._readings = Counter("raysys_readings_scored", "Readings scored.", tag_keys=("model_version",))
         self._anomalies = Counter("raysys_anomalies_flagged", "Readings scored above the threshold.",
                                   tag_keys=("model_version",))
-        self._rejected = Counter("raysys_requests_rejected", "Bad requests answered with a 4xx.",
+        self._rejected = Counter("raysys_requests_rejected",
+                                 "Requests answered before scoring: 4xx, or 503 when the body never arrived.",
                                  tag_keys=("status",))
         self._rows = Histogram("raysys_request_rows", "Readings per predict request.", boundaries=_ROW_BUCKETS)
         self._tags = {"model_version": self._model.source.version}
@@ -103,14 +110,16 @@ class AnomalyDetector:
 
     @serve.batch(max_batch_size=_START.max_batch_size, batch_wait_timeout_s=_START.batch_wait_timeout_s)
     async def _score_batch(self, parts: list[np.ndarray]) -> list[dict[str, Any]]:
-        return self._model.score_many(parts)
+        # onnxruntime releases the GIL: the event loop parses the next requests while this batch runs
+        return await asyncio.to_thread(self._model.score_many, parts)
 
     # -- routes --------------------------------------------------------------------
     @api.post("/v1/predict", response_model=PredictResponse,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()}}}},
               responses={400: {"description": "Body is not JSON"}, 413: {"description": "Too many readings"},
-                         422: {"description": "Unknown or missing sensor, wrong type, NaN/inf, empty batch"}})
+                         422: {"description": "Unknown or missing sensor, wrong type, NaN/inf, empty batch"},
+                         503: {"description": "The request body never arrived (retry)"}})
     async def predict(self, request: Request) -> JSONResponse:
         """Score one or many readings: ensemble score, member scores, ``is_anomaly``, threshold, model version."""
         settings, model = self._settings, self._model
@@ -120,11 +129,16 @@ class AnomalyDetector:
             if length and length.isdigit() and int(length) > limit:
                 raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes "
                                         f"for max_request_rows={settings.max_request_rows}")
-            parsed = parse_predict_request(parse_json(await request.body()), model.sensors,
-                                           settings.max_request_rows)
+            try:
+                body = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise RequestError(503, f"request body not received within {BODY_TIMEOUT_S:g}s; "
+                                        "retry the request") from None
+            parsed = parse_predict_request(parse_json(body), model.sensors, settings.max_request_rows)
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return JSONResponse(exc.body(), status_code=exc.status,
+                                headers={"Retry-After": "1"} if exc.status == 503 else None)
         result = await self._score_batch(parsed.rows)
         if parsed.n_history:
             keep = slice(parsed.n_history, None)

@@ -32,7 +32,8 @@ MAX_ERRORS = 10
 
 
 class RequestError(ValueError):
-    """A bad request: ``status`` (4xx), a one-line ``message`` and every problem found in ``errors``."""
+    """A request that cannot be scored: ``status`` (4xx for a bad request; 503 when its body never
+    arrived), a one-line ``message`` and every problem found in ``errors``."""
 
     def __init__(self, status: int, message: str, errors: list[str] | None = None):
         super().__init__(message)

@@ -67,7 +67,8 @@ def val_pr_auc(detector_dir: str | os.PathLike, data_dir: str | os.PathLike) -> 
 
 def best_per_family(leaderboard: pd.DataFrame, metric: str, mode: str) -> dict[str, pd.Series]:
     """The best completed-or-stopped trial with a finite ``metric`` and a checkpoint, per family."""
-    usable = leaderboard[leaderboard["status"].isin([COMPLETED, STOPPED]) & leaderboard["checkpoint_path"].notna()
+    has_checkpoint = leaderboard["checkpoint_path"].notna() | leaderboard["latest_checkpoint"].notna()
+    usable = leaderboard[leaderboard["status"].isin([COMPLETED, STOPPED]) & has_checkpoint
                          & leaderboard[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     best: dict[str, pd.Series] = {}
     for family, group in usable.groupby("family", sort=False):
@@ -89,7 +90,11 @@ def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, data_dir: str
     for family, row in sorted(best_per_family(leaderboard, metric, mode).items(),
                               key=lambda item: families.index(item[0]) if item[0] in families else 99):
         params = json.loads(row["params"]) if isinstance(row["params"], str) else dict(row["params"])
-        detector_dir = materialize_detector(row["checkpoint_path"], family, params, data_dir, out_root / family)
+        # the checkpoint Tune saw last; a stopped trial's may have been rotated out since (num_to_keep)
+        source = row["checkpoint_path"]
+        if not (isinstance(source, str) and Path(source).exists()):
+            source = row["latest_checkpoint"]
+        detector_dir = materialize_detector(source, family, params, data_dir, out_root / family)
         value = val_pr_auc(detector_dir, data_dir) if metric == "val_pr_auc" else float(row["best_val_loss"])
         best[family] = {"checkpoint": str(detector_dir), "run_id": row["run_id"], "trial_id": row["trial_id"],
                         "config": {"family": family, "params": params}, "metric": value, "metric_name": metric,

@@ -16,12 +16,12 @@ import pandas as pd  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from raysys.tune.space import trial_params  # noqa: E402
-from raysys.tune.trial import TRAIN_DONE, read_record  # noqa: E402
+from raysys.tune.trial import TRAIN_DONE, read_record, train_run_name  # noqa: E402
 
 #: Trial statuses in the leaderboard.
 COMPLETED, STOPPED, ERROR, UNFINISHED = "completed", "stopped", "error", "unfinished"
-COLUMNS = ["trial", "trial_id", "family", "status", "epochs", "val_pr_auc", "val_loss", "best_val_loss",
-           "run_id", "checkpoint_path", "params"]
+COLUMNS = ["trial", "trial_id", "family", "status", "epochs", "epochs_run", "val_pr_auc", "val_loss",
+           "best_val_loss", "run_id", "checkpoint_path", "latest_checkpoint", "params"]
 FAMILY_COLORS = {"ae": "tab:blue", "vae": "tab:orange", "lstm": "tab:green"}
 
 
@@ -43,24 +43,36 @@ def trial_status(tune_status: str, record: dict[str, Any] | None, last_result: d
     return UNFINISHED
 
 
+def latest_checkpoint(train_run_dir: str | os.PathLike) -> tuple[int, str | None]:
+    """(epoch, path) of the newest ``epoch-NNNN`` checkpoint in a Train run directory."""
+    found = [(int(p.name.split("-", 1)[1]), str(p)) for p in Path(train_run_dir).glob("epoch-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return max(found) if found else (0, None)
+
+
 def build_leaderboard(trials: Iterable[Any], train_storage: str | os.PathLike, metric: str, mode: str) -> pd.DataFrame:
     """One row per Tune trial (``ray.tune.experiment.Trial``), best ``metric`` first.
 
-    ``trial`` is the order trials were created in (the order of ``trials``); parameters are in ``params`` (JSON) and
-    also spread over ``p.<name>`` columns.
+    ``trial`` is the order trials were created in (the order of ``trials``); parameters are in
+    ``params`` (JSON) and also spread over ``p.<name>`` columns. ``epochs`` is the last epoch
+    Tune saw; ``epochs_run`` the last one the Train run checkpointed (a worker can finish an
+    epoch or two more between ASHA's decision and the trial's end): the compute spent.
     """
     rows = []
     for trial in trials:
         last = dict(trial.last_result or {})
         record = read_record(train_storage, trial.trial_id)
         family, params = trial_params(trial.config)
+        ckpt_epoch, ckpt_path = latest_checkpoint(Path(train_storage) / train_run_name(trial.trial_id))
+        epochs = int(last.get("epoch", 0) or 0)
         rows.append({
             "trial_id": trial.trial_id, "family": family,
             "status": trial_status(trial.status, record, last),
-            "epochs": int(last.get("epoch", 0) or 0),
+            "epochs": epochs, "epochs_run": max(epochs, ckpt_epoch),
             "val_pr_auc": _float(last.get("val_pr_auc")), "val_loss": _float(last.get("val_loss")),
             "best_val_loss": _float(last.get("best_val_loss")),
             "run_id": (record or {}).get("run_id"), "checkpoint_path": last.get("checkpoint_path"),
+            "latest_checkpoint": ckpt_path,
             "params": json.dumps(params, sort_keys=True),
             **{f"p.{k}": (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in params.items()},
         })
@@ -71,9 +83,10 @@ def build_leaderboard(trials: Iterable[Any], train_storage: str | os.PathLike, m
     return frame.reset_index(drop=True)
 
 
-def total_trial_epochs(leaderboard: pd.DataFrame) -> int:
-    """Epochs trained over all trials: the compute a sweep spent."""
-    return int(leaderboard["epochs"].sum()) if len(leaderboard) else 0
+def total_trial_epochs(leaderboard: pd.DataFrame, column: str = "epochs_run") -> int:
+    """Epochs trained over all trials (``epochs_run``: the compute a sweep spent; ``epochs``:
+    the epochs Tune saw)."""
+    return int(leaderboard[column].sum()) if len(leaderboard) else 0
 
 
 def leaderboard_table(leaderboard: pd.DataFrame, metric: str, title: str = "Sweep leaderboard",
@@ -121,7 +134,7 @@ def plot_leaderboard(leaderboard: pd.DataFrame, metric: str, mode: str, path: st
         errors = group[group["status"] == ERROR]
         if len(errors):
             ax.scatter(errors["trial"], [0] * len(errors), marker="x", color=color, label=f"{family} (error)")
-        ep_ax.bar(group["trial"], group["epochs"], color=color, label=family)
+        ep_ax.bar(group["trial"], group["epochs_run"], color=color, label=family)
     values = frame[metric].astype(float)
     running = values.cummax() if mode == "max" else values.cummin()
     ax.step(frame["trial"], running, where="post", color="black", linewidth=1, label="best so far")

@@ -26,6 +26,7 @@ import optuna
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from ray.tune import Callback
 from rich.console import Console
 
 from raysys.cluster import init_ray
@@ -36,7 +37,7 @@ from raysys.tune.export import BEST_FILE, export_best
 from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
                                      leaderboard_table, plot_leaderboard, total_trial_epochs)
 from raysys.tune.space import make_searcher
-from raysys.tune.trial import TrialSettings, train_driver_fn
+from raysys.tune.trial import TrialSettings, release_placement_groups, train_driver_fn
 
 logger = logging.getLogger(__name__)
 SWEEP_RECORD = "raysys_sweep.json"
@@ -45,6 +46,8 @@ LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_PLOT = "leaderboard.png"
 #: Logical memory (bytes) a trial's driver function reserves; it holds no CPU.
 TRIAL_DRIVER_MEMORY = 128 * 1024**2
+#: Seconds after a trial ends before its Train placement group is removed (if still there).
+RELEASE_GRACE_S = 3.0
 _RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED", UNFINISHED: "KILLED"}
 
 
@@ -75,6 +78,41 @@ class SweepResult:
         return total_trial_epochs(self.leaderboard)
 
 
+class ReleaseTrainResources(Callback):
+    """Tune callback: removes an ended trial's Train placement groups ``grace_s`` after it ended.
+
+    By then the trial's actor, and the Train controller it owned, are gone; a trial that Tune
+    stopped early (ASHA) would otherwise keep its workers' CPUs until the sweep exits.
+
+    Args:
+        train_storage: Storage path of the trials' Train runs.
+        grace_s: Seconds to wait after a trial ended.
+    """
+
+    def __init__(self, train_storage: str, grace_s: float = RELEASE_GRACE_S):
+        self.train_storage = train_storage
+        self.grace_s = grace_s
+        self.ended: dict[str, float] = {}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.monotonic()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.monotonic()
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        for trial_id, ended in list(self.ended.items()):
+            if now - ended >= self.grace_s:
+                del self.ended[trial_id]
+                if release_placement_groups(self.train_storage, trial_id):
+                    logger.info("released the Train workers of stopped trial %s", trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            release_placement_groups(self.train_storage, trial.trial_id)
+
+
 def _trial_name(trial) -> str:
     return f"{trial.config.get('family', 'trial')}_{trial.trial_id}"
 
@@ -103,7 +141,9 @@ def _scheduler(config: SweepConfig):
 
     if config.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
+    # max_t one past the last epoch: a trial that reaches max_epochs ends by itself (its driver
+    # function returns and records it) instead of being stopped by ASHA at its last report
+    return ASHAScheduler(time_attr="epoch", max_t=config.max_epochs + 1, grace_period=config.grace_period,
                          reduction_factor=config.reduction_factor)
 
 
@@ -176,7 +216,9 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
 
     init_ray()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trainable = _trainable(_settings(record, config, sweep_dir))
+    settings = _settings(record, config, sweep_dir)
+    trainable = _trainable(settings)
+    callbacks = [ReleaseTrainResources(settings.train_storage)]
     if resume:
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -187,7 +229,7 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
                 scheduler=_scheduler(config), num_samples=config.num_samples,
                 max_concurrent_trials=config.max_concurrent, time_budget_s=config.time_budget_s,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent)))
+            run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks))
     try:
         tuner.fit()
     except BaseException:

@@ -13,25 +13,34 @@ reused, and a trial whose Train run already finished only reports its final metr
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray.train
 import ray.tune
+import ray.util
 from mlflow.tracking import MlflowClient
+from ray import PlacementGroupID
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-from raysys.train import MlflowEpochLogger, TrainConfig, build_trainer
+from raysys.train import MlflowEpochLogger, TrainConfig, build_trainer, train_fn_per_worker
 from raysys.tune.space import trial_params
+
+logger = logging.getLogger(__name__)
 
 #: Per-trial record beside the Train run's checkpoints: MLflow run id, status, final metrics.
 TRIAL_RECORD = "raysys_trial.json"
 #: The worker's ``done`` flag, renamed: ``done`` is a reserved Tune result key.
 TRAIN_DONE = "train_done"
+#: Placement groups of the trial's Train worker groups, one id per line (see release_placement_groups).
+PLACEMENT_GROUPS_FILE = "placement_groups.txt"
 
 
 @dataclass(frozen=True)
@@ -114,24 +123,57 @@ def _child_run(client: MlflowClient, settings: TrialSettings, trial_id: str, fam
     return run.info.run_id
 
 
+def trial_worker_fn(config: dict[str, Any]) -> None:
+    """``raysys.train.train_fn_per_worker``, after rank 0 records its worker group's placement group.
+
+    When Tune stops a trial (ASHA), it ends the trial's actor; the Train controller it owns dies
+    with it, without removing the workers' placement group, which then holds their CPUs until the
+    sweep's driver exits (Ray Train's own cleaner needs the dashboard's state API). The sweep
+    removes the recorded groups of every trial that ended (``release_placement_groups``).
+    """
+    trial_dir = config.get("raysys_trial_dir")
+    group = ray.util.get_current_placement_group()
+    if trial_dir and group is not None and ray.train.get_context().get_world_rank() == 0:
+        with open(Path(trial_dir) / PLACEMENT_GROUPS_FILE, "a") as out:
+            out.write(group.id.hex() + "\n")
+    train_fn_per_worker(config)
+
+
+def release_placement_groups(train_storage: str | os.PathLike, trial_id: str) -> int:
+    """Remove the trial's recorded Train placement groups that still exist; returns how many."""
+    path = Path(train_storage) / train_run_name(trial_id) / PLACEMENT_GROUPS_FILE
+    if not path.exists():
+        return 0
+    removed = 0
+    for line in dict.fromkeys(path.read_text().split()):
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(line)))
+        try:
+            if placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+                remove_placement_group(group)
+                removed += 1
+        except Exception as exc:  # already gone, or GCS unavailable: nothing to release
+            logger.debug("placement group %s of trial %s: %s", line, trial_id, exc)
+    return removed
+
+
 def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, Any], run_name: str,
                         callbacks: list) -> TorchTrainer:
-    """The trial's TorchTrainer: ``raysys.train.build_trainer`` with the sweep's resources."""
+    """The trial's TorchTrainer: ``raysys.train.build_trainer``'s run, with the sweep's resources
+    per worker and :func:`trial_worker_fn` as the worker function."""
     cfg = TrainConfig(data=settings.data, model=family, params=params, num_workers=settings.workers_per_trial,
                       use_gpu=settings.gpus_per_worker > 0, max_epochs=settings.max_epochs,
                       patience=settings.patience, storage_path=settings.train_storage, run_name=run_name,
                       max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,
                       experiment=settings.experiment)
-    trainer = build_trainer(cfg, run_name, callbacks, {"detection_metric": True})
-    if settings.cpus_per_worker == 1 and settings.gpus_per_worker in (0, 1):
-        return trainer
-    # build_trainer reserves 1 CPU (and 1 GPU with use_gpu) per worker; other amounts need their own
-    # ScalingConfig. TODO: drop this once TrainConfig carries resources_per_worker.
+    trial_dir = str(Path(settings.train_storage) / run_name)
+    trainer = build_trainer(cfg, run_name, callbacks, {"detection_metric": True, "raysys_trial_dir": trial_dir})
+    # build_trainer reserves 1 CPU (and 1 GPU with use_gpu) per worker and runs train_fn_per_worker;
+    # keep its loop and run config, swap in the sweep's resources and the recording worker function.
     resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
-    return TorchTrainer(trainer.train_loop_per_worker, train_loop_config=trainer.train_loop_config,
+    return TorchTrainer(trial_worker_fn, train_loop_config=trainer.train_loop_config,
                         scaling_config=ScalingConfig(num_workers=settings.workers_per_trial,
                                                      use_gpu=settings.gpus_per_worker > 0,
-                                                     resources_per_worker=resources),
+                                                     resources_per_worker={k: v for k, v in resources.items() if v}),
                         run_config=trainer.run_config)
 
 
