@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Ray starts its workers at nice 15; on a machine shared with other work that would time the
+# neighbours, not Ray, so the workers here run at the plain loop's priority (reported per run).
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402
@@ -97,13 +100,14 @@ def bench_worker(config: dict[str, Any]) -> None:
             ray.train.report({"epoch": epoch + 1})
             continue
         with tempfile.TemporaryDirectory() as tmp:  # the timings travel back as the run's last checkpoint
-            Path(tmp, "timings.json").write_text(json.dumps({"epochs": epochs, "threads": torch.get_num_threads()}))
+            Path(tmp, "timings.json").write_text(json.dumps({"epochs": epochs, "threads": torch.get_num_threads(),
+                                                             "niceness": os.nice(0)}))
             ray.train.report({"epoch": epoch + 1}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def ray_train(data: str, model: str, params: dict[str, Any], epochs: int, workers: int, cpus: int,
-              storage: str) -> tuple[list[dict[str, float]], float, int]:
-    """Per-epoch timings of rank 0, the wall time of ``fit()`` and the threads each worker used."""
+              storage: str) -> tuple[list[dict[str, float]], float, int, int]:
+    """Per-epoch timings of rank 0, the wall time of ``fit()``, the threads and niceness of rank 0."""
     trainer = TorchTrainer(
         bench_worker,
         train_loop_config={"data": data, "model": model, "params": params, "epochs": epochs, "threads": cpus},
@@ -114,7 +118,7 @@ def ray_train(data: str, model: str, params: dict[str, Any], epochs: int, worker
     result = trainer.fit()
     wall = time.perf_counter() - start
     timings = json.loads((Path(result.checkpoint.path) / "timings.json").read_text())
-    return timings["epochs"], wall, int(timings["threads"])
+    return timings["epochs"], wall, int(timings["threads"]), int(timings["niceness"])
 
 
 def throughput(epochs: list[dict[str, float]], warmup: int) -> dict[str, float]:
@@ -150,19 +154,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
 
         def plain(threads: int) -> None:
+            load = os.getloadavg()[0]
+            stats = throughput(plain_loop(data, args.model, params, total, threads), args.warmup)
             rows.append({"setup": f"plain PyTorch, {threads} thread(s)", "kind": "plain", "workers": 0,
-                         "threads": threads, **throughput(plain_loop(data, args.model, params, total, threads),
-                                                          args.warmup)})
+                         "threads": threads, "niceness": os.nice(0), "load": load, **stats})
 
         for threads in (1, 2):
             plain(threads)
         ray.init(address="local", num_cpus=max(cores, 2), include_dashboard=False, log_to_driver=False)
         try:
             for workers, cpus in ((1, 1), (1, 2), (2, 1)):
-                epochs, wall, used = ray_train(data, args.model, params, total, workers, cpus, f"{tmp}/runs")
+                load = os.getloadavg()[0]
+                epochs, wall, used, nice = ray_train(data, args.model, params, total, workers, cpus,
+                                                     f"{tmp}/runs")
                 stats = throughput(epochs, args.warmup)
                 rows.append({"setup": f"Ray Train, {workers} worker(s) x {cpus} CPU", "kind": "ray",
-                             "workers": workers, "threads": workers * used, **stats,
+                             "workers": workers, "threads": workers * used, "niceness": nice, "load": load, **stats,
                              "fit_seconds": wall, "startup_seconds": wall - stats["train_seconds"]})
         finally:
             ray.shutdown()
@@ -181,15 +188,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{args.model}, batch {args.batch_size} per worker, {int(rows[0]['samples_per_epoch'])} samples per epoch, "
           f"{args.epochs} timed epochs after {args.warmup} warm-up; {info['cores']} cores ({info['cpu']}), "
           f"torch {info['torch']}, ray {info['ray']}, load average before {info['load_average'][0]:.2f}")
-    header = f"{'setup':40} {'threads':>7} {'samples/s':>10} {'min-max':>17} {'vs plain':>9} {'start-up s':>10}"
+    header = (f"{'setup':40} {'threads':>7} {'nice':>4} {'samples/s':>10} {'min-max':>17} {'vs plain':>9} "
+              f"{'start-up s':>10} {'load':>6}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
         label = r["setup"] + (f" (pass {r['pass']})" if r["kind"] == "plain" else "")
         spread = f"{r['min']:.0f}-{r['max']:.0f}"
         startup = f"{r['startup_seconds']:.1f}" if r["kind"] == "ray" else ""
-        print(f"{label:40} {r['threads']:>7} {r['median']:>10.0f} {spread:>17} {r['ratio']:>9.2f} {startup:>10}")
+        print(f"{label:40} {r['threads']:>7} {r['niceness']:>4} {r['median']:>10.0f} {spread:>17} "
+              f"{r['ratio']:>9.2f} {startup:>10} {r['load']:>6.2f}")
     print("vs plain: median samples/s over the plain loop with the same number of threads in total "
-          "(both passes); start-up: fit() wall time minus the timed epochs, not in samples/s")
+          "(both passes); start-up: fit() wall time minus the timed epochs, not in samples/s; "
+          "load: 1-minute load average when the setup started")
     report = {"model": args.model, "batch_size": args.batch_size, "epochs": args.epochs, "warmup": args.warmup,
               "machine": info, "rows": rows}
     if args.json:

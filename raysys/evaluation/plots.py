@@ -44,14 +44,16 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float,
                        title: str = "Anomaly score distribution") -> Path:
     """Histograms of normal vs anomalous scores with the decision threshold."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    positive = scores[scores > 0]
-    bins = (np.logspace(np.log10(positive.min()), np.log10(scores.max()), 60) if len(positive) == len(scores)
-            else 60)
+    # scores span orders of magnitude: log bins, or symmetric-log ones when scores can be negative
+    positive = bool((scores > 0).all())
+    if positive:
+        bins = np.logspace(np.log10(scores.min()), np.log10(scores.max()), 60)
+    else:
+        bins = np.sinh(np.linspace(np.arcsinh(scores.min()), np.arcsinh(scores.max()), 60))
     ax.hist(scores[y_true == 0], bins=bins, alpha=0.6, label="normal", density=True)
     ax.hist(scores[y_true == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
-    if len(positive) == len(scores):
-        ax.set_xscale("log")
+    ax.set_xscale("log" if positive else "symlog", **({} if positive else {"linthresh": 1.0}))
     ax.set(xlabel="anomaly score", ylabel="density", title=title)
     ax.legend()
     return _save(fig, path)

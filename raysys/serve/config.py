@@ -89,6 +89,7 @@ class DeploymentSettings(_Settings):
             keep serving until their replacements are ready (zero-downtime model switch).
         graceful_shutdown_timeout_s: How long a stopping replica may drain in-flight requests.
         health_check_period_s: How often Serve calls the replica's ``check_health``.
+        access_log: Log one line per request in the replica logs (Serve's ``enable_access_log``).
     """
 
     num_cpus: float = Field(default=0.5, ge=0)
@@ -97,6 +98,7 @@ class DeploymentSettings(_Settings):
     max_surge_percent: int = Field(default=100, ge=0, le=100)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
     health_check_period_s: float = Field(default=10.0, gt=0)
+    access_log: bool = True
 
     @field_validator("max_queued_requests")
     @classmethod
@@ -155,6 +157,7 @@ class AppArgs(_Settings):
             "max_surge_percent": d.max_surge_percent,
             "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
             "health_check_period_s": d.health_check_period_s,
+            "logging_config": {"enable_access_log": d.access_log},
             "user_config": self.user_config.model_dump(),
         }
         if self.autoscaling_config is None:
@@ -223,6 +226,8 @@ def _from_serve_config_v2(doc: dict[str, Any], source: str) -> dict[str, Any]:
                     "graceful_shutdown_timeout_s", "health_check_period_s"):
             if key in dep:
                 deployment[key] = dep[key]
+        if "enable_access_log" in (dep.get("logging_config") or {}):
+            deployment["access_log"] = dep["logging_config"]["enable_access_log"]
         out["deployment"] = deployment
         for key in ("autoscaling_config", "user_config", "num_replicas"):
             if key in dep:
