@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,22 +55,26 @@ def cpu_model() -> str:
 
 def build(workdir: Path, rows: int) -> tuple[Path, dict[str, Path], list[str], np.ndarray]:
     """Fit the members, save them (for the baseline) and build the ONNX ensemble (for Serve).
-    A ``workdir`` that already holds a build is reused."""
+    A ``workdir`` holding a finished build of the same size is reused; anything else there is replaced."""
     from raysys.data import generate_dataset, load_dataset
     from raysys.ensemble.build import build_ensemble
     from raysys.models import build_detector
 
-    if (workdir / "ensemble" / "ensemble.json").exists():
+    marker = workdir / "build.json"
+    dirs = {name: workdir / "detectors" / name for name in MEMBERS}
+    if marker.exists() and json.loads(marker.read_text()) == {"rows": rows, "members": MEMBERS}:
         dataset = load_dataset(workdir / "data")
-        dirs = {name: workdir / "detectors" / name for name in MEMBERS}
         return workdir / "ensemble", dirs, dataset.sensors, dataset.features("test")
+    for part in ("data", "detectors", "ensemble"):
+        shutil.rmtree(workdir / part, ignore_errors=True)
     dataset = load_dataset(generate_dataset(workdir / "data", rows=rows, seed=7, overwrite=True))
     X, y = dataset.features("train"), dataset.labels("train")
-    detectors, dirs = {}, {}
+    detectors = {}
     for name, params in MEMBERS.items():
         detectors[name] = build_detector(name, seed=0, **params).fit(X, y)
-        dirs[name] = detectors[name].save(workdir / "detectors" / name)
+        detectors[name].save(dirs[name])
     ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False).directory
+    marker.write_text(json.dumps({"rows": rows, "members": MEMBERS}))
     return ensemble, dirs, dataset.sensors, dataset.features("test")
 
 
@@ -210,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         a, b = scores(urls["baseline"], check), scores(urls["serve"], check)
         parity = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))  # scores are robust z-scores, near 0 often
         print(f"same rows, same scores: max |baseline - Serve| / max |baseline| = {parity:.2e}", flush=True)
+        if parity > 1e-3:
+            print("the two servers disagree: stale --workdir? (delete it)", file=sys.stderr)
+            return 1
 
         results = []
         for batch in args.batch_sizes:

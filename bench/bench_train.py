@@ -10,15 +10,15 @@ remaining epochs.
 
 Setups, all on one machine and measured in one run:
 
-- plain PyTorch loop in this process, 1 and 2 intra-op threads;
 - Ray Train, 1 worker with 1 CPU (what ``raysys train --num-workers 1`` reserves), 1 thread;
 - Ray Train, 1 worker with 2 CPUs, 2 threads;
-- Ray Train, 2 workers with 1 CPU each (``raysys train`` default), 1 thread each.
+- Ray Train, 2 workers with 1 CPU each (``raysys train`` default), 1 thread each;
 
-Each Ray setup is compared with the plain loop that uses as many threads in total.
+each compared with the plain PyTorch loop in this process with as many intra-op threads in total,
+run right before and right after it (a shared machine's load changes from minute to minute).
 
     python bench/bench_train.py                      # default dataset (20,000 rows), ae, 20 epochs
-    python bench/bench_train.py --model lstm --epochs 4 --json bench-train.json
+    python bench/bench_train.py --rounds 3 --json bench-train.json
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ def plain_loop(data: str, model: str, params: dict[str, Any], epochs: int, threa
     return out
 
 
+# (workers, CPUs per worker): 1 worker as `raysys train --num-workers 1` reserves it, 1 worker with
+# the whole machine, and the `raysys train` default of 2 workers
+SETUPS = ((1, 1), (1, 2), (2, 1))
+
+
 def bench_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: the raysys worker's data/model preparation and epoch loop, timed per epoch."""
     torch.set_num_threads(config["threads"])
@@ -121,9 +126,9 @@ def ray_train(data: str, model: str, params: dict[str, Any], epochs: int, worker
     return timings["epochs"], wall, int(timings["threads"]), int(timings["niceness"])
 
 
-def throughput(epochs: list[dict[str, float]], warmup: int) -> dict[str, float]:
+def throughput(epochs: list[dict[str, float]], warmup: int) -> dict[str, Any]:
     rates = [e["samples"] / e["seconds"] for e in epochs[warmup:]]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "rates": rates,
             "samples_per_epoch": epochs[-1]["samples"], "train_seconds": sum(e["seconds"] for e in epochs)}
 
 
@@ -142,64 +147,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=256, help="per worker, as in raysys train")
     parser.add_argument("--epochs", type=int, default=20, help="timed epochs per setup, after the warm-up")
     parser.add_argument("--warmup", type=int, default=1, help="epochs run first and not counted")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every setup this many times")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait after stopping Ray")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
     params = {"batch_size": args.batch_size, "seed": 0}
     info = machine()
     total = args.warmup + args.epochs
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or str(generate_dataset(Path(tmp) / "data"))
-        cores = os.cpu_count() or 2
-        rows: list[dict[str, Any]] = []
 
-        def plain(threads: int) -> None:
+        def plain(threads: int, round_: int) -> dict[str, Any]:
             load = os.getloadavg()[0]
             stats = throughput(plain_loop(data, args.model, params, total, threads), args.warmup)
-            rows.append({"setup": f"plain PyTorch, {threads} thread(s)", "kind": "plain", "workers": 0,
-                         "threads": threads, "niceness": os.nice(0), "load": load, **stats})
+            row = {"setup": f"plain PyTorch, {threads} thread(s)", "kind": "plain", "round": round_,
+                   "threads": threads, "niceness": os.nice(0), "load": load, **stats}
+            rows.append(row)
+            return row
 
-        for threads in (1, 2):
-            plain(threads)
-        ray.init(address="local", num_cpus=max(cores, 2), include_dashboard=False, log_to_driver=False)
-        try:
-            for workers, cpus in ((1, 1), (1, 2), (2, 1)):
-                load = os.getloadavg()[0]
-                epochs, wall, used, nice = ray_train(data, args.model, params, total, workers, cpus,
-                                                     f"{tmp}/runs")
+        for round_ in range(1, args.rounds + 1):
+            for workers, cpus in SETUPS:
+                # the plain loop with as many threads right before and right after, with no Ray running,
+                # so that a change of load on a shared machine hits both sides of the ratio alike
+                before = plain(workers * cpus, round_)
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 2, 2), include_dashboard=False,
+                         log_to_driver=False)
+                try:
+                    load = os.getloadavg()[0]
+                    epochs, wall, used, nice = ray_train(data, args.model, params, total, workers, cpus,
+                                                         f"{tmp}/runs")
+                finally:
+                    ray.shutdown()
+                time.sleep(args.settle)  # Ray's processes take a few seconds to exit
                 stats = throughput(epochs, args.warmup)
                 rows.append({"setup": f"Ray Train, {workers} worker(s) x {cpus} CPU", "kind": "ray",
-                             "workers": workers, "threads": workers * used, "niceness": nice, "load": load, **stats,
+                             "round": round_, "threads": workers * used, "niceness": nice, "load": load, **stats,
                              "fit_seconds": wall, "startup_seconds": wall - stats["train_seconds"]})
-        finally:
-            ray.shutdown()
-        for threads in (1, 2):  # again, to see how much the shared machine drifted meanwhile
-            plain(threads)
+                after = plain(workers * cpus, round_)
+                reference = statistics.median(before["rates"] + after["rates"])
+                rows[-2].update(plain_reference=reference, ratio=stats["median"] / reference)
 
-    plain_rows = [r for r in rows if r["kind"] == "plain"]
-    for threads in (1, 2):
-        same = [r for r in plain_rows if r["threads"] == threads]
-        for r in same:
-            r["pass"] = same.index(r) + 1
-    reference = {t: statistics.median(r["median"] for r in plain_rows if r["threads"] == t) for t in (1, 2)}
-    for r in rows:
-        r["ratio"] = r["median"] / reference[min(r["threads"], 2)]
-
-    print(f"\n{args.model}, batch {args.batch_size} per worker, {int(rows[0]['samples_per_epoch'])} samples per epoch, "
-          f"{args.epochs} timed epochs after {args.warmup} warm-up; {info['cores']} cores ({info['cpu']}), "
+    print(f"\n{args.model}, batch {args.batch_size} per worker, {int(rows[0]['samples_per_epoch'])} samples per "
+          f"epoch, {args.epochs} timed epochs after {args.warmup} warm-up; {info['cores']} cores ({info['cpu']}), "
           f"torch {info['torch']}, ray {info['ray']}, load average before {info['load_average'][0]:.2f}")
-    header = (f"{'setup':40} {'threads':>7} {'nice':>4} {'samples/s':>10} {'min-max':>17} {'vs plain':>9} "
-              f"{'start-up s':>10} {'load':>6}")
+    header = (f"{'round':>5} {'setup':32} {'threads':>7} {'nice':>4} {'samples/s':>10} {'min-max':>15} "
+              f"{'vs plain':>8} {'start-up s':>10} {'load':>5}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
-        label = r["setup"] + (f" (pass {r['pass']})" if r["kind"] == "plain" else "")
         spread = f"{r['min']:.0f}-{r['max']:.0f}"
+        ratio = f"{r['ratio']:.2f}" if r["kind"] == "ray" else ""
         startup = f"{r['startup_seconds']:.1f}" if r["kind"] == "ray" else ""
-        print(f"{label:40} {r['threads']:>7} {r['niceness']:>4} {r['median']:>10.0f} {spread:>17} "
-              f"{r['ratio']:>9.2f} {startup:>10} {r['load']:>6.2f}")
-    print("vs plain: median samples/s over the plain loop with the same number of threads in total "
-          "(both passes); start-up: fit() wall time minus the timed epochs, not in samples/s; "
+        print(f"{r['round']:>5} {r['setup']:32} {r['threads']:>7} {r['niceness']:>4} {r['median']:>10.0f} "
+              f"{spread:>15} {ratio:>8} {startup:>10} {r['load']:>5.1f}")
+    print("vs plain: median samples/s of the Ray setup over the median of the plain loop with as many threads, "
+          "run just before and just after it; start-up: fit() wall time minus the timed epochs (not in samples/s); "
           "load: 1-minute load average when the setup started")
+    if args.rounds > 1:
+        for workers, cpus in SETUPS:
+            ratios = [r["ratio"] for r in rows if r["kind"] == "ray" and r["setup"].startswith(
+                f"Ray Train, {workers} worker(s) x {cpus} CPU")]
+            print(f"Ray Train, {workers} worker(s) x {cpus} CPU: median ratio over {len(ratios)} rounds "
+                  f"{statistics.median(ratios):.2f}")
     report = {"model": args.model, "batch_size": args.batch_size, "epochs": args.epochs, "warmup": args.warmup,
               "machine": info, "rows": rows}
     if args.json:

@@ -26,7 +26,7 @@ def _wait_for_cpus(ray, expected: float, timeout_s: float = 60.0) -> float:
 
 def test_small_sweep_over_three_families(ray_cluster, small_dataset, mlflow_uri, tmp_path):
     config = SweepConfig.quick(name="small", num_samples=6, max_epochs=2, grace_period=1, reduction_factor=3,
-                               max_concurrent=3, workers_per_trial=1, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs"),
+                               max_concurrent=2, workers_per_trial=1, storage_path=str(tmp_path / "runs"),
                                tracking_uri=mlflow_uri, seed=0, time_budget_s=900)
     result = run_sweep(config, small_dataset)
 
@@ -60,6 +60,7 @@ def test_small_sweep_over_three_families(ray_cluster, small_dataset, mlflow_uri,
         assert child.info.run_id == row.run_id
         assert child.data.params["model"] == row.family and any(k.startswith("model.") for k in child.data.params)
         assert child.info.status == ("FINISHED" if row.status == "completed" else "KILLED")
+        assert child.data.tags["raysys.trial_status"] == row.status
         steps = [m.step for m in client.get_metric_history(row.run_id, "val_pr_auc")]
         assert steps == sorted(set(steps)) and len(steps) >= row.epochs
 

@@ -254,9 +254,17 @@ def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None)
     finished = not (leaderboard["status"] == UNFINISHED).any() if len(leaderboard) else False
 
     for row in leaderboard.itertuples(index=False):
-        if row.run_id and client.get_run(row.run_id).info.status in ("RUNNING", "SCHEDULED"):
+        if row.run_id:
             client.set_tag(row.run_id, "raysys.trial_status", row.status)
-            client.set_terminated(row.run_id, _RUN_STATUS[row.status])
+            if client.get_run(row.run_id).info.status != _RUN_STATUS[row.status]:
+                client.set_terminated(row.run_id, _RUN_STATUS[row.status])
+    # child runs of trials Tune never saved to its state (started just before a kill; the
+    # resumed sweep ran the same config as a new trial)
+    known = set(leaderboard["run_id"].dropna())
+    for run in client.search_runs([record["experiment_id"]], f"tags.mlflow.parentRunId = '{parent}'"):
+        if run.info.run_id not in known and run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "raysys.trial_status", "lost")
+            client.set_terminated(run.info.run_id, "KILLED")
     best = export_best(leaderboard, config.metric, config.mode, record["data"], sweep_dir, config.families)
 
     leaderboard.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)

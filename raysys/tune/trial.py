@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ TRIAL_RECORD = "raysys_trial.json"
 TRAIN_DONE = "train_done"
 #: Placement groups of the trial's Train worker groups, one id per line (see release_placement_groups).
 PLACEMENT_GROUPS_FILE = "placement_groups.txt"
+#: The last epoch forwarded to Tune by the current driver call (see _TrialReportCallback).
+LAST_REPORT = "last_report.json"
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,28 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The worker's metrics as Tune gets them: ``done`` renamed to ``train_done`` (Tune reads
+    ``done`` itself), NaN left out so schedulers never compare a NaN."""
+    return {(TRAIN_DONE if k == "done" else k): v for k, v in metrics.items()
+            if not (isinstance(v, float) and math.isnan(v))}
+
+
 class _TrialReportCallback(TuneReportCallback):
-    """``TuneReportCallback`` that renames the worker's ``done`` flag to ``train_done``
-    (Tune reads ``done`` itself) and drops NaN metrics so schedulers never compare a NaN."""
+    """``TuneReportCallback`` with :func:`_tune_metrics`, noting the last epoch it forwarded
+    (with the driver call's ``token``) so the trial can tell whether Tune has seen the end."""
+
+    def __init__(self, trial_dir: str, token: str):
+        super().__init__()
+        self.trial_dir = trial_dir
+        self.token = token
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        renamed = [{(TRAIN_DONE if k == "done" else k): v for k, v in m.items()
-                    if not (isinstance(v, float) and math.isnan(v))} for m in metrics]
-        super().after_report(run_context, renamed, checkpoint)
+        super().after_report(run_context, [_tune_metrics(m) for m in metrics], checkpoint)
+        path = Path(self.trial_dir) / LAST_REPORT
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"token": self.token, "epoch": metrics[0].get("epoch")}))
+        tmp.replace(path)
 
 
 def _child_run(client: MlflowClient, settings: TrialSettings, trial_id: str, family: str,
@@ -194,19 +211,26 @@ def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
         _write_record(settings.train_storage, trial_id, record)
     run_id = record["run_id"]
     client.update_run(run_id, status="RUNNING")
+    token = uuid.uuid4().hex
+    trial_dir = str(Path(settings.train_storage) / run_name)
     trainer = build_trial_trainer(settings, family, params, run_name, [
         MlflowEpochLogger(settings.tracking_uri, run_id, settings.max_epochs, f"{family} {trial_id}"),
-        _TrialReportCallback()])
+        _TrialReportCallback(trial_dir, token)])
     try:
         result = trainer.fit()
     except Exception:
+        # Also what a trial sees while Tune stops it (ASHA): the sweep sets the MLflow status from
+        # Tune's verdict (finalize_sweep), not from here.
         _write_record(settings.train_storage, trial_id, {**record, "status": "error"})
-        client.set_tag(run_id, "raysys.trial_status", "error")
-        client.set_terminated(run_id, "FAILED")
         raise
-    final = {(TRAIN_DONE if k == "done" else k): v for k, v in result.metrics.items()
-             if not (isinstance(v, float) and math.isnan(v))}
-    final["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
+    final = {**_tune_metrics(result.metrics or {}),
+             "checkpoint_path": result.checkpoint.path if result.checkpoint else None}
     _write_record(settings.train_storage, trial_id, {**record, "status": "completed", "final": final})
     client.set_tag(run_id, "raysys.trial_status", "completed")
     client.set_terminated(run_id, "FINISHED")
+    last = Path(trial_dir) / LAST_REPORT
+    forwarded = json.loads(last.read_text()) if last.exists() else {}
+    if forwarded.get("token") != token or forwarded.get("epoch") != final.get("epoch"):
+        # the Train run had ended before this call (the sweep was killed before the trial could
+        # record it): fit() restored it and trained nothing, so tell Tune how it ended
+        ray.tune.report(final)
