@@ -78,6 +78,30 @@ def build(workdir: Path, rows: int) -> tuple[Path, dict[str, Path], list[str], n
     return ensemble, dirs, dataset.sensors, dataset.features("test")
 
 
+def compute_only(ensemble: Path, detector_dirs: dict[str, Path], rows: np.ndarray, batches: list[int],
+                 repeats: int = 200) -> list[dict]:
+    """Model execution alone, in this process: onnxruntime ensemble vs the PyTorch detectors, per call."""
+    from raysys.ensemble.build import source_ensemble_scores
+    from raysys.ensemble.runtime import EnsembleRuntime
+    from raysys.models import load_detector
+
+    runtime = EnsembleRuntime.load(ensemble)
+    models = {name: load_detector(path) for name, path in detector_dirs.items()}
+    out = []
+    for batch in batches:
+        X = rows[:batch]
+        for name, fn in (("pytorch", lambda: source_ensemble_scores(models, runtime.spec, X)),
+                         ("onnxruntime", lambda: runtime.score(X))):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            out.append({"engine": name, "batch": batch, "p50_ms": float(np.percentile(times, 50) * 1e3)})
+    return out
+
+
 def wait_http(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -144,10 +168,11 @@ def scores(url: str, body: bytes) -> np.ndarray:
     return np.array(answer["score"] if "score" in answer else [p["score"] for p in answer["predictions"]])
 
 
-def markdown(results: list[dict], meta: dict) -> str:
+def markdown(results: list[dict], meta: dict, compute: list[dict]) -> str:
     lines = [f"Machine: {meta['machine']}; Python {meta['python']}, Ray {meta['ray']}, onnxruntime {meta['ort']}, "
              f"torch {meta['torch']}. Serve: {meta['serve']}. {meta['duration_s']:g} s per cell after "
-             f"{meta['warmup_s']:g} s warm-up; closed-loop aiohttp clients on the same machine.",
+             f"{meta['warmup_s']:g} s warm-up; closed-loop aiohttp clients on the same machine; 1-minute load "
+             f"average {meta['load_average'][0]:g} before, {meta['load_average'][1]:g} after.",
              "",
              "| readings / request | concurrency | server | p50 ms | p99 ms | requests/s | readings/s | x baseline |",
              "|---:|---:|---|---:|---:|---:|---:|---:|"]
@@ -155,6 +180,11 @@ def markdown(results: list[dict], meta: dict) -> str:
         ratio = f"{r['ratio']:.1f}x" if r["server"] != "baseline" else ""
         lines.append(f"| {r['batch']} | {r['concurrency']} | {r['server']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['requests_per_s']:.0f} | {r['readings_per_s']:.0f} | {ratio} |")
+    lines += ["", "Model execution alone (one call, in process, p50):", "",
+              "| readings | PyTorch ms | onnxruntime ms |", "|---:|---:|---:|"]
+    for batch in sorted({c["batch"] for c in compute}):
+        by = {c["engine"]: c["p50_ms"] for c in compute if c["batch"] == batch}
+        lines.append(f"| {batch} | {by['pytorch']:.2f} | {by['onnxruntime']:.2f} |")
     return "\n".join(lines)
 
 
@@ -189,9 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     from raysys.serve import DeploymentSettings, ServeConfig, UserConfig, deploy, shutdown
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-serve-"))
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     ensemble, detector_dirs, sensors, rows = build(workdir, args.rows)
     print(f"built the ensemble in {time.perf_counter() - started:.0f}s: {ensemble}", flush=True)
+    compute = compute_only(ensemble, detector_dirs, rows, args.batch_sizes)
+    for c in compute:
+        print(f"model execution only, {c['batch']:>4} readings, {c['engine']:>11}: p50 {c['p50_ms']:.2f} ms", flush=True)
 
     baseline_port, serve_port = free_port(), free_port()
     baseline = subprocess.Popen(
@@ -245,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{args.intra_op_threads}, max_batch_size {args.max_batch_size}, "
                           f"batch_wait_timeout_s {args.batch_wait_timeout_s:g}"
                           + (", RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if args.throughput_optimized else "")),
-                "parity_max_rel_diff": parity, "errors": errors}
-        print("\n" + markdown(results, meta))
+                "parity_max_rel_diff": parity, "errors": errors,
+                "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+        print("\n" + markdown(results, meta, compute))
         single = [r for r in results if r["server"] == "serve" and r["batch"] == 1 and r["concurrency"] == 1]
         top = [r for r in results if r["server"] != "baseline" and r["concurrency"] == max(args.concurrency)]
         if single:
@@ -255,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['server']} throughput at concurrency {r['concurrency']}, {r['batch']} readings/request: "
                   f"{r['ratio']:.1f}x the baseline (target >= 5x)")
         if args.json:
-            Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "compute": compute}, indent=2))
         return 1 if errors else 0
     finally:
         shutdown()

@@ -31,10 +31,23 @@ def _records(train_dir: Path) -> dict[str, dict]:
     return records
 
 
-def _part_way(train_dir: Path, max_epochs: int) -> set[str]:
-    """Trials whose Train run has a checkpoint but not yet its last epoch."""
-    return {run.name for run in train_dir.glob("trial_*")
-            if 0 < latest_checkpoint(run)[0] < max_epochs}
+def _part_way(train_dir: Path, max_epochs: int, client: MlflowClient) -> set[str]:
+    """Trials part-way through their Train run: some epochs reported (so checkpointed), not all."""
+    part_way = set()
+    for name, record in _records(train_dir).items():
+        if record.get("status") == "running" and 0 < latest_checkpoint(train_dir / name)[0] < max_epochs:
+            if 0 < len(client.get_metric_history(record["run_id"], "val_loss")) < max_epochs:
+                part_way.add(name)
+    return part_way
+
+
+def _tune_state(sweep_dir: Path) -> str:
+    """The text of Tune's latest saved experiment state (empty before the first save)."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"))
+    try:
+        return states[-1].read_text() if states else ""
+    except FileNotFoundError:  # replaced while reading
+        return ""
 
 
 def _snapshot(trial_dir: Path) -> dict[str, float]:
@@ -44,27 +57,34 @@ def _snapshot(trial_dir: Path) -> dict[str, float]:
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, small_dataset, mlflow_uri, tmp_path):
     storage = tmp_path / "runs"
-    config = SweepConfig.quick(name="resumable", num_samples=3, max_epochs=3, patience=5, scheduler="fifo",
+    config = SweepConfig.quick(name="resumable", num_samples=3, max_epochs=4, patience=5, scheduler="fifo",
                                max_concurrent=2, storage_path=str(storage), tracking_uri=mlflow_uri,
                                time_budget_s=900)
     config_path = tmp_path / "sweep.yaml"
     config_path.write_text(config.to_yaml())
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    # Tune saves its experiment state every >= 10 s by default; every second makes the kill point
+    # below reachable in a short test
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     sweep_dir = storage / "resumable"
     train_dir = sweep_dir / "train"
 
+    client = MlflowClient(mlflow_uri)
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen([sys.executable, "-m", "raysys.tune", "--data", str(small_dataset),
                               "--config", str(config_path)], env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.monotonic() + 600
     try:
-        # kill once a trial has finished and another one is part-way (checkpointed, not at the end)
+        # kill once a trial has finished and another one is part-way: it reported an epoch (so that
+        # epoch is checkpointed), not its last, and is in Tune's saved experiment state (a trial started after the last save is run
+        # again as a new trial on resume)
         while time.monotonic() < deadline and first.poll() is None:
             done = {name for name, r in _records(train_dir).items() if r.get("status") == "completed"}
-            if done and _part_way(train_dir, config.max_epochs) - done:
+            if done and {name for name in _part_way(train_dir, config.max_epochs, client) - done
+                         if name.removeprefix("trial_") in _tune_state(sweep_dir)}:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert first.poll() is None, f"the sweep ended before it could be killed; see {tmp_path / 'first.log'}"
         assert time.monotonic() < deadline, "no trial finished in time"
     finally:
@@ -74,7 +94,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, sma
         log.close()
 
     finished = {name: r for name, r in _records(train_dir).items() if r.get("status") == "completed"}
-    part_way = _part_way(train_dir, config.max_epochs) - set(finished)
+    part_way = {name for name in _part_way(train_dir, config.max_epochs, client) - set(finished)
+                if name.removeprefix("trial_") in _tune_state(sweep_dir)}
     assert 1 <= len(finished) < 3 and part_way
     before = {name: _snapshot(train_dir / name) for name in finished}
 
@@ -86,14 +107,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, sma
     board = pd.read_csv(sweep_dir / "leaderboard.csv", dtype={"trial_id": str})
     assert len(board) == 3 and set(board["family"]) == {"ae", "vae", "lstm"}
     assert (board["status"] == "completed").all(), board[["trial_id", "status", "epochs"]]
-    assert (board["epochs"] == 3).all()
+    assert (board["epochs"] == config.max_epochs).all()
 
     # finished trials were not trained again: their Train runs and records are untouched
     for name, files in before.items():
         assert _snapshot(train_dir / name) == files, f"{name} was run again"
 
     # one MLflow child run per trial, each epoch logged once
-    client = MlflowClient(mlflow_uri)
     record = json.loads((sweep_dir / "raysys_sweep.json").read_text())
     parent = client.get_run(record["parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -110,15 +130,17 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, sma
         assert child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "val_loss")
         name = f"trial_{child.data.tags['raysys.trial_id']}"
-        assert max(m.step for m in history) == 3
+        assert max(m.step for m in history) == config.max_epochs
         if name in finished:
-            assert sorted(m.step for m in history) == [1, 2, 3]
+            assert sorted(m.step for m in history) == list(range(1, config.max_epochs + 1))
         else:
             # resumed from its Train checkpoint: no epoch it had reported before the kill was trained
             # again (an epoch checkpointed in the instant before the kill may lack its MLflow point)
             before_kill = {m.step for m in history if m.timestamp < killed_at_ms}
             assert not before_kill & {m.step for m in history if m.timestamp >= killed_at_ms}
             assert len(history) == len({m.step for m in history})
+            if name in part_way:
+                assert before_kill, f"{name} had reported no epoch before the kill"
 
     best = json.loads((sweep_dir / "best.json").read_text())
     assert set(best) == {"ae", "vae", "lstm"}

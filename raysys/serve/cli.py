@@ -54,6 +54,21 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return config
 
 
+def _bounded(fn, timeout_s: float) -> bool:
+    """Run ``fn`` in a daemon thread for at most ``timeout_s``; False if it did not finish (e.g. the local
+    Ray processes, which share this process group, were stopped by the same signal)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(timeout_s)
+
+
 def _wait_for_stop() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,7 +99,9 @@ def handler(args: argparse.Namespace) -> int:
     print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
     _wait_for_stop()
     logger.info("Stopping the %r application", config.app_name)
-    shutdown(config.app_name)
+    if not _bounded(lambda: shutdown(config.app_name), timeout_s=30):
+        logger.warning("Ray did not answer within 30s; exiting without deleting the %r application",
+                       config.app_name)
     return 0
 
 
