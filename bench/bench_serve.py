@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Serve replica")
     parser.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per call")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.002)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.001)
     parser.add_argument("--throughput-optimized", action="store_true",
                         help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's low-overhead mode)")
     parser.add_argument("--workdir", help="keep the data, detectors and ensemble here (default: a temp dir)")
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built the ensemble in {time.perf_counter() - started:.0f}s: {ensemble}", flush=True)
     compute = compute_only(ensemble, detector_dirs, rows, args.batch_sizes)
     for c in compute:
-        print(f"model execution only, {c['batch']:>4} readings, {c['engine']:>11}: p50 {c['p50_ms']:.2f} ms", flush=True)
+        print(f"model execution only, {c['batch']:>4} readings, {c['engine']:>11}: p50 {c['p50_ms']:.2f} ms",
+              flush=True)
 
     baseline_port, serve_port = free_port(), free_port()
     baseline = subprocess.Popen(

@@ -17,7 +17,14 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 
-from raysys.serve import AutoscalingSettings, DeploymentSettings, ServeConfig, UserConfig, deploy, shutdown  # noqa: E402
+from raysys.serve import (  # noqa: E402
+    AutoscalingSettings,
+    DeploymentSettings,
+    ServeConfig,
+    UserConfig,
+    deploy,
+    shutdown,
+)
 
 MODEL = "models:/raysys-detector@champion"
 #: Faster autoscaling metrics than Serve's 10 s default, for the proxy and replicas of this test's Serve.
@@ -57,7 +64,6 @@ def ensembles(small_dataset, tmp_path_factory) -> Ensembles:
         detectors = {"ae": build_detector("ae", epochs=2, seed=seed).fit(X, y),
                      "lstm": build_detector("lstm", window=8, hidden_size=16, latent_dim=8, epochs=1,
                                             seed=seed).fit(X, y)}
-        # the directory must be named "ensemble": register_ensemble logs it under artifacts/<its name>
         out.builds.append(build_ensemble(detectors, dataset, tmp / f"v{seed}" / "ensemble", iforest=False))
     registration = register_ensemble(out.builds[0], check_gates({}, {}), tracking_uri=out.tracking_uri)
     assert registration.version == "1"
@@ -70,6 +76,7 @@ def served(ray_cluster, ensembles):
     from ray import serve
 
     port = free_port()
+    serve.shutdown()  # a Serve left by an earlier module would keep its own HTTP port
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
     config = ServeConfig(

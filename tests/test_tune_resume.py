@@ -77,8 +77,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, sma
     deadline = time.monotonic() + 600
     try:
         # kill once a trial has finished and another one is part-way: it reported an epoch (so that
-        # epoch is checkpointed), not its last, and is in Tune's saved experiment state (a trial started after the last save is run
-        # again as a new trial on resume)
+        # epoch is checkpointed), not its last, and is in Tune's saved experiment state (a trial
+        # started after the last save is run again as a new trial on resume)
         while time.monotonic() < deadline and first.poll() is None:
             done = {name for name, r in _records(train_dir).items() if r.get("status") == "completed"}
             if done and {name for name in _part_way(train_dir, config.max_epochs, client) - done

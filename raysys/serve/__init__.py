@@ -18,11 +18,12 @@ from raysys.serve.config import (
     load_serve_config,
     to_serve_config_v2,
 )
-from raysys.serve.deploy import base_url, deploy, shutdown, wait_ready
+from raysys.serve.deploy import base_url, block_until_interrupted, deploy, shutdown, wait_ready
 from raysys.serve.schemas import PredictRequest, PredictResponse, RequestError, parse_json, parse_predict_request
 
 __all__ = [
     "APP_NAME", "DEPLOYMENT_NAME", "IMPORT_PATH", "AppArgs", "AutoscalingSettings", "DeploymentSettings",
-    "PredictRequest", "PredictResponse", "RequestError", "ServeConfig", "UserConfig", "base_url", "deploy",
-    "load_serve_config", "parse_json", "parse_predict_request", "shutdown", "to_serve_config_v2", "wait_ready",
+    "PredictRequest", "PredictResponse", "RequestError", "ServeConfig", "UserConfig", "base_url",
+    "block_until_interrupted", "deploy", "load_serve_config", "parse_json", "parse_predict_request", "shutdown",
+    "to_serve_config_v2", "wait_ready",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 
@@ -69,17 +68,9 @@ def _bounded(fn, timeout_s: float) -> bool:
     return done.wait(timeout_s)
 
 
-def _wait_for_stop() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
-
-
 def handler(args: argparse.Namespace) -> int:
     """Handler of ``raysys serve``; returns the process exit code."""
-    from raysys.serve.deploy import deploy, shutdown
+    from raysys.serve.deploy import block_until_interrupted, deploy, shutdown
 
     config = config_from_args(args)
     if args.print_config:
@@ -97,7 +88,7 @@ def handler(args: argparse.Namespace) -> int:
     if not blocking:
         return 0
     print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
-    _wait_for_stop()
+    block_until_interrupted()
     logger.info("Stopping the %r application", config.app_name)
     if not _bounded(lambda: shutdown(config.app_name), timeout_s=30):
         logger.warning("Ray did not answer within 30s; exiting without deleting the %r application",
@@ -132,7 +123,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     batch = p.add_argument_group("batching and limits (the deployment's user_config)")
     batch.add_argument("--max-batch-size", type=int, help="requests per model call (default 32)")
     batch.add_argument("--batch-wait-timeout-s", type=float,
-                       help="longest wait for a batch to fill (default 0.002)")
+                       help="longest wait for a batch to fill (default 0.001)")
     batch.add_argument("--max-request-rows", type=int, help="most readings per request, else 413 (default 4096)")
     rep = p.add_argument_group("replicas")
     rep.add_argument("--num-cpus", type=float, help="CPUs reserved per replica (default 0.5)")

@@ -38,7 +38,7 @@ class UserConfig(_Settings):
     """
 
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(default=0.001, ge=0.0, le=10.0)
     max_request_rows: int = Field(default=4096, ge=1)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +85,18 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     wait_ready(url, max(1.0, timeout_s - (time.monotonic() - started)), expect_version=version)
     logger.info("Serving %s (version %s) at %s", config.model_uri, version, url)
     return url
+
+
+def block_until_interrupted() -> None:
+    """Return when this process gets SIGINT (Ctrl-C) or SIGTERM; call from the main thread."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def shutdown(app_name: str | None = None, stop_serve: bool = True) -> None:

@@ -286,7 +286,8 @@ class SweepConfig:
         if self.gpus_per_worker < 0:
             raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
         if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
-            raise ValueError("a Train worker must reserve some resource: cpus_per_worker and gpus_per_worker are both 0")
+            raise ValueError("a Train worker must reserve some resource: "
+                             "cpus_per_worker and gpus_per_worker are both 0")
         if self.time_budget_s is not None:
             self.time_budget_s = _number(self.time_budget_s, "time_budget_s")
             if self.time_budget_s <= 0:

@@ -62,7 +62,8 @@ def val_pr_auc(detector_dir: str | os.PathLike, data_dir: str | os.PathLike) -> 
     labels = dataset.labels("val")
     if not labels.any():
         return float("nan")
-    return float(average_precision_score(labels, load_detector(detector_dir).decision_function(dataset.features("val"))))
+    scores = load_detector(detector_dir).decision_function(dataset.features("val"))
+    return float(average_precision_score(labels, scores))
 
 
 def best_per_family(leaderboard: pd.DataFrame, metric: str, mode: str) -> dict[str, pd.Series]:

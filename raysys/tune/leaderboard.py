@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -50,16 +51,22 @@ def latest_checkpoint(train_run_dir: str | os.PathLike) -> tuple[int, str | None
     return max(found) if found else (0, None)
 
 
+def _creation_index(trial: Any) -> int:
+    """The index the searcher gave the trial (its experiment tag starts with it: ``"3_family=..."``)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30
+
+
 def build_leaderboard(trials: Iterable[Any], train_storage: str | os.PathLike, metric: str, mode: str) -> pd.DataFrame:
     """One row per Tune trial (``ray.tune.experiment.Trial``), best ``metric`` first.
 
-    ``trial`` is the order trials were created in (the order of ``trials``); parameters are in
+    ``trial`` is the order the searcher created trials in; parameters are in
     ``params`` (JSON) and also spread over ``p.<name>`` columns. ``epochs`` is the last epoch
     Tune saw; ``epochs_run`` the last one the Train run checkpointed (a worker can finish an
     epoch or two more between ASHA's decision and the trial's end): the compute spent.
     """
     rows = []
-    for trial in trials:
+    for trial in sorted(trials, key=_creation_index):
         last = dict(trial.last_result or {})
         record = read_record(train_storage, trial.trial_id)
         family, params = trial_params(trial.config)
@@ -142,6 +149,7 @@ def plot_leaderboard(leaderboard: pd.DataFrame, metric: str, mode: str, path: st
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     ep_ax.set(xlabel="trial (creation order)", ylabel="epochs trained")
+    ep_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ep_ax.grid(alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,8 @@ def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClien
     data = str(Path(data_dir).resolve())
     load_dataset(data)  # a bad dataset fails here, before any Ray work
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = config.replace(name=name)
-    sweep_dir = Path(config.storage_path).resolve() / name
+    config = config.replace(name=name, storage_path=str(Path(config.storage_path).resolve()))
+    sweep_dir = Path(config.storage_path) / name
     if sweep_dir.exists():
         raise FileExistsError(f"sweep {name!r} already exists under {sweep_dir.parent}; pass --resume {sweep_dir} "
                               "to continue it or choose another name")
@@ -219,9 +219,9 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
     settings = _settings(record, config, sweep_dir)
     trainable = _trainable(settings)
     callbacks = [ReleaseTrainResources(settings.train_storage)]
-    if resume:
+    if resume and (sweep_dir / "tuner.pkl").exists():
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
-    else:
+    else:  # a new sweep (or one killed before Tune saved anything: start it afresh)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -232,8 +232,8 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
             run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks))
     try:
         tuner.fit()
-    except BaseException:
-        client.set_terminated(record["parent_run_id"], "KILLED")
+    except BaseException as exc:
+        client.set_terminated(record["parent_run_id"], "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     return finalize_sweep(sweep_dir, console)
 
