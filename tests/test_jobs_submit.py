@@ -178,7 +178,7 @@ def test_job_with_bad_arguments_fails_with_the_error_in_its_logs(ray_head, capsy
     )  # fmt: skip
     try:
         parser = argparse.ArgumentParser(prog="raysys")
-        jobs_cli.add_parser(parser.add_subparsers(dest="command"))
+        jobs_cli.add_parsers(parser.add_subparsers(dest="command"))
         args = parser.parse_args(
             [
                 "submit", "--address", ray_head.address,
@@ -322,7 +322,7 @@ def test_submit_cli_parses_the_entrypoint_after_double_dash(monkeypatch):
 
     monkeypatch.setattr(jobs_cli, "submit_job", fake_submit_job)
     parser = argparse.ArgumentParser(prog="raysys")
-    jobs_cli.add_parser(parser.add_subparsers(dest="command"))
+    jobs_cli.add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["submit", "--address", "http://head:8265", "--env", "MLFLOW_TRACKING_URI=http://m:5000", "--no-wait",
          "--", "python", "jobs/train.py", "--data", "/mnt/shared/data dir", "--model", "ae"]
@@ -336,7 +336,7 @@ def test_submit_cli_parses_the_entrypoint_after_double_dash(monkeypatch):
 
 def test_submit_cli_requires_an_entrypoint():
     parser = argparse.ArgumentParser(prog="raysys")
-    jobs_cli.add_parser(parser.add_subparsers(dest="command"))
+    jobs_cli.add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["submit", "--address", "http://head:8265"])
     with pytest.raises(SystemExit, match="after '--'"):
         args.func(args)

@@ -9,16 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from raysys.models import BaseDeepDetector, load_detector
+from raysys.models import DETECTOR_DIR, BaseDeepDetector, load_detector
 from raysys.models.base import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
 #: A sweep's summary: family -> {"checkpoint": detector dir, "run_id", "config", "metric"}.
 SWEEP_FILE = "best.json"
-#: Artifact path of the saved detector on a training run (``raysys.train.worker.DETECTOR_DIR``,
-#: not imported here because importing ``raysys.train`` starts up Ray's training stack).
-RUN_DETECTOR_ARTIFACT = "detector"
 
 
 @dataclass
@@ -39,7 +36,7 @@ class Member:
 def _detector_dir(path: str | os.PathLike) -> Path:
     """``path`` itself, or its ``detector/`` subfolder (a training checkpoint)."""
     root = Path(path)
-    nested = root / RUN_DETECTOR_ARTIFACT
+    nested = root / DETECTOR_DIR
     return nested if not (root / CONFIG_FILE).exists() and (nested / CONFIG_FILE).exists() else root
 
 
@@ -56,11 +53,11 @@ def from_run(run_id: str, tracking_uri: str | None = None) -> tuple[BaseDeepDete
     from raysys.tracking import resolve_tracking_uri
 
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RUN_DETECTOR_ARTIFACT,
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=DETECTOR_DIR,
                                                     tracking_uri=resolve_tracking_uri(tracking_uri))
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(
-            f"MLflow run {run_id!r}: cannot download its {RUN_DETECTOR_ARTIFACT!r} artifact: {exc}") from exc
+            f"MLflow run {run_id!r}: cannot download its {DETECTOR_DIR!r} artifact: {exc}") from exc
     return load_detector(local), {"kind": "run", "run_id": run_id}
 
 

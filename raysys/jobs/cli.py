@@ -1,6 +1,6 @@
 """``raysys submit``: submit a job to a Ray cluster, stream its logs, return its status.
 
-Wired into the main CLI by ``raysys.cli`` with :func:`add_parser`::
+Wired into the main CLI by ``raysys.cli`` with :func:`add_parsers`::
 
     raysys submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \\
         --working-dir . -- python jobs/train.py --data /mnt/shared/data --model ae
@@ -29,7 +29,7 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``submit`` subcommand to ``subparsers`` (from ``add_subparsers()``)."""
     parser = subparsers.add_parser(
         "submit",
@@ -122,7 +122,3 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         logger.warning("Stopped following; the job keeps running (stop it with `ray job stop`).")
         return 130
-
-
-#: Same hook under the name the other stages use (``raysys.cli.STAGES`` calls ``add_parsers``).
-add_parsers = add_parser

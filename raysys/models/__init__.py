@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.models.autoencoder import AutoEncoderDetector, DenseAutoEncoder
-from raysys.models.base import CONFIG_FILE, BaseDeepDetector, restore
+from raysys.models.base import CONFIG_FILE, DETECTOR_DIR, BaseDeepDetector, restore
 from raysys.models.lstm import LSTMAutoEncoder, LSTMDetector
 from raysys.models.vae import VAEDetector, VariationalAutoEncoder
 
@@ -40,6 +40,6 @@ def load_detector(path: str | os.PathLike) -> BaseDeepDetector:
 
 
 __all__ = [
-    "FAMILIES", "AutoEncoderDetector", "BaseDeepDetector", "DenseAutoEncoder", "LSTMAutoEncoder", "LSTMDetector",
+    "DETECTOR_DIR", "FAMILIES", "AutoEncoderDetector", "BaseDeepDetector", "DenseAutoEncoder", "LSTMAutoEncoder", "LSTMDetector",
     "VAEDetector", "VariationalAutoEncoder", "build_detector", "load_detector",
 ]

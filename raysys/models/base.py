@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from raysys.data.preprocessing import fit_scaler
 from raysys.models._training import EarlyStopping, eval_loss, make_optimizer, score_batches, train_epoch
 
+#: Where a fitted detector sits inside a training checkpoint and a training run's MLflow artifacts.
+DETECTOR_DIR = "detector"
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "model.pt"
 SCALER_FILE = "scaler.joblib"

@@ -17,11 +17,10 @@ from sklearn.metrics import average_precision_score
 from torch.utils.data import DataLoader, TensorDataset
 
 from raysys.data import SensorDataset, load_dataset
-from raysys.models import BaseDeepDetector, build_detector
+from raysys.models import DETECTOR_DIR, BaseDeepDetector, build_detector
 from raysys.models._training import EarlyStopping, core_module, eval_loss, make_optimizer, train_epoch
 
 STATE_FILE = "train_state.pt"
-DETECTOR_DIR = "detector"
 
 
 def _global_sums(*values: float) -> list[float]:
