@@ -19,7 +19,8 @@ each compared with the plain PyTorch loop in this process with as many intra-op 
 run right before and right after it (a shared machine's load changes from minute to minute).
 
     python bench/bench_train.py                      # default dataset (20,000 rows), ae, 20 epochs
-    python bench/bench_train.py --rounds 3 --json bench-train.json
+    python bench/bench_train.py --rounds 2 --json bench-train.json
+    python bench/bench_train.py --smoke-test
 """
 
 from __future__ import annotations
@@ -153,7 +154,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every setup this many times")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait after stopping Ray")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--smoke-test", action="store_true", help="2 epochs, 1 round, no settling: a quick check")
     args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.epochs, args.rounds, args.settle = 2, 1, 0.0
 
     params = {"batch_size": args.batch_size, "seed": 0}
     info = machine()

@@ -58,7 +58,8 @@ def inject_anomalies(frame: pd.DataFrame, sensors: list[str], rate: float,
     """Inject contiguous anomaly events covering about ``rate`` of the rows.
 
     Events are spread evenly over time (with jitter) and every run of ``len(types)``
-    consecutive events holds each type once, so every time-ordered split sees every type.
+    consecutive events holds each type once, so a split long enough to hold that many events
+    (each split of the 20,000-row default) sees every type.
     Returns a copy of ``frame`` with modified sensor values and the label columns
     ``is_anomaly`` (0/1) and ``anomaly_type`` (``"normal"`` for normal rows).
     """

@@ -170,6 +170,8 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
     never leaves a half-written dataset behind.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: output path exists and is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: output directory exists and is not empty (pass overwrite to replace it)")
     splits = split_by_time(frame, fractions)
