@@ -27,6 +27,16 @@ from pathlib import Path
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
+def _configs(sweep_dir: str) -> list[dict]:
+    """The trial configs of a sweep directory, in the order the searcher drew them."""
+    from ray.tune import ExperimentAnalysis
+
+    from raysys.tune.leaderboard import build_leaderboard
+
+    board = build_leaderboard(ExperimentAnalysis(sweep_dir).trials, Path(sweep_dir) / "train", "val_pr_auc", "max")
+    return [json.loads(p) for p in board.sort_values("trial")["params"]]
+
+
 def run(args: argparse.Namespace) -> dict:
     from raysys.cluster import init_ray
     from raysys.data import generate_dataset
@@ -43,7 +53,12 @@ def run(args: argparse.Namespace) -> dict:
         max_concurrent=args.max_concurrent, workers_per_trial=1, storage_path=str(work / "runs"),
         tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="bench-tune")
     results = {}
-    for scheduler in ("asha", "fifo"):
+    if args.fifo_from:  # FIFO of an earlier run with the same data, space and seed
+        results["fifo"] = json.loads(Path(args.fifo_from).read_text())["fifo"]
+        results["fifo"].setdefault("configs", _configs(results["fifo"]["sweep_dir"]))
+    for scheduler in args.schedulers.split(","):
+        if scheduler in results:
+            continue
         config = base.replace(scheduler=scheduler, name=f"{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
         start = time.perf_counter()
         result = run_sweep(config, data)
@@ -60,35 +75,48 @@ def run(args: argparse.Namespace) -> dict:
             "exported_val_pr_auc": {k: round(v["metric"], 4) for k, v in result.best.items()},
             "configs": [json.loads(p) for p in board.sort_values("trial")["params"]],
         }
-    asha, fifo = results["asha"], results["fifo"]
-    summary = {
-        "same_configs": asha["configs"] == fifo["configs"],
-        "best_gap_pct": round(100 * (fifo["best_val_pr_auc"] - asha["best_val_pr_auc"]) / fifo["best_val_pr_auc"], 2),
-        "epochs_seen_pct": round(100 * asha["trial_epochs_seen"] / fifo["trial_epochs_seen"], 1),
-        "epochs_run_pct": round(100 * asha["trial_epochs_run"] / fifo["trial_epochs_run"], 1),
-    }
-    summary["target_met"] = summary["best_gap_pct"] <= 2.0 and summary["epochs_run_pct"] <= 40.0
-    for r in results.values():
-        r.pop("configs")
+    fifo = results["fifo"]
+    summary = {}
+    for name, early in results.items():
+        if name == "fifo":
+            continue
+        gaps = {family: round(100 * (fifo["best_val_pr_auc_per_family"][family] - value)
+                              / fifo["best_val_pr_auc_per_family"][family], 2)
+                for family, value in early["best_val_pr_auc_per_family"].items()
+                if family in fifo["best_val_pr_auc_per_family"]}
+        summary[name] = {
+            "same_configs": early["configs"] == fifo["configs"],
+            "best_gap_pct": round(100 * (fifo["best_val_pr_auc"] - early["best_val_pr_auc"])
+                                  / fifo["best_val_pr_auc"], 2),
+            "best_gap_pct_per_family": gaps,
+            "epochs_seen_pct": round(100 * early["trial_epochs_seen"] / fifo["trial_epochs_seen"], 1),
+            "epochs_run_pct": round(100 * early["trial_epochs_run"] / fifo["trial_epochs_run"], 1),
+        }
+        summary[name]["target_met"] = (summary[name]["best_gap_pct"] <= 2.0
+                                       and summary[name]["epochs_run_pct"] <= 40.0)
     return {"settings": {k: v for k, v in vars(args).items() if k not in ("out",)} | {"data": str(data)},
             "machine": {"platform": platform.platform(), "cpus": ray.cluster_resources().get("CPU"),
                         "python": sys.version.split()[0], "ray": ray.__version__},
-            "asha": asha, "fifo": fifo, "summary": summary}
+            **results, "summary": summary}
 
 
 def markdown(report: dict) -> str:
-    a, f, s = report["asha"], report["fifo"], report["summary"]
-    rows = [("trials", a["trials"], f["trials"]), ("stopped early", a["stopped_early"], f["stopped_early"]),
-            ("trial-epochs (Tune saw)", a["trial_epochs_seen"], f["trial_epochs_seen"]),
-            ("trial-epochs (trained)", a["trial_epochs_run"], f["trial_epochs_run"]),
-            ("best val PR AUC", f"{a['best_val_pr_auc']:.4f} ({a['best_family']})",
-             f"{f['best_val_pr_auc']:.4f} ({f['best_family']})"),
-            ("wall time (s)", a["wall_s"], f["wall_s"])]
-    lines = ["| | ASHA | FIFO |", "|---|---:|---:|", *[f"| {n} | {x} | {y} |" for n, x, y in rows]]
+    names = [n for n in ("asha", "asha_family", "fifo") if n in report]
+    rows = [("trials", "trials"), ("stopped early", "stopped_early"), ("trial-epochs (Tune saw)", "trial_epochs_seen"),
+            ("trial-epochs (trained)", "trial_epochs_run"), ("wall time (s)", "wall_s")]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(str(report[n][key]) for n in names) + " |" for label, key in rows]
+    lines.append("| best val PR AUC | " + " | ".join(
+        f"{report[n]['best_val_pr_auc']:.4f} ({report[n]['best_family']})" for n in names) + " |")
+    for family in ("ae", "vae", "lstm"):
+        lines.append(f"| best {family} | " + " | ".join(
+            f"{report[n]['best_val_pr_auc_per_family'].get(family, float('nan')):.4f}" for n in names) + " |")
     lines.append("")
-    lines.append(f"ASHA: {s['epochs_run_pct']}% of FIFO's trained trial-epochs ({s['epochs_seen_pct']}% of those "
-                 f"Tune saw), best {s['best_gap_pct']}% below FIFO's; same configs drawn: {s['same_configs']}; "
-                 f"target met: {s['target_met']}.")
+    for name, s in report["summary"].items():
+        lines.append(f"{name}: {s['epochs_run_pct']}% of FIFO's trained trial-epochs ({s['epochs_seen_pct']}% of "
+                     f"those Tune saw), best {s['best_gap_pct']}% below FIFO's (per family: "
+                     f"{s['best_gap_pct_per_family']}); same configs: {s['same_configs']}; "
+                     f"target met: {s['target_met']}.")
     return "\n".join(lines)
 
 
@@ -108,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local cluster")
     parser.add_argument("--work-dir", help="where data, sweeps and MLflow go (default: a temp dir)")
     parser.add_argument("--out", help="also write the full report as JSON here")
+    parser.add_argument("--schedulers", default="asha,fifo",
+                        help="comma-separated sweeps to run: asha, asha_family, fifo (fifo is the reference)")
+    parser.add_argument("--fifo-from", metavar="REPORT",
+                        help="take FIFO from an earlier report (same data, space and seed) instead of running it")
     parser.add_argument("--smoke-test", action="store_true", help="6 trials of 2 epochs on 3,000 rows")
     args = parser.parse_args(argv)
     if args.smoke_test:

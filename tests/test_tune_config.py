@@ -33,7 +33,7 @@ def test_packaged_default_config_loads_and_covers_every_family():
 def test_quick_config_is_a_tiny_sweep_with_overrides():
     config = SweepConfig.quick(num_samples=6, storage_path="/tmp/x")
     assert (config.num_samples, config.max_epochs, config.workers_per_trial) == (6, 2, 1)
-    assert config.max_concurrent <= 2 and config.storage_path == "/tmp/x"
+    assert config.max_concurrent <= 2 and config.storage_path == "/tmp/x" and config.scheduler == "asha_family"
 
 
 def test_config_round_trips_through_yaml_and_json(tmp_path):
@@ -140,3 +140,30 @@ def test_space_draws_valid_detectors_round_robin_over_families(sampler):
         families.append(family)
         study.tell(trial, 0.5)
     assert families == config.families * 3
+
+
+class _Trial:
+    """What the schedulers read from a Tune trial."""
+
+    def __init__(self, trial_id: str, family: str):
+        self.trial_id = trial_id
+        self.config = {"family": family}
+
+
+@pytest.mark.parametrize("scheduler_name, lstm_stopped", [("asha", True), ("asha_family", False)])
+def test_asha_family_ranks_each_trial_within_its_family(scheduler_name, lstm_stopped):
+    from ray.tune.schedulers import TrialScheduler
+
+    from raysys.tune.sweep import _scheduler
+
+    scheduler = _scheduler(SweepConfig.default(scheduler=scheduler_name, max_epochs=9, grace_period=1,
+                                               reduction_factor=2))
+    scheduler.set_search_properties("val_pr_auc", "max")
+    # dense models reach a high PR AUC after one epoch; the LSTMs start lower
+    trials = [_Trial("ae1", "ae"), _Trial("ae2", "ae"), _Trial("lstm1", "lstm"), _Trial("lstm2", "lstm")]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    decisions = {t.trial_id: scheduler.on_trial_result(None, t, {"epoch": 1, "val_pr_auc": value})
+                 for t, value in zip(trials, (0.95, 0.96, 0.60, 0.70))}
+    assert decisions["ae1"] == decisions["ae2"] == TrialScheduler.CONTINUE
+    assert (decisions["lstm2"] == TrialScheduler.STOP) == lstm_stopped

@@ -25,9 +25,10 @@ def _wait_for_cpus(ray, expected: float, timeout_s: float = 60.0) -> float:
 
 
 def test_small_sweep_over_three_families(ray_cluster, small_dataset, mlflow_uri, tmp_path):
-    config = SweepConfig.quick(name="small", num_samples=6, max_epochs=2, grace_period=1, reduction_factor=3,
-                               max_concurrent=2, workers_per_trial=1, storage_path=str(tmp_path / "runs"),
-                               tracking_uri=mlflow_uri, seed=0, time_budget_s=900)
+    config = SweepConfig.quick(name="small", num_samples=6, scheduler="asha", max_epochs=2, grace_period=1,
+                               reduction_factor=3, max_concurrent=2, workers_per_trial=1,
+                               storage_path=str(tmp_path / "runs"), tracking_uri=mlflow_uri, seed=0,
+                               time_budget_s=900)
     result = run_sweep(config, small_dataset)
 
     board = result.leaderboard

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    """Lay out, write (creating folders) and close ``fig``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -37,7 +38,7 @@ def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float, path: str | os.PathLike,
@@ -56,7 +57,7 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float,
     ax.set_xscale("log" if positive else "symlog", **({} if positive else {"linthresh": 1.0}))
     ax.set(xlabel="anomaly score", ylabel="density", title=title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike) -> Path:
@@ -72,7 +73,7 @@ def roc_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str
     pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", ylim=(0, 1.02))
     roc_ax.legend(fontsize=8)
     pr_ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix_plot(cm: Mapping[str, int], path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
@@ -86,7 +87,7 @@ def confusion_matrix_plot(cm: Mapping[str, int], path: str | os.PathLike, title:
     ax.set_xticks([0, 1], ["normal", "anomaly"])
     ax.set_yticks([0, 1], ["normal", "anomaly"])
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title: str = "Recall per anomaly type"
@@ -98,7 +99,7 @@ def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title:
     for i, n in enumerate(names):
         ax.text(i, recalls[n] + 0.02, f"{recalls[n]:.2f}", ha="center")
     ax.set(xlabel="anomaly type", ylabel="recall", title=title, ylim=(0, 1.1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: np.ndarray, threshold: float,
@@ -128,7 +129,7 @@ def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: 
     labels.append("true anomaly")
     score_ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=4)
     axes[0].set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

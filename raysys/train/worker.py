@@ -80,6 +80,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         best_state = state["best_module"]
         start_epoch = state["epoch"]
         history = list(state.get("history", []))
+        if stopper.should_stop or start_epoch >= max_epochs:
+            return  # the run had already ended (early stop or last epoch) before it was killed
 
     core = core_module(model)
     sampler = getattr(train_loader, "sampler", None)

@@ -67,7 +67,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tu.add_argument("--cpus-per-worker", type=float, help="CPUs per Train worker")
     tu.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop the sweep after this long")
     tu.add_argument("--max-epochs", type=int, help="epochs per trial at most")
-    tu.add_argument("--scheduler", choices=SCHEDULERS, help="asha (early stopping) or fifo")
+    tu.add_argument("--scheduler", choices=SCHEDULERS,
+                    help="asha (early stopping), asha_family (ASHA within each family) or fifo")
     tu.add_argument("--search", choices=SEARCHERS, help="random or optuna (TPE)")
     tu.add_argument("--seed", type=int, help="searcher seed")
     tu.add_argument("--name", help="sweep name (default: sweep-TIMESTAMP)")

@@ -36,14 +36,15 @@ from raysys.models import FAMILIES
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "lograndint")
 #: Metrics a sweep can rank trials by, with their direction.
 METRICS = {"val_pr_auc": "max", "val_loss": "min"}
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "asha_family", "fifo")
 SEARCHERS = ("random", "optuna")
 COMMON = "common"
 #: Detector parameters the sweep sets itself (``max_epochs`` / ``patience``), so not tunable.
 RESERVED_PARAMS = ("epochs", "patience")
-#: What ``--quick`` / :meth:`SweepConfig.quick` change: one trial per family, 2 epochs, 1 worker each.
+#: What ``--quick`` / :meth:`SweepConfig.quick` change: one trial per family, 2 epochs, 1 worker each,
+#: ASHA within each family (with one trial per family, every trial runs its 2 epochs).
 QUICK = {"num_samples": 3, "max_epochs": 2, "patience": 2, "grace_period": 1, "max_concurrent": 2,
-         "workers_per_trial": 1, "n_startup_trials": 3}
+         "workers_per_trial": 1, "n_startup_trials": 3, "scheduler": "asha_family"}
 
 
 def _positive(v: Any) -> bool:
@@ -212,7 +213,9 @@ class SweepConfig:
         patience: Epochs without validation-loss improvement before a trial stops itself.
         metric: What ranks trials: ``val_pr_auc`` (PR AUC on the labelled validation split,
             maximised) or ``val_loss`` (minimised; not comparable across families).
-        scheduler: ``asha`` (stop bad trials early) or ``fifo`` (every trial runs to the end).
+        scheduler: ``asha`` (stop bad trials early, all families on one set of rungs),
+            ``asha_family`` (ASHA with rungs per family: a trial competes only with its own
+            family) or ``fifo`` (every trial runs to the end).
         grace_period: Epochs every trial gets before ASHA may stop it.
         reduction_factor: ASHA keeps the best ``1 / reduction_factor`` of trials at each rung.
         search: ``random`` or ``optuna`` (model-based TPE), both through Tune's ``OptunaSearch``.
@@ -279,7 +282,7 @@ class SweepConfig:
             raise ValueError(f"search must be one of {list(SEARCHERS)}, got {self.search!r}")
         if self.reduction_factor < 2:
             raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor!r}")
-        if self.scheduler == "asha" and self.grace_period > self.max_epochs:
+        if self.scheduler != "fifo" and self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period must be <= max_epochs ({self.max_epochs}), got {self.grace_period!r}")
         if self.cpus_per_worker < 0:
             raise ValueError(f"cpus_per_worker must be >= 0, got {self.cpus_per_worker!r}")
@@ -333,7 +336,7 @@ class SweepConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> "SweepConfig":
         """A tiny sweep for smoke runs and ``--quick``: 3 trials (one per family), 2 epochs,
-        1 worker per trial, 2 at a time; the default search space."""
+        1 worker per trial, 2 at a time, ASHA within each family; the default search space."""
         return cls.default(**{**QUICK, **overrides})
 
     def replace(self, **overrides: Any) -> "SweepConfig":

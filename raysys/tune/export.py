@@ -19,9 +19,9 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from raysys.data import load_dataset
-from raysys.models import build_detector, load_detector
+from raysys.models import DETECTOR_DIR, build_detector, load_detector
 from raysys.models.base import CONFIG_FILE
-from raysys.train.worker import DETECTOR_DIR, STATE_FILE
+from raysys.train.worker import STATE_FILE
 from raysys.tune.leaderboard import COMPLETED, STOPPED
 
 BEST_FILE = "best.json"

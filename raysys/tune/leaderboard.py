@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from raysys.evaluation.plots import save_figure  # noqa: E402
 from raysys.tune.space import trial_params  # noqa: E402
 from raysys.tune.trial import TRAIN_DONE, read_record, train_run_name  # noqa: E402
 
@@ -151,9 +152,4 @@ def plot_leaderboard(leaderboard: pd.DataFrame, metric: str, mode: str, path: st
     ep_ax.set(xlabel="trial (creation order)", ylabel="epochs trained")
     ep_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ep_ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

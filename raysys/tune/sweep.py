@@ -36,6 +36,7 @@ from raysys.tune.config import SweepConfig
 from raysys.tune.export import BEST_FILE, export_best
 from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
                                      leaderboard_table, plot_leaderboard, total_trial_epochs)
+from raysys.tune.scheduler import FamilyASHAScheduler
 from raysys.tune.space import make_searcher
 from raysys.tune.trial import TrialSettings, release_placement_groups, train_driver_fn
 
@@ -143,8 +144,9 @@ def _scheduler(config: SweepConfig):
         return FIFOScheduler()
     # max_t one past the last epoch: a trial that reaches max_epochs ends by itself (its driver
     # function returns and records it) instead of being stopped by ASHA at its last report
-    return ASHAScheduler(time_attr="epoch", max_t=config.max_epochs + 1, grace_period=config.grace_period,
-                         reduction_factor=config.reduction_factor)
+    asha = FamilyASHAScheduler if config.scheduler == "asha_family" else ASHAScheduler
+    return asha(time_attr="epoch", max_t=config.max_epochs + 1, grace_period=config.grace_period,
+                reduction_factor=config.reduction_factor)
 
 
 def read_sweep_record(sweep_dir: str | os.PathLike) -> dict[str, Any]:
