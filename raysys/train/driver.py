@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from mlflow.entities import Metric, RunStatus
@@ -50,14 +50,21 @@ class MlflowEpochLogger(UserCallback):
 
 
 def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback],
-                  extra_loop_config: dict[str, Any] | None = None) -> TorchTrainer:
-    """The Ray Train ``TorchTrainer`` for ``cfg``; reusing ``run_name`` resumes that run."""
+                  extra_loop_config: dict[str, Any] | None = None, *,
+                  train_fn: Callable[[dict[str, Any]], None] = train_fn_per_worker,
+                  resources_per_worker: dict[str, float] | None = None) -> TorchTrainer:
+    """The Ray Train ``TorchTrainer`` for ``cfg``; reusing ``run_name`` resumes that run.
+
+    ``train_fn`` (a wrapper of :func:`train_fn_per_worker`) and ``resources_per_worker``
+    (default: Ray's 1 CPU, plus 1 GPU with ``use_gpu``) let a sweep trial adapt it.
+    """
     loop_config = {"data": str(Path(cfg.data).resolve()), "model": cfg.model, "params": cfg.params,
                    "max_epochs": cfg.max_epochs, "patience": cfg.patience, **(extra_loop_config or {})}
     return TorchTrainer(
-        train_fn_per_worker,
+        train_fn,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources_per_worker),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(Path(cfg.storage_path).resolve()),

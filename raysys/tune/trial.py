@@ -26,7 +26,6 @@ import ray.tune
 import ray.util
 from mlflow.tracking import MlflowClient
 from ray import PlacementGroupID
-from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
@@ -183,15 +182,9 @@ def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, 
                       max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,
                       experiment=settings.experiment)
     trial_dir = str(Path(settings.train_storage) / run_name)
-    trainer = build_trainer(cfg, run_name, callbacks, {"detection_metric": True, "raysys_trial_dir": trial_dir})
-    # build_trainer reserves 1 CPU (and 1 GPU with use_gpu) per worker and runs train_fn_per_worker;
-    # keep its loop and run config, swap in the sweep's resources and the recording worker function.
     resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
-    return TorchTrainer(trial_worker_fn, train_loop_config=trainer.train_loop_config,
-                        scaling_config=ScalingConfig(num_workers=settings.workers_per_trial,
-                                                     use_gpu=settings.gpus_per_worker > 0,
-                                                     resources_per_worker={k: v for k, v in resources.items() if v}),
-                        run_config=trainer.run_config)
+    return build_trainer(cfg, run_name, callbacks, {"detection_metric": True, "raysys_trial_dir": trial_dir},
+                         train_fn=trial_worker_fn, resources_per_worker={k: v for k, v in resources.items() if v})
 
 
 def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
