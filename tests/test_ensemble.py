@@ -114,6 +114,20 @@ def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset)
         runtime.score(X, lengths=[100, 50])
 
 
+def test_raw_scores_in_small_calls_equal_one_call(built, dataset):
+    """Member sessions score in chunks (``batch_rows`` rows; ``batch_rows // window`` windows for the LSTM):
+    chunk edges change no score, also where a chunk starts inside a series' first window."""
+    from raysys.ensemble.runtime import MemberSessions
+
+    spec = EnsembleRuntime.load(built.directory).spec
+    sessions = MemberSessions(built.directory, spec["members"], len(spec["sensors"]))
+    X = dataset.features("test")[:300]
+    positions = np.concatenate([np.arange(37), np.arange(263)])  # two series; the second starts mid-chunk
+    whole = sessions.raw_scores(X, positions, batch_rows=8192)
+    for batch_rows in (16, 100, 1000):
+        np.testing.assert_allclose(sessions.raw_scores(X, positions, batch_rows=batch_rows), whole, rtol=1e-5, atol=1e-6)
+
+
 def test_runtime_rejects_bad_input_naming_it(built, dataset):
     runtime = EnsembleRuntime.load(built.directory)
     with pytest.raises(ValueError, match=r"shape \(rows, 5\)"):

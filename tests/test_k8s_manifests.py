@@ -345,6 +345,26 @@ def test_chart_gpu_values_ask_for_gpus_everywhere():
     assert serve["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"] > 0
 
 
+@pytest.mark.parametrize(("ingress", "flag"), [(None, "1"), ("haproxy", "1"), ("proxy", "0")])
+def test_rayservice_pods_start_serve_with_the_chosen_ingress(ingress, flag):
+    """``rayService.ingress`` reaches every Ray container of the RayService as RAY_SERVE_ENABLE_HA_PROXY
+    (what raysys.serve.config.ingress_env sets locally); no other Ray cluster gets it."""
+    from raysys.serve.config import HAPROXY_ENV, ingress_env
+
+    values = generate.load_values(VALUES["all"])
+    if ingress:
+        values["rayService"]["ingress"] = ingress
+        assert ingress_env(ingress) == {HAPROXY_ENV: flag}
+    for _, text in generate.render_chart(values).items():
+        for obj in _documents(text):
+            for where, container in containers(obj) if obj["kind"] in RAY_KINDS else []:
+                if where == "autoscaler" or where.startswith("submitter"):
+                    continue
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                expected = flag if obj["kind"] == "RayService" else None
+                assert env.get(HAPROXY_ENV) == expected, f"{obj['kind']} {where}: {env}"
+
+
 def test_chart_auth_values_turn_on_token_auth():
     for _, obj in chart_objects("auth"):
         for cluster in ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else []:

@@ -27,9 +27,11 @@ from raysys.serve import (  # noqa: E402
 )
 
 MODEL = "models:/raysys-detector@champion"
-#: Faster autoscaling metrics than Serve's 10 s default, for the proxy and replicas of this test's Serve.
+#: Faster autoscaling metrics than Serve's 10 s default, for the proxy and replicas of this test's Serve,
+#: and 5 s instead of 30 s for a stopping replica to leave HAProxy's rotation before it stops accepting.
 SERVE_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-             "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+             "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 MAX_ROWS = 512
 
 
@@ -75,12 +77,17 @@ def served(ray_cluster, ensembles):
     """Serve on 127.0.0.1:<free port> with the champion deployed; Serve is shut down after the module."""
     from ray import serve
 
+    from raysys.serve.config import ingress_env
+
     port = free_port()
     serve.shutdown()  # a Serve left by an earlier module would keep its own HTTP port
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+    # HAProxy's stats, metrics and fallback-proxy ports on free ports: other Serve instances may run here
+    haproxy_ports = {name: str(free_port()) for name in (
+        "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options={
+        "runtime_env": {"env_vars": {**SERVE_ENV, **haproxy_ports, **ingress_env("haproxy")}}})
     config = ServeConfig(
-        host="127.0.0.1", port=port, tracking_uri=ensembles.tracking_uri,
+        host="127.0.0.1", port=port, ingress="haproxy", tracking_uri=ensembles.tracking_uri,
         deployment=DeploymentSettings(num_cpus=0.1, max_ongoing_requests=32, graceful_shutdown_timeout_s=10,
                                       health_check_period_s=2),
         autoscaling_config=AutoscalingSettings(min_replicas=1, max_replicas=3, target_ongoing_requests=2,
@@ -214,6 +221,7 @@ def test_model_card_health_and_readiness(served, client, ensembles):
     assert [m["name"] for m in card["members"]] == ["ae", "lstm"] and card["history"] == 7
     assert card["gates"]["passed"] is True and "roc_auc" in card["test_metrics"]
     assert card["serving"]["max_request_rows"] == MAX_ROWS and card["serving"]["replica"]
+    assert card["serving"]["ingress"] == "haproxy"
 
 
 def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offline):
@@ -406,3 +414,24 @@ def test_redeploy_switches_to_the_new_champion_without_failing_requests(served, 
     assert set(result.versions) == {"1", "2"}
     card = client.get(f"{url}/v1/model").json()
     assert card["version"] == "2" and card["source"]["uri"] == "models:/raysys-detector/2"
+
+
+def test_proxy_ingress_scores_the_same_and_a_running_ingress_is_reported(served, ensembles, offline, client, caplog):
+    """``ingress="proxy"``: deploy starts Serve with its Python proxy, which answers with the same scores;
+    a later deploy asking for HAProxy keeps the running proxy and says so."""
+    from ray import serve
+
+    url, config = served
+    shutdown(stop_serve=True)
+    serve.shutdown()
+    proxy_config = config.model_copy(update={"ingress": "proxy", "port": free_port(), "autoscaling_config": None})
+    proxy_url = deploy("models:/raysys-detector/1", proxy_config, timeout_s=120)
+    assert client.get(f"{proxy_url}/v1/model").json()["serving"]["ingress"] == "proxy"
+    rows = ensembles.rows[:50]
+    body = client.post(f"{proxy_url}/v1/predict", json=columns(ensembles.sensors, rows)).json()
+    np.testing.assert_allclose(body["score"], offline.score(rows)["score"], rtol=1e-5, atol=1e-6)
+
+    with caplog.at_level("WARNING", logger="raysys.serve.deploy"):
+        deploy("models:/raysys-detector/1", proxy_config.model_copy(update={"ingress": "haproxy"}), timeout_s=120)
+    assert "Asked for the haproxy ingress, but Serve on this cluster already runs with the proxy ingress" \
+        in caplog.text

@@ -168,12 +168,23 @@ def test_cli_flags_override_the_config_file(tmp_path):
     path.write_text("model_uri: /models/ensemble\nautoscaling_config: {max_replicas: 2}\n")
     args = _parse(["--config", str(path), "--model", "models:/raysys-detector@champion", "--min-replicas", "1",
                    "--max-replicas", "4", "--target-ongoing-requests", "8", "--max-batch-size", "64",
-                   "--batch-wait-timeout-s", "0.005", "--port", "8100", "--no-blocking"])
+                   "--batch-wait-timeout-s", "0.005", "--port", "8100", "--ingress", "proxy", "--no-blocking"])
     assert args.func is handler and args.blocking is False
     config = config_from_args(args)
     assert config.model_uri == "models:/raysys-detector@champion" and config.port == 8100
+    assert config.ingress == "proxy" and config_from_args(_parse(["--config", str(path)])).ingress == "haproxy"
     assert config.autoscaling_config.max_replicas == 4 and config.autoscaling_config.target_ongoing_requests == 8
     assert config.user_config.max_batch_size == 64 and config.user_config.batch_wait_timeout_s == 0.005
+
+
+def test_unknown_ingress_is_rejected_naming_the_choices(tmp_path, capsys):
+    path = tmp_path / "serve.yaml"
+    path.write_text("model_uri: m\ningress: nginx\n")
+    with pytest.raises(ValueError, match=r"serve.yaml: ingress: Input should be 'haproxy' or 'proxy'"):
+        load_serve_config(path)
+    with pytest.raises(SystemExit):
+        _parse(["--model", "m", "--ingress", "nginx"])
+    assert "invalid choice: 'nginx'" in capsys.readouterr().err
 
 
 def test_cli_num_replicas_switches_autoscaling_off():

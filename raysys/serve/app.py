@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -32,7 +33,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from raysys import __version__
 from raysys.serve._internal.model import ModelSource, ServedModel, pin_model
-from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig
+from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_ingress
 from raysys.serve.schemas import (
     PredictRequest,
     PredictResponse,
@@ -44,7 +45,17 @@ from raysys.serve.schemas import (
 
 logger = logging.getLogger("ray.serve")
 
+
+class JSONBytesResponse(JSONResponse):
+    """A JSON response encoded by pydantic-core (an order of magnitude faster than ``json.dumps`` for
+    hundreds of predictions)."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
+
+
 api = FastAPI(
+    default_response_class=JSONBytesResponse,
     title="raysys anomaly detector",
     version=__version__,
     description="Anomaly scores for industrial sensor readings from the champion ensemble.",
@@ -120,7 +131,7 @@ class AnomalyDetector:
               responses={400: {"description": "Body is not JSON"}, 413: {"description": "Too many readings"},
                          422: {"description": "Unknown or missing sensor, wrong type, NaN/inf, empty batch"},
                          503: {"description": "The request body never arrived (retry)"}})
-    async def predict(self, request: Request) -> JSONResponse:
+    async def predict(self, request: Request) -> JSONBytesResponse:
         """Score one or many readings: ensemble score, member scores, ``is_anomaly``, threshold, model version."""
         settings, model = self._settings, self._model
         try:
@@ -137,8 +148,8 @@ class AnomalyDetector:
             parsed = parse_predict_request(parse_json(body), model.sensors, settings.max_request_rows)
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
-            return JSONResponse(exc.body(), status_code=exc.status,
-                                headers={"Retry-After": "1"} if exc.status == 503 else None)
+            return JSONBytesResponse(exc.body(), status_code=exc.status,
+                                     headers={"Retry-After": "1"} if exc.status == 503 else None)
         result = await self._score_batch(parsed.rows)
         if parsed.n_history:
             keep = slice(parsed.n_history, None)
@@ -149,12 +160,13 @@ class AnomalyDetector:
         if flagged:
             self._anomalies.inc(flagged, tags=self._tags)
         self._rows.observe(parsed.n_readings)
-        return JSONResponse(predict_response(parsed, result, model.ref, model.threshold))
+        return JSONBytesResponse(predict_response(parsed, result, model.ref, model.threshold))
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:
         """The loaded model: name, version, members, feature schema, threshold, gate metrics, serving limits."""
-        return {**self._model.card(), "serving": {**self._settings.model_dump(), "replica": self._replica}}
+        return {**self._model.card(), "serving": {**self._settings.model_dump(), "replica": self._replica,
+                                                  "ingress": active_ingress()}}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -162,13 +174,13 @@ class AnomalyDetector:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
+    async def readyz(self) -> JSONBytesResponse:
         """Readiness: the model is loaded and scores a probe row."""
         try:
             self.check_health()
         except Exception as exc:  # report, never crash: Serve's own check_health replaces the replica
-            return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", **self._model.ref})
+            return JSONBytesResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
+        return JSONBytesResponse({"status": "ready", **self._model.ref})
 
 
 def build_app(args: dict[str, Any]) -> tuple[Application, ModelSource]:

@@ -23,12 +23,16 @@ from raysys.serve.config import ServeConfig, load_serve_config, to_serve_config_
 
 logger = logging.getLogger(__name__)
 
+#: Longest wait, after Ctrl-C, for the application to drain and be deleted.
+STOP_TIMEOUT_S = 90.0
+
 #: Flag destination to the dotted ServeConfig field it overrides.
 _OVERRIDES = {
     "model": "model_uri",
     "mlflow_uri": "tracking_uri",
     "host": "host",
     "port": "port",
+    "ingress": "ingress",
     "min_replicas": "autoscaling_config.min_replicas",
     "max_replicas": "autoscaling_config.max_replicas",
     "target_ongoing_requests": "autoscaling_config.target_ongoing_requests",
@@ -89,10 +93,13 @@ def handler(args: argparse.Namespace) -> int:
         return 0
     print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
     block_until_interrupted()
-    logger.info("Stopping the %r application", config.app_name)
-    if not _bounded(lambda: shutdown(config.app_name), timeout_s=30):
-        logger.warning("Ray did not answer within 30s; exiting without deleting the %r application",
-                       config.app_name)
+    # Behind HAProxy a stopping replica first leaves its rotation (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+    # 30 s by default), then finishes its in-flight requests.
+    print(f"raysys serve: stopping the {config.app_name!r} application once in-flight requests are answered "
+          f"(up to {STOP_TIMEOUT_S:g} s)", flush=True)
+    if not _bounded(lambda: shutdown(config.app_name), timeout_s=STOP_TIMEOUT_S):
+        logger.warning("Ray did not answer within %gs; exiting without deleting the %r application",
+                       STOP_TIMEOUT_S, config.app_name)
     return 0
 
 
@@ -110,8 +117,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     http = p.add_argument_group("HTTP (fixed when Serve first starts on the cluster)")
-    http.add_argument("--host", help="proxy host (default 127.0.0.1; 0.0.0.0 for every interface)")
-    http.add_argument("--port", type=int, help="proxy port (default 8000)")
+    http.add_argument("--host", help="ingress host (default 127.0.0.1; 0.0.0.0 for every interface)")
+    http.add_argument("--port", type=int, help="ingress port (default 8000)")
+    http.add_argument("--ingress", choices=["haproxy", "proxy"],
+                      help="haproxy: Ray Serve's HAProxy ingress, straight to the replicas (default); "
+                           "proxy: Serve's Python proxy actor")
     scale = p.add_argument_group("autoscaling (the deployment's autoscaling_config)")
     scale.add_argument("--min-replicas", type=int, help="replicas kept with no traffic (default 1)")
     scale.add_argument("--max-replicas", type=int, help="upper bound on replicas (default 4)")

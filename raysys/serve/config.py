@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 APP_NAME = "raysys"
 DEPLOYMENT_NAME = "AnomalyDetector"
 IMPORT_PATH = "raysys.serve.app:app_builder"
+#: Ray Serve's switch for its HAProxy ingress (HAProxy on port 8000 of each node, forwarding straight to
+#: replicas' own HTTP servers); read by the Serve controller, proxies and replicas when they start.
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+Ingress = Literal["haproxy", "proxy"]
+
+
+def ingress_env(ingress: Ingress) -> dict[str, str]:
+    """Environment of Serve's controller (inherited by its proxies and replicas) for ``ingress``."""
+    return {HAPROXY_ENV: "1" if ingress == "haproxy" else "0"}
+
+
+def active_ingress() -> Ingress:
+    """The ingress this process's Serve runs with (from its environment)."""
+    return "haproxy" if os.environ.get(HAPROXY_ENV) == "1" else "proxy"
 
 
 class _Settings(BaseModel):
@@ -172,8 +186,13 @@ class ServeConfig(AppArgs):
 
     Args:
         model_uri: See :class:`AppArgs`.
-        host: HTTP host of Serve's proxy (``0.0.0.0`` to listen on every interface).
-        port: HTTP port of Serve's proxy.
+        host: HTTP host of Serve's ingress (``0.0.0.0`` to listen on every interface).
+        port: HTTP port of Serve's ingress.
+        ingress: What answers on ``host:port``: ``haproxy``, Ray Serve's HAProxy ingress (HAProxy forwards
+            each request straight to a replica's own HTTP server; Ray's high-throughput mode), or
+            ``proxy``, Serve's Python proxy actor (the request reaches the replica as a Ray call).
+            Like host and port, fixed when Serve starts on the cluster; on a cluster whose Serve was
+            started elsewhere (KubeRay) it is the cluster's ``RAY_SERVE_ENABLE_HA_PROXY`` setting.
         app_name: Serve application name.
         route_prefix: Route prefix of the application.
     """
@@ -181,6 +200,7 @@ class ServeConfig(AppArgs):
     model_uri: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    ingress: Ingress = "haproxy"
     app_name: str = APP_NAME
     route_prefix: str = "/"
 

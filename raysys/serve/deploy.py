@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from raysys.serve.config import ServeConfig
+from raysys.serve.config import ServeConfig, ingress_env
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,12 @@ def base_url(host: str, port: int, route_prefix: str = "/") -> str:
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
+def get_json(url: str, timeout_s: float = 5.0) -> Any:
+    """The JSON body of ``GET url``."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
 def wait_ready(url: str, timeout_s: float = 60.0, expect_version: str | None = None) -> dict[str, Any]:
     """Poll ``url``/readyz until it answers 200 (with ``expect_version``, if given); returns its body.
 
@@ -38,11 +44,10 @@ def wait_ready(url: str, timeout_s: float = 60.0, expect_version: str | None = N
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                body = json.loads(response.read())
-                if expect_version is None or body.get("version") == expect_version:
-                    return body
-                last = f"version {body.get('version')!r}, waiting for {expect_version!r}"
+            body = get_json(f"{url}/readyz")
+            if expect_version is None or body.get("version") == expect_version:
+                return body
+            last = f"version {body.get('version')!r}, waiting for {expect_version!r}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             last = str(exc)
         time.sleep(0.2)
@@ -58,13 +63,13 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     Args:
         model_uri: Ensemble directory, ``runs:/`` or ``models:/NAME@ALIAS`` (overrides ``config``).
         config: Everything else (defaults: :class:`ServeConfig`).
-        host: HTTP host of Serve's proxy (overrides ``config``).
-        port: HTTP port of Serve's proxy (overrides ``config``).
+        host: HTTP host of Serve's ingress (overrides ``config``).
+        port: HTTP port of Serve's ingress (overrides ``config``).
         tracking_uri: MLflow tracking URI (overrides ``config``).
         timeout_s: Longest wait for the application to answer ``/readyz``.
 
-    Serve's HTTP host and port are fixed when Serve starts on the cluster; a later deploy with other
-    values keeps the running proxy (Serve logs a warning).
+    Serve's HTTP host, port and ingress are fixed when Serve starts on the cluster; a later deploy with
+    other values keeps the running ones (Serve logs a warning; so does this function for the ingress).
     """
     from ray import serve
 
@@ -76,14 +81,21 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     config = ServeConfig.model_validate({**config.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
     args = config.app_args()
     init_ray()
-    serve.start(http_options={"host": config.host, "port": config.port})
+    # The controller's env reaches the proxies and replicas it starts; ignored if Serve already runs.
+    serve.start(http_options={"host": config.host, "port": config.port},
+                controller_options={"runtime_env": {"env_vars": ingress_env(config.ingress)}})
     app, source = build_app(args)
     version = source.version
     started = time.monotonic()
     serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
     url = base_url(config.host, config.port, config.route_prefix)
     wait_ready(url, max(1.0, timeout_s - (time.monotonic() - started)), expect_version=version)
-    logger.info("Serving %s (version %s) at %s", config.model_uri, version, url)
+    ingress = get_json(f"{url}/v1/model")["serving"]["ingress"]
+    if ingress != config.ingress:
+        logger.warning("Asked for the %s ingress, but Serve on this cluster already runs with the %s ingress "
+                       "(set when Serve starts: RAY_SERVE_ENABLE_HA_PROXY on the cluster, or `serve shutdown` "
+                       "and deploy again)", config.ingress, ingress)
+    logger.info("Serving %s (version %s) at %s through the %s ingress", config.model_uri, version, url, ingress)
     return url
 
 

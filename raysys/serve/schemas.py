@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 #: A finite JSON number: no strings, booleans, nulls, NaN or infinities.
@@ -209,12 +210,13 @@ def _rows(name: str, value: Any, columnar: bool, sensors: list[str], known: set[
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON document in ``body``; 400 if it is not JSON."""
+    """The JSON document in ``body`` (pydantic-core's parser; NaN and Infinity tokens are read, so that
+    validation can name the field); 400 if it is not JSON."""
     if not body.strip():
         raise RequestError(400, "request body is empty; expected a JSON object with 'readings' or 'columns'")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return pydantic_core.from_json(body)
+    except ValueError as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
 
 

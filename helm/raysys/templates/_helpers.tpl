@@ -108,13 +108,19 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* Env of every Ray container. */}}
+{{/* Env of every Ray container; call with (dict "root" $ "serve" true) in the RayService's cluster. */}}
 {{- define "raysys.rayEnv" -}}
+{{- $root := .root -}}
 env:
   # Every job logs to MLflow here (read by mlflow and raysys).
   - name: MLFLOW_TRACKING_URI
-    value: {{ include "raysys.trackingUri" . | quote }}
-{{- with .Values.extraEnv }}
+    value: {{ include "raysys.trackingUri" $root | quote }}
+  {{- if .serve }}
+  # Serve's ingress on port 8000: HAProxy forwarding straight to the replicas ("1") or the Python proxy ("0").
+  - name: RAY_SERVE_ENABLE_HA_PROXY
+    value: {{ ternary "1" "0" (eq $root.Values.rayService.ingress "haproxy") | quote }}
+  {{- end }}
+{{- with $root.Values.extraEnv }}
 {{ toYaml . | indent 2 }}
 {{- end }}
 {{- end }}
@@ -233,11 +239,11 @@ headGroupSpec:
             - name: metrics
               containerPort: 8080
             {{- if .serve }}
-            # Ray Serve HTTP proxy (the detector's REST endpoint).
+            # Ray Serve's ingress (the detector's REST endpoint).
             - name: serve
               containerPort: 8000
             {{- end }}
-          {{- include "raysys.rayEnv" $root | nindent 10 }}
+          {{- include "raysys.rayEnv" (dict "root" $root "serve" .serve) | nindent 10 }}
           # KubeRay recommends requests == limits for Ray pods.
           resources:
             requests:
@@ -251,7 +257,7 @@ headGroupSpec:
       {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $head.shmSize) | nindent 6 }}
 {{- end }}
 
-{{/* One worker group; call with (dict "root" $ "name" "cpu" "group" .Values.workers.cpu "gpu" false). */}}
+{{/* One worker group; call with (dict "root" $ "name" "cpu" "group" .Values.workers.cpu "gpu" false "serve" false). */}}
 {{- define "raysys.workerGroup" -}}
 {{- $root := .root -}}
 {{- $g := .group -}}
@@ -301,7 +307,7 @@ headGroupSpec:
             # Prometheus metrics.
             - name: metrics
               containerPort: 8080
-          {{- include "raysys.rayEnv" $root | nindent 10 }}
+          {{- include "raysys.rayEnv" (dict "root" $root "serve" .serve) | nindent 10 }}
           # Leave the cluster gracefully when the autoscaler removes the pod.
           lifecycle:
             preStop:
@@ -346,10 +352,10 @@ authOptions:
 # Worker groups, each scaled between its minReplicas and maxReplicas.
 workerGroupSpecs:
   # CPU workers: Ray Train workers, Tune trials, Serve replicas.
-  {{- include "raysys.workerGroup" (dict "root" $root "name" "cpu" "group" $root.Values.workers.cpu "gpu" false) | nindent 2 }}
+  {{- include "raysys.workerGroup" (dict "root" $root "name" "cpu" "group" $root.Values.workers.cpu "gpu" false "serve" .serve) | nindent 2 }}
   {{- if $root.Values.workers.gpu.enabled }}
   # GPU workers: created only when a job asks for GPUs (or minReplicas > 0).
-  {{- include "raysys.workerGroup" (dict "root" $root "name" "gpu" "group" $root.Values.workers.gpu "gpu" true) | nindent 2 }}
+  {{- include "raysys.workerGroup" (dict "root" $root "name" "gpu" "group" $root.Values.workers.gpu "gpu" true "serve" .serve) | nindent 2 }}
   {{- end }}
 {{- end }}
 
