@@ -1,12 +1,14 @@
 """Benchmark: the ONNX ensemble on Ray Serve against the seeds' design (PyTorch per request, one FastAPI process).
 
 In one run, on one machine, with the same rows: p50 / p99 latency and throughput (readings/s) at
-concurrency 1, 8 and 32, for single readings and for batches of 256 readings, for both servers.
+concurrency 1, 8 and 32, for single readings and for batches of 256 readings, for both servers, and
+for Serve behind each ingress (Serve's Python proxy with its standard request path, as Ray Serve ships;
+HAProxy with the throughput-optimized path, as ``raysys serve`` runs by default).
 Targets (issue #5): p50 <= 10 ms for a single reading on Serve; >= 5x the baseline's throughput at
 concurrency 32.
 
-    python bench/bench_serve.py                      # about 3 minutes on 2 cores
-    python bench/bench_serve.py --duration 2 --smoke-test
+    python bench/bench_serve.py                      # about 7 minutes on 2 cores
+    python bench/bench_serve.py --smoke-test
 
 It fits the members (AE, VAE, LSTM) on a generated dataset, builds the ensemble with
 ``raysys.ensemble.build.build_ensemble`` (no Isolation Forest: the baseline has no PyTorch version
@@ -190,11 +192,14 @@ def markdown(results: list[dict], meta: dict, compute: list[dict]) -> str:
 
 def measure_serve(args: argparse.Namespace, ingress: str, ensemble: Path, sensors: list[str], rows: np.ndarray,
                   baseline_url: str, check: bytes, expected: np.ndarray) -> list[dict]:
-    """Start Serve with ``ingress``, check its scores against the baseline's, then run every cell, the
-    baseline right before Serve in each; Serve is shut down afterwards."""
+    """Start Serve with ``ingress`` (and the request path ``--throughput-optimized`` gives), check its scores
+    against the baseline's, then run every cell, the baseline right before Serve in each; Serve is shut
+    down afterwards."""
     from raysys.serve import DeploymentSettings, ServeConfig, UserConfig, deploy, shutdown
 
-    config = ServeConfig(host="127.0.0.1", port=free_port(), ingress=ingress, autoscaling_config=None,
+    optimized = ingress == "haproxy" if args.throughput_optimized == "auto" else args.throughput_optimized == "on"
+    config = ServeConfig(host="127.0.0.1", port=free_port(), ingress=ingress, throughput_optimized=optimized,
+                         autoscaling_config=None,
                          num_replicas=args.replicas, intra_op_threads=args.intra_op_threads,
                          deployment=DeploymentSettings(num_cpus=args.num_cpus, max_ongoing_requests=128,
                                                        access_log=False),  # as the baseline's uvicorn
@@ -209,7 +214,8 @@ def measure_serve(args: argparse.Namespace, ingress: str, ensemble: Path, sensor
               flush=True)
         if parity > 1e-3:
             raise SystemExit("the two servers disagree: stale --workdir? (delete it)")
-        name = f"Serve, {ingress}"
+        name = f"Serve, {ingress}" + ("" if optimized == (ingress == "haproxy") else
+                                      ", optimized path" if optimized else ", standard path")
         urls = {"baseline": baseline_url, name: serve_url, f"{name}, columnar body": serve_url}
         results = []
         for batch in args.batch_sizes:
@@ -248,16 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per call")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.001)
-    parser.add_argument("--throughput-optimized", action="store_true",
-                        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's low-overhead mode)")
+    parser.add_argument("--throughput-optimized", choices=["auto", "on", "off"], default="auto",
+                        help="Serve's throughput-optimized request path: auto = on behind HAProxy (raysys's "
+                             "default), off behind the proxy (Serve's default)")
     parser.add_argument("--workdir", help="keep the data, detectors and ensemble here (default: a temp dir)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--smoke-test", action="store_true", help="tiny run: 2 cells, 1 s each")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.rows, args.duration, args.warmup, args.concurrency, args.batch_sizes = 3000, 1.0, 0.5, [1, 8], [1]
-    if args.throughput_optimized:
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the Ray processes started below
     # Ray starts its workers (Serve's controller, proxy, replicas) at nice 15, below the baseline and the
     # clients; both servers run at the same priority here, as in bench_train.py.
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 "serve": (f"{args.replicas} replica(s) x {args.num_cpus:g} CPU, onnxruntime threads "
                           f"{args.intra_op_threads}, max_batch_size {args.max_batch_size}, "
                           f"batch_wait_timeout_s {args.batch_wait_timeout_s:g}"
-                          + (", RAY_SERVE_THROUGHPUT_OPTIMIZED=1" if args.throughput_optimized else "")
+                          + f", throughput-optimized path: {args.throughput_optimized}"
                           + f", Ray workers at nice {os.environ['RAY_worker_niceness']}"),
                 "parity_max_rel_diff": max(r["parity"] for r in results if "parity" in r), "errors": errors,
                 "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}

@@ -345,24 +345,26 @@ def test_chart_gpu_values_ask_for_gpus_everywhere():
     assert serve["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"] > 0
 
 
-@pytest.mark.parametrize(("ingress", "flag"), [(None, "1"), ("haproxy", "1"), ("proxy", "0")])
-def test_rayservice_pods_start_serve_with_the_chosen_ingress(ingress, flag):
-    """``rayService.ingress`` reaches every Ray container of the RayService as RAY_SERVE_ENABLE_HA_PROXY
-    (what raysys.serve.config.ingress_env sets locally); no other Ray cluster gets it."""
-    from raysys.serve.config import HAPROXY_ENV, ingress_env
+@pytest.mark.parametrize(("ingress", "throughput"), [(None, None), ("haproxy", False), ("proxy", True)])
+def test_rayservice_pods_start_serve_with_the_chosen_settings(ingress, throughput):
+    """``rayService.ingress`` and ``.throughputOptimized`` reach every Ray container of the RayService as the
+    env that ``raysys.serve.config.serve_env`` sets locally (defaults: haproxy, optimized); no other Ray
+    cluster gets it."""
+    from raysys.serve.config import serve_env
 
     values = generate.load_values(VALUES["all"])
     if ingress:
-        values["rayService"]["ingress"] = ingress
-        assert ingress_env(ingress) == {HAPROXY_ENV: flag}
+        values["rayService"].update(ingress=ingress, throughputOptimized=throughput)
+    expected = serve_env(ingress or "haproxy", True if throughput is None else throughput)
     for _, text in generate.render_chart(values).items():
         for obj in _documents(text):
             for where, container in containers(obj) if obj["kind"] in RAY_KINDS else []:
                 if where == "autoscaler" or where.startswith("submitter"):
                     continue
                 env = {e["name"]: e.get("value") for e in container.get("env", [])}
-                expected = flag if obj["kind"] == "RayService" else None
-                assert env.get(HAPROXY_ENV) == expected, f"{obj['kind']} {where}: {env}"
+                got = {k: env.get(k) for k in expected}
+                assert got == (expected if obj["kind"] == "RayService" else dict.fromkeys(expected)), \
+                    f"{obj['kind']} {where}: {env}"
 
 
 def test_chart_auth_values_turn_on_token_auth():
@@ -388,8 +390,9 @@ def test_chart_lints_clean():
         {"rayJobs": {"train": {"model": "nonsense"}}},
         {"autoscaler": {"upscalingMode": "Fast"}},
         {"mlflow": {"backendStore": {"url": "postgresql://x"}}},
+        {"rayService": {"ingress": "nginx"}},
     ],
-    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url"],
+    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url", "bad-ingress"],
 )
 def test_chart_rejects_misspelt_or_invalid_values(values):
     """values.schema.json: a typo in -f/--set values fails the install instead of being ignored."""

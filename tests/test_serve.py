@@ -77,7 +77,7 @@ def served(ray_cluster, ensembles):
     """Serve on 127.0.0.1:<free port> with the champion deployed; Serve is shut down after the module."""
     from ray import serve
 
-    from raysys.serve.config import ingress_env
+    from raysys.serve.config import serve_env
 
     port = free_port()
     serve.shutdown()  # a Serve left by an earlier module would keep its own HTTP port
@@ -85,9 +85,10 @@ def served(ray_cluster, ensembles):
     haproxy_ports = {name: str(free_port()) for name in (
         "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")}
     serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options={
-        "runtime_env": {"env_vars": {**SERVE_ENV, **haproxy_ports, **ingress_env("haproxy")}}})
+        "runtime_env": {"env_vars": {**SERVE_ENV, **haproxy_ports, **serve_env("haproxy", True)}}})
     config = ServeConfig(
-        host="127.0.0.1", port=port, ingress="haproxy", tracking_uri=ensembles.tracking_uri,
+        host="127.0.0.1", port=port, ingress="haproxy", throughput_optimized=True,
+        tracking_uri=ensembles.tracking_uri,
         deployment=DeploymentSettings(num_cpus=0.1, max_ongoing_requests=32, graceful_shutdown_timeout_s=10,
                                       health_check_period_s=2),
         autoscaling_config=AutoscalingSettings(min_replicas=1, max_replicas=3, target_ongoing_requests=2,
@@ -221,7 +222,7 @@ def test_model_card_health_and_readiness(served, client, ensembles):
     assert [m["name"] for m in card["members"]] == ["ae", "lstm"] and card["history"] == 7
     assert card["gates"]["passed"] is True and "roc_auc" in card["test_metrics"]
     assert card["serving"]["max_request_rows"] == MAX_ROWS and card["serving"]["replica"]
-    assert card["serving"]["ingress"] == "haproxy"
+    assert card["serving"]["ingress"] == "haproxy" and card["serving"]["throughput_optimized"] is True
 
 
 def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offline):
@@ -416,7 +417,8 @@ def test_redeploy_switches_to_the_new_champion_without_failing_requests(served, 
     assert card["version"] == "2" and card["source"]["uri"] == "models:/raysys-detector/2"
 
 
-def test_proxy_ingress_scores_the_same_and_a_running_ingress_is_reported(served, ensembles, offline, client, caplog):
+def test_proxy_ingress_scores_the_same_and_the_running_settings_are_reported(served, ensembles, offline, client,
+                                                                            caplog):
     """``ingress="proxy"``: deploy starts Serve with its Python proxy, which answers with the same scores;
     a later deploy asking for HAProxy keeps the running proxy and says so."""
     from ray import serve
@@ -424,14 +426,15 @@ def test_proxy_ingress_scores_the_same_and_a_running_ingress_is_reported(served,
     url, config = served
     shutdown(stop_serve=True)
     serve.shutdown()
-    proxy_config = config.model_copy(update={"ingress": "proxy", "port": free_port(), "autoscaling_config": None})
+    proxy_config = config.model_copy(update={"ingress": "proxy", "throughput_optimized": False, "port": free_port(),
+                                             "autoscaling_config": None})
     proxy_url = deploy("models:/raysys-detector/1", proxy_config, timeout_s=120)
-    assert client.get(f"{proxy_url}/v1/model").json()["serving"]["ingress"] == "proxy"
+    serving = client.get(f"{proxy_url}/v1/model").json()["serving"]
+    assert serving["ingress"] == "proxy" and serving["throughput_optimized"] is False
     rows = ensembles.rows[:50]
     body = client.post(f"{proxy_url}/v1/predict", json=columns(ensembles.sensors, rows)).json()
     np.testing.assert_allclose(body["score"], offline.score(rows)["score"], rtol=1e-5, atol=1e-6)
 
     with caplog.at_level("WARNING", logger="raysys.serve.deploy"):
         deploy("models:/raysys-detector/1", proxy_config.model_copy(update={"ingress": "haproxy"}), timeout_s=120)
-    assert "Asked for the haproxy ingress, but Serve on this cluster already runs with the proxy ingress" \
-        in caplog.text
+    assert "Asked for ingress=haproxy, but Serve on this cluster already runs with ingress=proxy" in caplog.text

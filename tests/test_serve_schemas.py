@@ -168,11 +168,14 @@ def test_cli_flags_override_the_config_file(tmp_path):
     path.write_text("model_uri: /models/ensemble\nautoscaling_config: {max_replicas: 2}\n")
     args = _parse(["--config", str(path), "--model", "models:/raysys-detector@champion", "--min-replicas", "1",
                    "--max-replicas", "4", "--target-ongoing-requests", "8", "--max-batch-size", "64",
-                   "--batch-wait-timeout-s", "0.005", "--port", "8100", "--ingress", "proxy", "--no-blocking"])
+                   "--batch-wait-timeout-s", "0.005", "--port", "8100", "--ingress", "proxy",
+                   "--no-throughput-optimized", "--no-blocking"])
     assert args.func is handler and args.blocking is False
     config = config_from_args(args)
     assert config.model_uri == "models:/raysys-detector@champion" and config.port == 8100
-    assert config.ingress == "proxy" and config_from_args(_parse(["--config", str(path)])).ingress == "haproxy"
+    assert config.ingress == "proxy" and config.throughput_optimized is False
+    defaults = config_from_args(_parse(["--config", str(path)]))
+    assert defaults.ingress == "haproxy" and defaults.throughput_optimized is True
     assert config.autoscaling_config.max_replicas == 4 and config.autoscaling_config.target_ongoing_requests == 8
     assert config.user_config.max_batch_size == 64 and config.user_config.batch_wait_timeout_s == 0.005
 

@@ -33,7 +33,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from raysys import __version__
 from raysys.serve._internal.model import ModelSource, ServedModel, pin_model
-from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_ingress
+from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_serve_settings
 from raysys.serve.schemas import (
     PredictRequest,
     PredictResponse,
@@ -166,7 +166,7 @@ class AnomalyDetector:
     async def model(self) -> dict[str, Any]:
         """The loaded model: name, version, members, feature schema, threshold, gate metrics, serving limits."""
         return {**self._model.card(), "serving": {**self._settings.model_dump(), "replica": self._replica,
-                                                  "ingress": active_ingress()}}
+                                                  **active_serve_settings()}}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -33,6 +33,7 @@ _OVERRIDES = {
     "host": "host",
     "port": "port",
     "ingress": "ingress",
+    "throughput_optimized": "throughput_optimized",
     "min_replicas": "autoscaling_config.min_replicas",
     "max_replicas": "autoscaling_config.max_replicas",
     "target_ongoing_requests": "autoscaling_config.target_ongoing_requests",
@@ -122,6 +123,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     http.add_argument("--ingress", choices=["haproxy", "proxy"],
                       help="haproxy: Ray Serve's HAProxy ingress, straight to the replicas (default); "
                            "proxy: Serve's Python proxy actor")
+    http.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=None,
+                      help="Ray Serve's throughput-optimized request path (default on; replica logs then go to "
+                           "Serve's log files only)")
     scale = p.add_argument_group("autoscaling (the deployment's autoscaling_config)")
     scale.add_argument("--min-replicas", type=int, help="replicas kept with no traffic (default 1)")
     scale.add_argument("--max-replicas", type=int, help="upper bound on replicas (default 4)")

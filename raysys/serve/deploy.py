@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from raysys.serve.config import ServeConfig, ingress_env
+from raysys.serve.config import ServeConfig, serve_env
 
 logger = logging.getLogger(__name__)
 
@@ -82,20 +82,23 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     args = config.app_args()
     init_ray()
     # The controller's env reaches the proxies and replicas it starts; ignored if Serve already runs.
+    env = serve_env(config.ingress, config.throughput_optimized)
     serve.start(http_options={"host": config.host, "port": config.port},
-                controller_options={"runtime_env": {"env_vars": ingress_env(config.ingress)}})
+                controller_options={"runtime_env": {"env_vars": env}})
     app, source = build_app(args)
     version = source.version
     started = time.monotonic()
     serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
     url = base_url(config.host, config.port, config.route_prefix)
     wait_ready(url, max(1.0, timeout_s - (time.monotonic() - started)), expect_version=version)
-    ingress = get_json(f"{url}/v1/model")["serving"]["ingress"]
-    if ingress != config.ingress:
-        logger.warning("Asked for the %s ingress, but Serve on this cluster already runs with the %s ingress "
-                       "(set when Serve starts: RAY_SERVE_ENABLE_HA_PROXY on the cluster, or `serve shutdown` "
-                       "and deploy again)", config.ingress, ingress)
-    logger.info("Serving %s (version %s) at %s through the %s ingress", config.model_uri, version, url, ingress)
+    serving = get_json(f"{url}/v1/model")["serving"]
+    for key, value in (("ingress", config.ingress), ("throughput_optimized", config.throughput_optimized)):
+        if serving[key] != value:
+            logger.warning("Asked for %s=%s, but Serve on this cluster already runs with %s=%s (set when Serve "
+                           "starts: %s on the cluster, or `serve shutdown` and deploy again)", key, value, key,
+                           serving[key], " and ".join(env))
+    logger.info("Serving %s (version %s) at %s through the %s ingress", config.model_uri, version, url,
+                serving["ingress"])
     return url
 
 

@@ -119,6 +119,9 @@ env:
   # Serve's ingress on port 8000: HAProxy forwarding straight to the replicas ("1") or the Python proxy ("0").
   - name: RAY_SERVE_ENABLE_HA_PROXY
     value: {{ ternary "1" "0" (eq $root.Values.rayService.ingress "haproxy") | quote }}
+  # Serve's throughput-optimized request path in the replicas ("1") or the default one ("0").
+  - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+    value: {{ ternary "1" "0" $root.Values.rayService.throughputOptimized | quote }}
   {{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . | indent 2 }}
