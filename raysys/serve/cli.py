@@ -16,10 +16,11 @@ import logging
 import os
 import sys
 import threading
+from typing import get_args
 
 import yaml
 
-from raysys.serve.config import ServeConfig, load_serve_config, to_serve_config_v2
+from raysys.serve.config import Ingress, ServeConfig, load_serve_config, to_serve_config_v2
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     http = p.add_argument_group("HTTP (fixed when Serve first starts on the cluster)")
     http.add_argument("--host", help="ingress host (default 127.0.0.1; 0.0.0.0 for every interface)")
     http.add_argument("--port", type=int, help="ingress port (default 8000)")
-    http.add_argument("--ingress", choices=["haproxy", "proxy"],
+    http.add_argument("--ingress", choices=get_args(Ingress),
                       help="haproxy: Ray Serve's HAProxy ingress, straight to the replicas (default); "
                            "proxy: Serve's Python proxy actor")
     http.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=None,

@@ -26,6 +26,8 @@ HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 #: Ray Serve's switch for its low-overhead request path (user code on the replica's own event loop,
 #: buffered request logs, replica logs to files only, gRPC between deployments).
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+#: ServeConfig field fixed when Serve starts -> the environment variable that carries it.
+SERVE_ENV_VARS = {"ingress": HAPROXY_ENV, "throughput_optimized": THROUGHPUT_ENV}
 Ingress = Literal["haproxy", "proxy"]
 
 

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from raysys.serve.config import ServeConfig, serve_env
+from raysys.serve.config import SERVE_ENV_VARS, ServeConfig, serve_env
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     args = config.app_args()
     init_ray()
     # The controller's env reaches the proxies and replicas it starts; ignored if Serve already runs.
-    env = serve_env(config.ingress, config.throughput_optimized)
     serve.start(http_options={"host": config.host, "port": config.port},
-                controller_options={"runtime_env": {"env_vars": env}})
+                controller_options={"runtime_env": {"env_vars": serve_env(config.ingress,
+                                                                          config.throughput_optimized)}})
     app, source = build_app(args)
     version = source.version
     started = time.monotonic()
@@ -92,11 +92,11 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     url = base_url(config.host, config.port, config.route_prefix)
     wait_ready(url, max(1.0, timeout_s - (time.monotonic() - started)), expect_version=version)
     serving = get_json(f"{url}/v1/model")["serving"]
-    for key, value in (("ingress", config.ingress), ("throughput_optimized", config.throughput_optimized)):
-        if serving[key] != value:
+    for key, variable in SERVE_ENV_VARS.items():
+        if serving[key] != getattr(config, key):
             logger.warning("Asked for %s=%s, but Serve on this cluster already runs with %s=%s (set when Serve "
-                           "starts: %s on the cluster, or `serve shutdown` and deploy again)", key, value, key,
-                           serving[key], " and ".join(env))
+                           "starts: %s on the cluster, or `serve shutdown` and deploy again)", key,
+                           getattr(config, key), key, serving[key], variable)
     logger.info("Serving %s (version %s) at %s through the %s ingress", config.model_uri, version, url,
                 serving["ingress"])
     return url
