@@ -1,3 +1,3 @@
 """raysys: distributed training and serving of anomaly detectors for industrial sensor data."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -13,6 +13,7 @@ import pytest
 
 from raysys.data import (
     DataValidationError,
+    MissingValues,
     generate,
     generate_dataset,
     get_profile,
@@ -117,8 +118,10 @@ def test_gaps_are_interpolated_and_reported(tmp_path, caplog):
     df.loc[0, "flow_rate"] = np.nan
     df.loc[50, "quality"] = np.inf
     path = write_table(df, tmp_path / "gaps.csv")
+    with pytest.raises(DataValidationError, match="column 'quality' has 1 infinite values.*--inf-as-missing"):
+        load_table(path)
     with caplog.at_level(logging.WARNING, logger="raysys.data.io"):
-        table = load_table(path)
+        table = load_table(path, missing=MissingValues(inf_as_missing=True))
     assert table.interpolated == {"level": 3, "flow_rate": 1, "quality": 1}
     assert not table.frame[SENSORS].isna().any().any()
     # linear between the neighbours, and the leading gap takes the first value
@@ -127,9 +130,64 @@ def test_gaps_are_interpolated_and_reported(tmp_path, caplog):
     assert table.frame.loc[0, "flow_rate"] == table.frame.loc[1, "flow_rate"]
     assert any(str(path) in r.getMessage() and "'level': 3" in r.getMessage() for r in caplog.records)
     # and what was filled is recorded with the prepared dataset
-    out = prepare_dataset(path, tmp_path / "prepared")
+    out = prepare_dataset(path, tmp_path / "prepared", missing=MissingValues(inf_as_missing=True))
     assert json.loads((out / "metadata.json").read_text())["interpolated"] == {"level": 3, "flow_rate": 1,
                                                                               "quality": 1}
+
+
+def _mostly_infinite(df):
+    df.loc[: len(df) // 2, "flow_rate"] = np.inf
+    return df
+
+
+def _long_gap(df):
+    df.loc[100:140, "level"] = np.nan
+    return df
+
+
+def _many_missing(df):
+    df.loc[::10, "pressure"] = np.nan
+    return df
+
+
+def _numeric_anomaly_type(df):
+    df["anomaly_type"] = 3.0
+    return df.drop(columns="is_anomaly")
+
+
+@pytest.mark.parametrize(("spoil", "fragments"), [
+    (_mostly_infinite, ["column 'flow_rate' has 151 infinite values"]),
+    (_long_gap, ["column 'level' has a run of 41 consecutive missing values, longer than the 30", "--max-missing-run"]),
+    (_many_missing, ["column 'pressure' has 30 of 300 values missing (10.0%), more than the 5.0%",
+                     "--max-missing-fraction"]),
+    (_numeric_anomaly_type, ["column 'anomaly_type' is reserved for anomaly type names (text), got float64"]),
+])
+def test_data_errors_instead_of_silent_repairs(tmp_path, spoil, fragments):
+    path = write_table(spoil(sensor_frame()), tmp_path / "spoiled.parquet")
+    with pytest.raises(DataValidationError) as info:
+        prepare_dataset(path, tmp_path / "out")
+    assert str(info.value).startswith(f"{path}: ")
+    assert all(f in str(info.value) for f in fragments), str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_interpolation_bounds_are_configurable(tmp_path):
+    path = write_table(_many_missing(_long_gap(sensor_frame())), tmp_path / "gappy.parquet")
+    table = load_table(path, missing=MissingValues(max_fraction=0.2, max_run=50))
+    assert table.interpolated == {"pressure": 30, "level": 41}
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("{sensors: [1]}", "metadata.json: not valid JSON"),
+    ('{"profile": "x"}', "metadata.json: missing key 'sensors'"),
+    ('{"sensors": "temperature"}', "metadata.json: 'sensors' must be a non-empty list"),
+])
+def test_bad_metadata_names_the_file_and_the_key(tmp_path, content, fragment):
+    out = generate_dataset(tmp_path / "ds", rows=600)
+    (out / "metadata.json").write_text(content)
+    with pytest.raises(DataValidationError, match=fragment) as info:
+        load_dataset(out)
+    assert str(out / "metadata.json") in str(info.value)
 
 
 def test_time_gaps_are_counted(tmp_path):

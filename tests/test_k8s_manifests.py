@@ -13,16 +13,19 @@ import functools
 import importlib
 import importlib.util
 import json
-import os
 import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
+
+from raysys.serve.config import AutoscalingSettings, DeploymentSettings, ServeConfig, UserConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "raysys"
@@ -44,15 +47,8 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # --------------------------------------------------------------------------- schemas
 
 
-def _crd_dir() -> Path:
-    """shared/kuberay-crds-<version>: beside the checkout (CI) or inside it."""
-    name = f"kuberay-crds-{KUBERAY_VERSION}"
-    candidates = [Path(os.environ["RAYSYS_KUBERAY_CRDS"])] if "RAYSYS_KUBERAY_CRDS" in os.environ else []
-    candidates += [ROOT / "shared" / name, ROOT.parent / "shared" / name]
-    for candidate in candidates:
-        if (candidate / "ray.io_rayclusters.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"KubeRay {KUBERAY_VERSION} CRDs not found in {candidates}")
+#: The pinned KubeRay CRDs, vendored unmodified (see its README.md for source and licence).
+CRD_DIR = ROOT / "tests" / "schemas" / f"kuberay-crds-{KUBERAY_VERSION}"
 
 
 def strict_openapi(schema: Any) -> Any:
@@ -85,7 +81,7 @@ def crd_validator(kind: str) -> jsonschema.protocols.Validator:
     """A validator for ``kind``'s ray.io/v1 schema; ``metadata`` is checked as a strict ObjectMeta."""
     from referencing import Registry, Resource
 
-    path = _crd_dir() / f"ray.io_{kind.lower()}s.yaml"
+    path = CRD_DIR / f"ray.io_{kind.lower()}s.yaml"
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = strict_openapi(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
@@ -598,7 +594,8 @@ def test_serve_config_is_a_valid_serve_deploy_schema(where, obj):
     (deployment,) = app["deployments"]
     assert deployment["name"] == "AnomalyDetector"
     assert set(deployment["autoscaling_config"]) >= {"min_replicas", "max_replicas", "target_ongoing_requests"}
-    assert deployment["user_config"] == {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}
+    assert set(deployment["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}
+    assert UserConfig.model_validate(deployment["user_config"]) == UserConfig()  # raysys's batching defaults
 
 
 @pytest.fixture(scope="module")
@@ -648,3 +645,141 @@ def test_serve_user_config_is_what_the_detector_accepts():
         (app,) = yaml.safe_load(obj["spec"]["serveConfigV2"])["applications"]
         for deployment in app["deployments"]:
             UserConfig.model_validate(deployment["user_config"])
+
+
+# --------------------------------------------------------------------------- serve defaults
+
+#: The chart's rayService serve settings (keys under rayService in values.yaml) -> the raysys.serve.config
+#: field that owns the setting's default and bounds. values.yaml and values.schema.json copy them.
+SERVE_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
+    "autoscaling.minReplicas": (AutoscalingSettings, "min_replicas"),
+    "autoscaling.maxReplicas": (AutoscalingSettings, "max_replicas"),
+    "autoscaling.targetOngoingRequests": (AutoscalingSettings, "target_ongoing_requests"),
+    "autoscaling.upscaleDelayS": (AutoscalingSettings, "upscale_delay_s"),
+    "autoscaling.downscaleDelayS": (AutoscalingSettings, "downscale_delay_s"),
+    "autoscaling.lookBackPeriodS": (AutoscalingSettings, "look_back_period_s"),
+    "batching.maxBatchSize": (UserConfig, "max_batch_size"),
+    "batching.batchWaitTimeoutS": (UserConfig, "batch_wait_timeout_s"),
+    "numCpus": (DeploymentSettings, "num_cpus"),
+    "ingress": (ServeConfig, "ingress"),
+    "throughputOptimized": (ServeConfig, "throughput_optimized"),
+}
+#: rayService keys with no raysys.serve.config counterpart: the chart's own switch, the model the
+#: RayService serves (``raysys serve`` has no default model), and per-replica GPUs (chart-only).
+CHART_ONLY_SETTINGS = {"enabled", "modelUri", "numGpus"}
+#: annotated_types constraint -> JSON Schema keyword (draft-07 numbers).
+_BOUND_KEYWORDS = {
+    annotated_types.Ge: ("ge", "minimum"),
+    annotated_types.Gt: ("gt", "exclusiveMinimum"),
+    annotated_types.Le: ("le", "maximum"),
+    annotated_types.Lt: ("lt", "exclusiveMaximum"),
+}
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _leaves(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _schema_node(key: str) -> dict[str, Any]:
+    node = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))["properties"]["rayService"]
+    for part in key.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def _field_bounds(model: type[BaseModel], field: str) -> dict[str, Any]:
+    """The field's ge/gt/le/lt constraints as JSON Schema keywords."""
+    bounds = {}
+    for constraint in model.model_fields[field].metadata:
+        if type(constraint) in _BOUND_KEYWORDS:
+            attribute, keyword = _BOUND_KEYWORDS[type(constraint)]
+            bounds[keyword] = getattr(constraint, attribute)
+    return bounds
+
+
+def _chart_defaults() -> dict[str, Any]:
+    return _leaves(yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["rayService"])
+
+
+def test_every_rayservice_setting_is_mapped_to_its_python_home():
+    assert set(_chart_defaults()) == set(SERVE_SETTINGS) | CHART_ONLY_SETTINGS
+    assert not set(SERVE_SETTINGS) & CHART_ONLY_SETTINGS
+
+
+@pytest.mark.parametrize("key", sorted(SERVE_SETTINGS))
+def test_chart_serve_default_is_the_python_default(key):
+    model, field = SERVE_SETTINGS[key]
+    expected = model.model_fields[field].default
+    got = _chart_defaults()[key]
+    assert got == expected and type(got) in (type(expected), int), \
+        f"values.yaml rayService.{key} = {got!r}, {model.__name__}.{field} defaults to {expected!r}"
+
+
+@pytest.mark.parametrize("key", sorted(SERVE_SETTINGS))
+def test_values_schema_bounds_are_the_pydantic_constraints(key):
+    model, field = SERVE_SETTINGS[key]
+    info = model.model_fields[field]
+    node = _schema_node(key)
+    keywords = {k: node[k] for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in node}
+    assert keywords == _field_bounds(model, field), f"rayService.{key} vs {model.__name__}.{field}"
+    choices = getattr(info.annotation, "__args__", None) if str(info.annotation).startswith("typing.Literal") else None
+    if choices is not None:
+        assert node["type"] == "string" and node["enum"] == list(choices)
+    else:
+        assert node["type"] == _JSON_TYPES[info.annotation]
+
+
+def _just_outside(keyword: str, bound: float, json_type: str) -> float:
+    step = 1 if json_type == "integer" else 0.5
+    return {"minimum": bound - step, "exclusiveMinimum": bound, "maximum": bound + step, "exclusiveMaximum": bound}[keyword]
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return {"rayService": value}
+
+
+OUT_OF_BOUNDS = [
+    (key, keyword, _just_outside(keyword, bound, _schema_node(key)["type"]))
+    for key, (model, field) in sorted(SERVE_SETTINGS.items())
+    for keyword, bound in _field_bounds(model, field).items()
+]
+
+
+@pytest.mark.parametrize(("key", "keyword", "value"), OUT_OF_BOUNDS, ids=[f"{k}-{w}" for k, w, _ in OUT_OF_BOUNDS])
+def test_chart_rejects_a_serve_setting_raysys_rejects(key, keyword, value):
+    """helm install/template fails on a value the Python model would refuse (e.g. maxBatchSize: 0)."""
+    import helm_python
+
+    model, field = SERVE_SETTINGS[key]
+    with pytest.raises(helm_python.HelmValuesError):
+        generate.render_chart(_nested(key, value))
+    with pytest.raises(ValueError):
+        model.model_validate({field: value})
+
+
+def test_rayservice_rendered_with_chart_defaults_serves_with_the_python_defaults():
+    """The RayService's serveConfigV2, parsed by Ray's ServeDeploySchema, deploys raysys's defaults.
+    autoscaling_config must be complete: Serve replaces the code's autoscaling_config with it and fills
+    missing keys with Ray's defaults. user_config is read by UserConfig, which fills in the rest."""
+    from ray.serve.schema import ServeDeploySchema
+
+    rendered = generate.render_chart({"rayService": {"enabled": True}})
+    (service,) = [obj for text in rendered.values() for obj in _documents(text) if obj["kind"] == "RayService"]
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (app,) = schema.applications
+    (deployment,) = app.deployments
+    assert deployment.name == "AnomalyDetector"
+    assert deployment.autoscaling_config == AutoscalingSettings().model_dump(exclude_none=True)
+    assert UserConfig.model_validate(deployment.user_config) == UserConfig()
+    assert deployment.user_config == {k: v for k, v in UserConfig().model_dump().items() if k in deployment.user_config}
+    assert deployment.ray_actor_options.num_cpus == DeploymentSettings().num_cpus
+    assert deployment.ray_actor_options.num_gpus is None  # useGpu is off by default

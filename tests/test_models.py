@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
@@ -63,7 +64,7 @@ def test_decision_function_and_predict_shapes_and_values(fitted, data):
 def test_save_load_round_trip_gives_identical_scores(fitted, data, tmp_path):
     family, detector, _ = fitted
     path = detector.save(tmp_path / "detector")
-    assert sorted(p.name for p in path.iterdir()) == ["detector.json", "model.pt", "scaler.joblib"]
+    assert sorted(p.name for p in path.iterdir()) == ["detector.json", "model.pt", "scaler.json"]
     config = json.loads((path / "detector.json").read_text())
     assert config["family"] == family and config["params"]["epochs"] == FAST[family]["epochs"]
     loaded = load_detector(path)
@@ -122,6 +123,50 @@ def test_init_only_stores_parameters(family):
 def test_unknown_parameter_is_a_value_error_naming_it(family, params, bad):
     with pytest.raises(ValueError, match=f"unknown {family} parameter.*'{bad}'"):
         build_detector(family, **params)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_detectors_are_scikit_learn_estimators(family):
+    detector = build_detector(family, lr=0.01, epochs=3)
+    copy = clone(detector)
+    assert copy is not detector and copy.get_params() == detector.get_params()
+    assert copy.set_params(lr=0.5) is copy and copy.get_params()["lr"] == 0.5 and detector.lr == 0.01
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        copy.set_params(nonsense=1)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"dropout": 2}, r"dropout must be in \[0, 1\), got 2"),
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+    ({"scaler": "robustish"}, "scaler must be 'minmax' or 'standard', got 'robustish'"),
+])
+def test_out_of_range_parameter_is_rejected_by_build_detector(params, match):
+    with pytest.raises(ValueError, match=match):
+        build_detector("ae", **params)
+
+
+def test_loading_never_unpickles_code(fitted, tmp_path):
+    """Weights load with torch.load(weights_only=True) and scalers from JSON: a crafted pickle is
+    refused, and the code it carries never runs."""
+    family, detector, _ = fitted
+    path = detector.save(tmp_path / "d")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"module": Payload(), "extra": {}}, path / "model.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_detector(path)
+    assert not marker.exists()
+
+    detector.save(path)
+    (path / "scaler.json").unlink()
+    (path / "scaler.joblib").write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"pickle \(scaler.joblib, the format of raysys < 0.2\)"):
+        load_detector(path)
 
 
 def test_unknown_family_is_a_value_error():

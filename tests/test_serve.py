@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,27 +251,96 @@ def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offl
     np.testing.assert_allclose([p["score"] for p in tail["predictions"]], expected["score"][290:], rtol=1e-5, atol=1e-6)
 
 
-def test_concurrent_requests_are_batched_but_scored_alone(served, ensembles, offline):
-    """Requests coalesced by @serve.batch still get the scores of their own rows (sequence windows stay
-    inside each request)."""
-    url, _ = served
+@pytest.fixture(scope="module")
+def lstm_weighted(ensembles, tmp_path_factory):
+    """A copy of the champion's ensemble directory whose LSTM (sequence) member weighs as much as the AE,
+    whatever weight selection gave it, and its runtime."""
+    import json
+    import shutil
+
+    from raysys.ensemble.runtime import EnsembleRuntime
+    from raysys.layout import ENSEMBLE_SPEC
+
+    directory = tmp_path_factory.mktemp("weighted") / "ensemble"
+    shutil.copytree(ensembles.builds[0].directory, directory)
+    spec = json.loads((directory / ENSEMBLE_SPEC).read_text())
+    for member in spec["members"]:
+        member["weight"] = 0.5
+    (directory / ENSEMBLE_SPEC).write_text(json.dumps(spec))
+    return directory, EnsembleRuntime.load(directory)
+
+
+def serve_metric(client, name: str, application: str) -> float:
+    """The sum over replicas of the Prometheus sample ``name`` of ``application`` (0 if not exported yet)."""
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    text = client.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and f'application="{application}"' in line)
+
+
+def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, lstm_weighted):
+    """48 concurrent requests of 1 to 40 readings (some with history, records and columnar), coalesced by
+    @serve.batch into batches of several requests, each get exactly the offline scores of their own rows:
+    a sequence member whose weight is > 0 stays out of the score of every request's first window - 1 rows."""
+    url, config = served
+    directory, runtime = lstm_weighted
+    lstm = next(m for m in runtime.spec["members"] if m["name"] == "lstm")
+    assert lstm["weight"] > 0 and lstm["window"] > 1
+    name = "raysys-batched"  # a second application on the same Serve: one replica, batches that surely fill
+    batched = config.model_copy(update={
+        "app_name": name, "route_prefix": "/batched", "autoscaling_config": None, "num_replicas": 1,
+        "user_config": UserConfig(max_batch_size=64, batch_wait_timeout_s=0.25, max_request_rows=MAX_ROWS),
+        "deployment": config.deployment.model_copy(update={"max_ongoing_requests": 64})})
     sensors, rows = ensembles.sensors, ensembles.rows
-    parts = [rows[i * 7: i * 7 + n] for i, n in enumerate([1, 3, 9, 16, 2, 5, 12, 1] * 4)]
-    answers = [None] * len(parts)
+    rng = np.random.default_rng(11)
+    requests = []  # (body, history rows, reading rows)
+    for i in range(48):
+        n, n_history = int(rng.integers(1, 41)), int(rng.integers(1, 11)) if i % 4 == 3 else 0
+        start = int(rng.integers(0, len(rows) - n - n_history))
+        past, now = rows[start:start + n_history], rows[start + n_history:start + n_history + n]
+        body = (columns if i % 3 == 1 else records)(sensors, now)
+        if n_history:
+            body["history"] = (columns if i % 3 == 1 else records)(sensors, past)[
+                "columns" if i % 3 == 1 else "readings"]
+        requests.append((body, past, now))
+    try:
+        batched_url = deploy(str(directory), batched, timeout_s=120)
+        card = client.get(f"{batched_url}/v1/model").json()
+        assert {m["name"]: m["weight"] for m in card["members"]}["lstm"] > 0 and card["history"] == lstm["window"] - 1
+        barrier = threading.Barrier(len(requests))
 
-    def ask(i):
-        with httpx.Client(timeout=30) as c:
-            answers[i] = c.post(f"{url}/v1/predict", json=records(sensors, parts[i]))
+        def ask(http, request):
+            barrier.wait(30)  # all at once
+            return http.post(f"{batched_url}/v1/predict", json=request[0])
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(parts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    for part, answer in zip(parts, answers):
-        assert answer is not None and answer.status_code == 200
-        np.testing.assert_allclose([p["score"] for p in answer.json()["predictions"]], offline.score(part)["score"],
-                                   rtol=1e-5, atol=1e-6)
+        limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
+        with httpx.Client(timeout=60, limits=limits) as many, ThreadPoolExecutor(len(requests)) as pool:
+            answers = list(pool.map(lambda request: ask(many, request), requests))
+        for (body, past, now), answer in zip(requests, answers):
+            assert answer.status_code == 200, answer.text
+            expected = runtime.score(np.concatenate([past, now]))
+            keep = slice(len(past), None)
+            got = answer.json()
+            if "columns" in body:
+                score, flags, members = got["score"], got["is_anomaly"], got["members"]
+            else:
+                score = [p["score"] for p in got["predictions"]]
+                flags = [p["is_anomaly"] for p in got["predictions"]]
+                members = {m: [p["members"][m] for p in got["predictions"]] for m in runtime.members}
+            np.testing.assert_allclose(score, expected["score"][keep], rtol=1e-6, atol=1e-6)
+            assert flags == expected["is_anomaly"][keep].tolist()
+            for member in runtime.members:
+                np.testing.assert_allclose(members[member], expected["members"][member][keep], rtol=1e-6, atol=1e-6)
+        # Serve's own batch-size histogram: every request went through _score_batch, in fewer batches
+        wait_for(lambda: serve_metric(client, "ray_serve_actual_batch_size_sum", name) >= len(requests), 60,
+                 "the batch-size metric of all requests", every_s=1)
+        batches = serve_metric(client, "ray_serve_actual_batch_size_count", name)
+        print(f"\n{len(requests)} concurrent requests in {batches:.0f} batches")
+        assert 1 <= batches < len(requests)
+    finally:
+        shutdown(name, stop_serve=False)
 
 
 def test_bad_requests_get_4xx_naming_the_problem(served, client, ensembles):

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,6 +140,75 @@ def test_serve_config_v2_round_trip(tmp_path):
     assert load_serve_config(path) == config
 
 
+def test_serve_config_v2_with_fixed_replicas_round_trips(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeConfig(model_uri="/models/ensemble", autoscaling_config=None, num_replicas=3, port=8100)
+    document = to_serve_config_v2(config)
+    ServeDeploySchema.model_validate(document)
+    assert document["applications"][0]["deployments"][0]["num_replicas"] == 3
+    path = tmp_path / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert load_serve_config(path) == config
+
+
+def _serve_config_v2(**deployment):
+    return {"applications": [
+        {"name": "other", "route_prefix": "/other", "import_path": "other.app:build"},
+        {"name": "detector", "route_prefix": "/detect", "import_path": "raysys.serve.app:app_builder",
+         "args": {"model_uri": "models:/raysys-detector/3"},
+         "deployments": [{"name": "AnomalyDetector", **deployment}, {"name": "Other", "num_replicas": 9}]}]}
+
+
+def test_serve_config_v2_is_read_with_rays_schema(tmp_path, caplog):
+    path = tmp_path / "serve-config.yaml"
+    path.write_text(yaml.safe_dump({**_serve_config_v2(
+        ray_actor_options={"num_cpus": 0.25, "num_gpus": 1}, max_ongoing_requests=16,
+        user_config={"max_batch_size": 8}, logging_config={"enable_access_log": False},
+        health_check_timeout_s=5), "http_options": {"port": 9100}}))
+    with caplog.at_level("WARNING", logger="raysys.serve.config"):
+        config = load_serve_config(path)
+    assert config.app_name == "detector" and config.route_prefix == "/detect" and config.port == 9100
+    assert config.host == ServeConfig().host  # not given: raysys's default, not Serve's
+    assert config.deployment.num_cpus == 0.25 and config.deployment.max_ongoing_requests == 16
+    assert config.deployment.access_log is False and config.user_config.max_batch_size == 8
+    assert config.autoscaling_config == ServeConfig().autoscaling_config
+    assert "does not apply health_check_timeout_s, ray_actor_options.num_gpus" in caplog.text
+
+
+@pytest.mark.parametrize("deployment, message", [
+    ({"max_ongoing_requests": "lots"},
+     "not a valid Serve config: applications.1.deployments.0.max_ongoing_requests: Input should be a valid "
+     "integer, unable to parse string as an integer (got 'lots')"),
+    ({"ray_actor_options": {"num_cpus": -1}}, "applications.1.deployments.0.ray_actor_options.num_cpus"),
+    ({"num_replicas": 2, "autoscaling_config": {"max_replicas": 4}}, "num_replicas is not allowed"),
+    ({"max_ongoing_requests": 4, "user_config": {"max_batch_size": 8}}, "batches never fill"),  # raysys's check
+    ({"user_config": {"max_batch_size": 0}}, "user_config.max_batch_size: Input should be greater than or equal"),
+    ({"autoscaling_config": {"max_replicass": 3}}, "autoscaling_config.max_replicass: Extra inputs"),
+])
+def test_bad_serve_config_v2_fails_naming_the_field(tmp_path, deployment, message):
+    path = tmp_path / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(_serve_config_v2(**deployment)))
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_serve_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_cli_help_shows_the_models_defaults(capsys):
+    from raysys.serve.config import AutoscalingSettings, DeploymentSettings, UserConfig
+
+    with pytest.raises(SystemExit):
+        _parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for model, field, flag in [(UserConfig, "max_batch_size", "requests per model call"),
+                               (UserConfig, "batch_wait_timeout_s", "longest wait for a batch to fill"),
+                               (UserConfig, "max_request_rows", "most readings per request, else 413"),
+                               (AutoscalingSettings, "max_replicas", "upper bound on replicas"),
+                               (DeploymentSettings, "num_cpus", "CPUs reserved per replica"),
+                               (DeploymentSettings, "max_ongoing_requests", "requests per replica at once")]:
+        assert f"{flag} (default {model.model_fields[field].default:g})" in text
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"autoscaling_config.min_replicas": 5, "autoscaling_config.max_replicas": 2}, "max_replicas (2) must be >="),
     ({"user_config.max_batch_size": 0}, "user_config.max_batch_size"),
@@ -204,3 +274,66 @@ def test_cli_print_config(capsys):
     deployment = document["applications"][0]["deployments"][0]
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert json.dumps(document)  # plain data, ready for a RayService manifest
+
+
+# -- batched scoring ----------------------------------------------------------------------
+
+WINDOW = 4
+
+
+def _onnx_model(path, inputs_shape, nodes, initializers=()):
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, inputs_shape)],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])], list(initializers))
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tmp_path_factory):
+    """A hand-made two-member ensemble: a dense member (sum of squares of a row) and a sequence member
+    (window of 4 rows, later rows weigh more), both weighted 0.5."""
+    from onnx import helper, numpy_helper
+
+    from raysys.ensemble.runtime import EnsembleRuntime
+
+    directory = tmp_path_factory.mktemp("tiny") / "ensemble"
+    directory.mkdir()
+    _onnx_model(directory / "dense.onnx", ["n", len(SENSORS)],
+                [helper.make_node("ReduceSumSquare", ["x"], ["score"], axes=[1], keepdims=0)])
+    steps = numpy_helper.from_array(np.arange(1, WINDOW + 1, dtype=np.float32), "steps")
+    _onnx_model(directory / "seq.onnx", ["n", WINDOW, len(SENSORS)],
+                [helper.make_node("ReduceSumSquare", ["x"], ["rows"], axes=[2], keepdims=0),
+                 helper.make_node("MatMul", ["rows", "steps"], ["score"])], [steps])
+    members = [{"name": name, "file": f"{name}.onnx", "output": "score", "window": window, "center": 1.0,
+                "scale": 2.0, "weight": 0.5} for name, window in (("dense", 1), ("seq", WINDOW))]
+    spec = {"format_version": 1, "name": "tiny", "sensors": SENSORS, "members": members, "threshold": 12.0,
+            "combination": "weighted_mean"}
+    (directory / "ensemble.json").write_text(json.dumps(spec))
+    return EnsembleRuntime.load(directory)
+
+
+def test_coalesced_requests_score_as_each_request_alone(tiny_ensemble):
+    """``ServedModel.score_many`` (what one ``@serve.batch`` call runs) gives each request exactly
+    ``runtime.score`` of its rows alone: the sequence member is left out of the ensemble score on every
+    request's first ``window - 1`` rows, not only on the first request's."""
+    from raysys.serve._internal.model import ModelSource, ServedModel
+
+    runtime = tiny_ensemble
+    assert runtime.history == WINDOW - 1 and runtime.spec["members"][1]["weight"] > 0
+    model = ServedModel(runtime, ModelSource("tiny", "tiny", None, "local-test"))
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, len(SENSORS))).astype(np.float32) for n in (7, 1, 2, 3, 4, 9, 1, 12)]
+    results = model.score_many(parts)
+    assert len(results) == len(parts)
+    for part, got in zip(parts, results):
+        alone = runtime.score(part)
+        assert got["score"].shape == (len(part),)
+        np.testing.assert_allclose(got["score"], alone["score"], rtol=1e-6)
+        assert got["is_anomaly"].tolist() == alone["is_anomaly"].tolist()
+        for name in ("dense", "seq"):
+            np.testing.assert_allclose(got["members"][name], alone["members"][name], rtol=1e-6)
+        # rows without a full window of their own request: the dense member alone
+        early = slice(0, WINDOW - 1)
+        np.testing.assert_allclose(got["score"][early], got["members"]["dense"][early], rtol=1e-6)
+    assert any(r["is_anomaly"].any() for r in results) and not all(r["is_anomaly"].all() for r in results)

@@ -17,9 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from raysys.data import ANOMALY_TYPES, load_dataset
 from raysys.evaluation import flat_metrics
-from raysys.models import build_detector, load_detector
+from raysys.layout import TRAIN_STATE
+from raysys.models import build_detector, load_detector, with_spellings
+from raysys.models._training import split_validation, worker_batch_size
 from raysys.train import TrainConfig, train
-from raysys.train.worker import STATE_FILE
 
 # family -> (dataset fixture, epochs, detector params). The autoencoder run is on the default
 # dataset (20,000 rows) because it also carries the quality targets; the others use 3,000 rows.
@@ -28,7 +29,7 @@ RUNS = {
     "vae": ("small_dataset", 2, {"latent_dim": 4}),
     "lstm": ("small_dataset", 2, {"window": 8, "stride": 2}),
 }
-EXPECTED_PARAMS = {"data", "model", "num_workers", "use_gpu", "max_epochs", "patience", "storage_path", "run_name",
+EXPECTED_PARAMS = {"data", "model", "num_workers", "use_gpu", "storage_path", "run_name",
                    "threshold_method", "percentile", "target_far", "max_failures", "experiment"}
 PLOTS = {"loss_curves.png", "score_distribution.png", "roc_pr.png", "confusion_matrix.png", "recall_by_type.png"}
 
@@ -44,11 +45,11 @@ def trained(request, ray_cluster, tmp_path_factory):
             data = request.getfixturevalue(dataset)
             root = tmp_path_factory.mktemp(f"train-{family}")
             uri = f"sqlite:///{root / 'mlflow.db'}"
-            cfg = TrainConfig(data=str(data), model=family, params=params, num_workers=2, max_epochs=epochs,
-                              patience=100, storage_path=str(root / "runs"), run_name=f"{family}-run",
+            cfg = TrainConfig(data=str(data), model=family, params={**params, "epochs": epochs, "patience": 100},
+                              num_workers=2, storage_path=str(root / "runs"), run_name=f"{family}-run",
                               tracking_uri=uri, experiment="raysys-tests")
             result = train(cfg, diagnostics_dir=str(root / "diagnostics"))
-            runs[family] = SimpleNamespace(family=family, cfg=cfg, result=result, root=root, uri=uri,
+            runs[family] = SimpleNamespace(family=family, cfg=cfg, epochs=epochs, result=result, root=root, uri=uri,
                                            client=MlflowClient(uri), dataset=load_dataset(data))
         return runs[family]
 
@@ -74,25 +75,37 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
 
 def test_run_completes_with_every_epoch(run):
     result = run.result
-    assert result.epochs == run.cfg.max_epochs
+    assert result.epochs == run.epochs
     assert result.run_dir == Path(run.cfg.storage_path) / run.cfg.run_name
     # Ray Train keeps the two newest checkpoints; the last one holds the fitted detector
     assert [p.name for p in sorted(result.run_dir.glob("epoch-*"))] == [
-        f"epoch-{e:04d}" for e in (run.cfg.max_epochs - 1, run.cfg.max_epochs)]
-    assert result.detector_dir == result.run_dir / f"epoch-{run.cfg.max_epochs:04d}" / "detector"
+        f"epoch-{e:04d}" for e in (run.epochs - 1, run.epochs)]
+    assert result.detector_dir == result.run_dir / f"epoch-{run.epochs:04d}" / "detector"
     detector = load_detector(result.detector_dir)
     assert detector.family == run.family
-    assert all(detector.get_params()[k] == v for k, v in RUNS[run.family][2].items())
+    assert all(detector.get_params()[k] == v for k, v in run.cfg.params.items())
     np.testing.assert_allclose(detector.decision_function(run.dataset.features("test")),
                                result.evaluation.test_scores, rtol=1e-6)
+
+
+def test_loaded_detector_flags_rows_with_the_calibrated_threshold(run):
+    """One threshold: the one the run calibrated on validation (and counted in its metrics) is the
+    detector's own, so ``predict`` of the saved detector gives the confusion matrix the run logged."""
+    detector = load_detector(run.result.detector_dir)
+    evaluation = run.result.evaluation
+    assert detector.threshold_ == pytest.approx(evaluation.threshold)
+    assert detector.threshold_method_ == evaluation.threshold_method == "best_f1"
+    flags = detector.predict(run.dataset.features("test"))
+    assert int(flags.sum()) == evaluation.metrics["confusion_matrix"]["tp"] + evaluation.metrics["confusion_matrix"]["fp"]
 
 
 def test_each_worker_trained_on_a_distinct_shard(run):
     ranks = _diagnostics(run)
     assert sorted(ranks) == [0, 1] and all(d["world_size"] == 2 for d in ranks.values())
     # the samples the detector trains on: normal rows (or windows) of the training split
-    n_samples = len(build_detector(run.family, **RUNS[run.family][2]).init_fit(
-        run.dataset.features("train"), run.dataset.labels("train")))
+    detector = build_detector(run.family, **run.cfg.params)
+    samples = detector.init_fit(run.dataset.features("train"), run.dataset.labels("train"))
+    n_samples = len(split_validation(torch.from_numpy(samples), detector.validation_fraction)[0])
     shard0, shard1 = (ranks[r]["indices"] for r in (0, 1))
     per_rank = -(-n_samples // 2)  # DistributedSampler: ceil(n / world_size) each
     assert len(shard0) == len(shard1) == per_rank
@@ -105,19 +118,19 @@ def test_ddp_replicas_end_with_identical_weights(run):
     checksums = [d["weights_checksum"] for d in _diagnostics(run).values()]
     assert np.isfinite(checksums).all() and checksums[0] == checksums[1]
     # and those are the weights of the last checkpoint
-    state = torch.load(run.result.run_dir / f"epoch-{run.cfg.max_epochs:04d}" / STATE_FILE, weights_only=False)
+    state = torch.load(run.result.run_dir / f"epoch-{run.epochs:04d}" / TRAIN_STATE, weights_only=True)
     assert float(sum(v.double().sum() for v in state["module"].values())) == pytest.approx(checksums[0], rel=1e-9)
 
 
 def test_mlflow_run_has_params_epoch_metrics_and_artifacts(run, tmp_path):
-    client, run_id, epochs = run.client, run.result.run_id, run.cfg.max_epochs
+    client, run_id, epochs = run.client, run.result.run_id, run.epochs
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.info.run_name == run.cfg.run_name
     assert logged.data.tags["raysys.model"] == run.family
     params = logged.data.params
-    model_params = {f"model.{k}": str(v) for k, v in RUNS[run.family][2].items()}
+    model_params = {f"model.{k}": str(v) for k, v in run.cfg.params.items()}
     assert set(params) == EXPECTED_PARAMS | set(model_params)
-    assert params["model"] == run.family and params["num_workers"] == "2" and params["max_epochs"] == str(epochs)
+    assert params["model"] == run.family and params["num_workers"] == "2" and params["model.epochs"] == str(epochs)
     assert all(params[k] == v for k, v in model_params.items())
 
     for key in ("train_loss", "val_loss", "lr"):
@@ -139,7 +152,7 @@ def test_mlflow_run_has_params_epoch_metrics_and_artifacts(run, tmp_path):
         assert {"test_mahalanobis_roc_auc", "test_euclidean_roc_auc"} <= set(test_metrics)
 
     artifacts = _artifacts(client, run_id)
-    assert {"detector/detector.json", "detector/model.pt", "detector/scaler.joblib", "threshold.json",
+    assert {"detector/detector.json", "detector/model.pt", "detector/scaler.json", "threshold.json",
             "metrics.json", "metadata.json"} | {f"plots/{p}" for p in PLOTS} <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path), tracking_uri=run.uri))
     assert json.loads((local / "threshold.json").read_text()) == {
@@ -173,7 +186,12 @@ def test_autoencoder_meets_quality_targets_on_default_dataset(trained):
 @pytest.mark.parametrize(("changes", "match"), [
     ({"model": "iforest"}, "model must be one of"),
     ({"num_workers": 0}, "num_workers must be >= 1, got 0"),
-    ({"max_epochs": 0}, "max_epochs must be >= 1, got 0"),
+    ({"params": {"epochs": 0}}, "epochs must be >= 1, got 0"),
+    ({"params": {"patience": 0}}, "patience must be >= 1, got 0"),
+    ({"params": {"dropout": 2}}, r"dropout must be in \[0, 1\), got 2"),
+    ({"params": {"batch_size": 1}, "num_workers": 2}, "batch_size .1. must be >= num_workers .2."),
+    ({"percentile": 100}, r"percentile must be in \(0, 100\), got 100"),
+    ({"threshold_method": "far", "target_far": 2}, r"target_far must be in \(0, 1\), got 2"),
     ({"threshold_method": "otsu"}, "threshold_method must be one of .*'otsu'"),
     ({"params": {"latent_size": 3}}, "unknown ae parameter.*'latent_size'"),
 ])
@@ -192,3 +210,16 @@ def test_resume_of_unknown_run_and_reuse_of_a_run_name_fail_before_training(smal
         train(cfg)
     assert MlflowClient(mlflow_uri).search_runs(
         [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()]) == []
+
+
+def test_flag_spellings_set_the_detector_parameter_and_conflicts_name_both():
+    assert with_spellings({"lr": 0.1}, max_epochs=3, patience=None) == {"lr": 0.1, "epochs": 3}
+    assert with_spellings({"epochs": 3}, max_epochs=3) == {"epochs": 3}
+    with pytest.raises(ValueError, match=r"max_epochs=3 conflicts with the detector parameter epochs=5"):
+        with_spellings({"epochs": 5}, max_epochs=3)
+
+
+def test_batch_size_is_the_global_batch_split_across_workers():
+    assert [worker_batch_size(256, n) for n in (1, 2, 3)] == [256, 128, 85]
+    with pytest.raises(ValueError, match="must be >= the number of workers"):
+        worker_batch_size(1, 2)

@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysys.cli import main
-from raysys.train.worker import STATE_FILE
+from raysys.layout import TRAIN_STATE
 
 RAYSYS = str(Path(sys.executable).with_name("raysys"))
 EPOCHS = 8
@@ -35,7 +35,7 @@ def _complete_checkpoints(run_dir: Path) -> list[int]:
     epochs = []
     for ckpt in sorted(run_dir.glob("epoch-*")):
         try:
-            epochs.append(torch.load(ckpt / STATE_FILE, weights_only=False)["epoch"])
+            epochs.append(torch.load(ckpt / TRAIN_STATE, weights_only=True)["epoch"])
         except Exception:  # cut short by the kill
             continue
     return epochs
@@ -84,7 +84,7 @@ def test_killed_training_resumes_from_its_checkpoint(ray_cluster, small_dataset,
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     # ... and the resumed process trained only the epochs after the checkpoint
     assert sorted(m.step for m in history if m.timestamp >= resumed_at) == list(range(last + 1, EPOCHS + 1))
-    final = torch.load(run_dir / f"epoch-{EPOCHS:04d}" / STATE_FILE, weights_only=False)
+    final = torch.load(run_dir / f"epoch-{EPOCHS:04d}" / TRAIN_STATE, weights_only=True)
     assert final["epoch"] == EPOCHS
     assert [h["epoch"] for h in final["history"]] == list(range(1, EPOCHS + 1))
     assert (run_dir / f"epoch-{EPOCHS:04d}" / "detector" / "model.pt").exists()

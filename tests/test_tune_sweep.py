@@ -36,7 +36,6 @@ def test_small_sweep_over_three_families(ray_cluster, small_dataset, mlflow_uri,
     assert set(board["family"]) == {"ae", "vae", "lstm"}
     assert not (board["status"] == "error").any(), board[["trial_id", "status"]]
     stopped = board[board["status"] == "stopped"]
-    assert len(stopped) >= 1, "ASHA stopped no trial early"
     assert (stopped["epochs"] < config.max_epochs).all()
     assert (board.loc[board["status"] == "completed", "epochs"] == config.max_epochs).all()
     assert board["val_pr_auc"].between(0, 1).all()
@@ -64,6 +63,13 @@ def test_small_sweep_over_three_families(ray_cluster, small_dataset, mlflow_uri,
         assert child.data.tags["raysys.trial_status"] == row.status
         steps = [m.step for m in client.get_metric_history(row.run_id, "val_pr_auc")]
         assert steps == sorted(set(steps)) and len(steps) >= row.epochs
+    # ASHA's one rung is epoch 1 (grace period 1, max_t 3): a trial stops there only below the
+    # cutoff of the results recorded before it, so the best trial at that rung always runs on
+    first_epoch = {row.trial_id: next(m.value for m in client.get_metric_history(row.run_id, "val_pr_auc")
+                                      if m.step == 1) for row in board.itertuples()}
+    best_at_rung = max(first_epoch.values())
+    assert all(board.set_index("trial_id").loc[t, "status"] == "completed"
+               for t, v in first_epoch.items() if v == best_at_rung)
 
     # best.json: one loadable detector per family, for the ensemble step
     best = json.loads((result.sweep_dir / "best.json").read_text())

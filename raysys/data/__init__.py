@@ -6,10 +6,13 @@ from raysys.data.io import (
     LABEL,
     SPLITS,
     DataValidationError,
+    HeaderlessFormat,
+    MissingValues,
     SensorDataset,
     SensorTable,
     load_dataset,
     load_table,
+    read_numeric_table,
     split_by_time,
     write_dataset,
 )
@@ -20,7 +23,7 @@ from raysys.data.synthetic import TIMESTAMP, generate
 
 __all__ = [
     "ANOMALY_TYPE", "ANOMALY_TYPES", "LABEL", "NORMAL", "PROFILES", "SPLITS", "TIMESTAMP",
-    "DataValidationError", "SensorDataset", "SensorTable", "fit_scaler", "generate", "generate_dataset",
-    "get_profile", "inject_anomalies", "load_dataset", "load_table", "prepare_dataset", "scaler_affine",
+    "DataValidationError", "HeaderlessFormat", "MissingValues", "SensorDataset", "SensorTable", "fit_scaler", "generate", "generate_dataset",
+    "get_profile", "inject_anomalies", "load_dataset", "load_table", "prepare_dataset", "read_numeric_table", "scaler_affine",
     "sliding_windows", "split_by_time", "window_scores_to_rows", "write_dataset",
 ]

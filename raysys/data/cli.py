@@ -6,8 +6,9 @@ import argparse
 import json
 
 from raysys.data.anomalies import ANOMALY_TYPES
-from raysys.data.prepare import generate_dataset, prepare_dataset
+from raysys.data.io import HeaderlessFormat, MissingValues
 from raysys.data.profiles import PROFILES
+from raysys.layout import DATASET_METADATA
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -18,20 +19,30 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def _summary(path) -> int:
-    meta = json.loads((path / "metadata.json").read_text())
+    meta = json.loads((path / DATASET_METADATA).read_text())
     print(f"wrote {path}: {meta['rows']} rows, sensors {meta['sensors']}")
     print("anomalous rows by type: " + (", ".join(f"{k}={v}" for k, v in meta["anomaly_counts"].items()) or "none"))
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from raysys.data.prepare import generate_dataset
+
     return _summary(generate_dataset(args.out, args.profile, args.rows, args.seed, args.anomaly_rate,
                                      args.splits, args.overwrite))
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from raysys.data.prepare import prepare_dataset
+
+    missing = MissingValues(args.max_missing_fraction, args.max_missing_run, args.inf_as_missing)
+    if (args.transpose or args.columns) and not args.no_header:
+        raise ValueError("--transpose and --columns describe a headerless numeric file: add --no-header")
+    headerless = (HeaderlessFormat(args.transpose, args.sample_interval,
+                                   [c.strip() for c in args.columns.split(",")] if args.columns else None)
+                  if args.no_header else None)
     return _summary(prepare_dataset(args.input, args.out, args.timestamp_column, args.label_column or None,
-                                    args.splits, args.overwrite))
+                                    args.splits, args.overwrite, missing, headerless))
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -53,4 +64,20 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--input", required=True, help="CSV or Parquet file with a timestamp column")
     prep.add_argument("--timestamp-column", default="timestamp")
     prep.add_argument("--label-column", default="is_anomaly", help="0/1 label column if present ('' for none)")
+    defaults = MissingValues()
+    prep.add_argument("--max-missing-fraction", type=float, default=defaults.max_fraction,
+                      help="largest share of a column that may be missing and interpolated "
+                           f"(default {defaults.max_fraction}); more is an error")
+    prep.add_argument("--max-missing-run", type=int, default=defaults.max_run,
+                      help=f"longest run of missing values that may be interpolated (default {defaults.max_run})")
+    prep.add_argument("--inf-as-missing", action="store_true",
+                      help="treat infinite values as missing (interpolated) instead of an error")
+    prep.add_argument("--no-header", action="store_true",
+                      help="the input is numbers only, whitespace- or comma-separated, no header and no timestamps "
+                           "(e.g. the Tennessee Eastman .dat files); rows are timestamped every --sample-interval")
+    prep.add_argument("--transpose", action="store_true",
+                      help="with --no-header: the file holds one sensor per line (samples in columns)")
+    prep.add_argument("--sample-interval", default="3min",
+                      help="with --no-header: time between samples, e.g. 3min, 1s (default 3min)")
+    prep.add_argument("--columns", help="with --no-header: comma-separated sensor names (default x1..xN)")
     prep.set_defaults(func=run_prepare)

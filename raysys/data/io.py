@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,17 +23,72 @@ import pyarrow.parquet as pq
 
 from raysys.data.anomalies import NORMAL
 from raysys.data.synthetic import TIMESTAMP
+from raysys.layout import DATASET_METADATA, SPLITS, split_file
 
 logger = logging.getLogger(__name__)
 
 LABEL = "is_anomaly"
 ANOMALY_TYPE = "anomaly_type"
-SPLITS = ("train", "val", "test")
 MIN_ROWS = 100
 
 
 class DataValidationError(ValueError):
     """A data file does not hold what raysys needs; the message names file and column."""
+
+
+@dataclass(frozen=True)
+class MissingValues:
+    """How much of a sensor column validation may fill in by linear interpolation; past it, an error.
+
+    Args:
+        max_fraction: Largest share of a column's values that may be missing.
+        max_run: Longest run of consecutive missing values that may be filled.
+        inf_as_missing: Treat infinite values as missing (filled like NaN); by default they are an
+            error naming the column and the count, since a sensor reporting infinity is broken, not silent.
+    """
+
+    max_fraction: float = 0.05
+    max_run: int = 30
+    inf_as_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_fraction < 1:
+            raise ValueError(f"max_fraction must be in [0, 1), got {self.max_fraction!r}")
+        if self.max_run < 0:
+            raise ValueError(f"max_run must be >= 0, got {self.max_run!r}")
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in ``mask``."""
+    if not mask.any():
+        return 0
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+
+
+def _fill_missing(values: pd.Series, col: str, source: str, policy: MissingValues) -> tuple[pd.Series, int]:
+    """``values`` with NaN (and, if allowed, infinite) values interpolated; how many were filled."""
+    infinite = np.isinf(values.to_numpy())
+    if infinite.any() and not policy.inf_as_missing:
+        raise DataValidationError(f"{source}: column {col!r} has {int(infinite.sum())} infinite values (first at row "
+                                  f"{int(np.argmax(infinite))}); fix the source, or treat them as missing values "
+                                  "(--inf-as-missing)")
+    values = values.replace([np.inf, -np.inf], np.nan)
+    missing = values.isna().to_numpy()
+    if missing.all():
+        raise DataValidationError(f"{source}: column {col!r} is all NaN")
+    count = int(missing.sum())
+    if not count:
+        return values, 0
+    run = _longest_run(missing)
+    if run > policy.max_run:
+        raise DataValidationError(f"{source}: column {col!r} has a run of {run} consecutive missing values, longer "
+                                  f"than the {policy.max_run} that may be interpolated (--max-missing-run)")
+    if count > policy.max_fraction * len(values):
+        raise DataValidationError(f"{source}: column {col!r} has {count} of {len(values)} values missing "
+                                  f"({count / len(values):.1%}), more than the {policy.max_fraction:.1%} that may be "
+                                  "interpolated (--max-missing-fraction)")
+    return values.interpolate(limit_direction="both"), count
 
 
 @dataclass
@@ -68,9 +124,102 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     raise DataValidationError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet")
 
 
+#: Separators between the values of a headerless numeric file: commas, whitespace, or both.
+_NUMERIC_SEPARATORS = re.compile(r"[,\s]+")
+#: The first timestamp given to a headerless file's rows (they carry none of their own).
+NUMERIC_START = "2000-01-01"
+
+
+@dataclass(frozen=True)
+class HeaderlessFormat:
+    """How to read a headerless numeric file (:func:`read_numeric_table`).
+
+    Args:
+        transpose: The file holds one sensor per line (samples in columns).
+        sample_interval: Time between samples (``"3min"``, ``"1s"``): the rows' timestamps.
+        columns: Sensor names (default ``x1 .. xN``).
+    """
+
+    transpose: bool = False
+    sample_interval: str = "3min"
+    columns: list[str] | None = None
+
+
+def read_numeric_table(path: str | os.PathLike, transpose: bool = False, sample_interval: str = "3min",
+                       columns: list[str] | None = None, start: str = NUMERIC_START) -> pd.DataFrame:
+    """Read a headerless numeric file (no timestamps) into a raw table for :func:`validate_table`.
+
+    Values are separated by whitespace and/or commas, one sample per line, or one sensor per line
+    with ``transpose`` (as the Tennessee Eastman ``d00.dat``). Rows get timestamps ``start``,
+    ``start + sample_interval``, ...; sensor columns are named ``columns`` or ``x1 .. xN``.
+
+    Raises:
+        DataValidationError: naming the file, and the line for a non-numeric value or a line whose
+            number of values differs from the first line's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    try:
+        step = pd.Timedelta(sample_interval)
+    except (ValueError, TypeError) as exc:
+        raise DataValidationError(f"{path}: sample interval {sample_interval!r} is not a duration such as '3min' "
+                                  f"or '1s': {exc}") from exc
+    if step <= pd.Timedelta(0):
+        raise DataValidationError(f"{path}: sample interval must be positive, got {sample_interval!r}")
+    lines: list[list[float]] = []
+    width = 0
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: not a text file of numbers: {exc}") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = [t for t in _NUMERIC_SEPARATORS.split(line.strip()) if t]
+        if not tokens:
+            continue
+        if not width:
+            width = len(tokens)
+        elif len(tokens) != width:
+            raise DataValidationError(f"{path}: line {number} has {len(tokens)} values, expected {width} "
+                                      "as on the first line")
+        try:
+            lines.append([float(t) for t in tokens])
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            raise DataValidationError(f"{path}: non-numeric value {bad!r} on line {number} "
+                                      f"(value {tokens.index(bad) + 1}); expected numbers only, no header "
+                                      "(a file with a header row is a CSV: drop --no-header)") from None
+    if not lines:
+        raise DataValidationError(f"{path}: no numbers in the file")
+    values = np.asarray(lines, dtype=np.float64)
+    if transpose:
+        values = values.T
+    n_rows, n_sensors = values.shape
+    if columns is None:
+        columns = [f"x{i}" for i in range(1, n_sensors + 1)]
+    elif len(columns) != n_sensors:
+        raise DataValidationError(f"{path}: {len(columns)} column names given for {n_sensors} sensors "
+                                  f"({n_rows} samples x {n_sensors} sensors{', transposed' if transpose else ''})")
+    if TIMESTAMP in columns:
+        raise DataValidationError(f"{path}: column name {TIMESTAMP!r} is reserved for the timestamps made here")
+    frame = pd.DataFrame(values, columns=list(columns))
+    frame.insert(0, TIMESTAMP, pd.Timestamp(start) + step * np.arange(n_rows))
+    return frame
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMESTAMP,
-                   label_col: str | None = LABEL, min_rows: int = MIN_ROWS) -> SensorTable:
-    """Check a raw table and return it cleaned: parsed timestamps, float sensors, gaps filled.
+                   label_col: str | None = LABEL, min_rows: int = MIN_ROWS,
+                   missing: MissingValues = MissingValues()) -> SensorTable:
+    """Check a raw table and return it cleaned: parsed timestamps, float sensors, gaps filled
+    within the bounds of ``missing``.
 
     Raises:
         DataValidationError: naming ``source`` and the offending column.
@@ -94,6 +243,14 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
         bad = int(np.argmax(np.diff(ts.to_numpy().astype("int64")) < 0)) + 1
         raise DataValidationError(
             f"{source}: column {timestamp_col!r} is not sorted ascending (row {bad}: {ts.iloc[bad]} after {ts.iloc[bad - 1]})")
+    if ANOMALY_TYPE in frame.columns:
+        kind = frame[ANOMALY_TYPE]
+        if not (pd.api.types.is_object_dtype(kind) or pd.api.types.is_string_dtype(kind)) or \
+                not kind.dropna().map(lambda v: isinstance(v, str)).all():
+            raise DataValidationError(f"{source}: column {ANOMALY_TYPE!r} is reserved for anomaly type names (text), "
+                                      f"got {kind.dtype} values; rename the column if it is a sensor")
+        if not (label_col and label_col in frame.columns):
+            logger.warning("%s: column %r is ignored: there is no label column %r", source, ANOMALY_TYPE, label_col)
     label_cols = [c for c in (label_col, ANOMALY_TYPE) if c and c in frame.columns]
     sensors = [c for c in frame.columns if c not in (timestamp_col, *label_cols)]
     if not sensors:
@@ -111,13 +268,9 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
                     f"at row {bad.index[0]}")
         else:
             values = raw.astype("float64")
-        values = values.astype("float64").replace([np.inf, -np.inf], np.nan)
-        if values.isna().all():
-            raise DataValidationError(f"{source}: column {col!r} is all NaN")
-        missing = int(values.isna().sum())
-        if missing:
-            values = values.interpolate(limit_direction="both")
-            interpolated[col] = missing
+        values, filled = _fill_missing(values.astype("float64"), col, source, missing)
+        if filled:
+            interpolated[col] = filled
         out[col] = values.to_numpy()
     if label_col and label_col in frame.columns:
         labels = pd.to_numeric(frame[label_col], errors="coerce")
@@ -136,9 +289,9 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
 
 
 def load_table(path: str | os.PathLike, timestamp_col: str = TIMESTAMP, label_col: str | None = LABEL,
-               min_rows: int = MIN_ROWS) -> SensorTable:
+               min_rows: int = MIN_ROWS, missing: MissingValues = MissingValues()) -> SensorTable:
     """Read and validate a user's CSV or Parquet file."""
-    return validate_table(read_table(path), str(path), timestamp_col, label_col, min_rows)
+    return validate_table(read_table(path), str(path), timestamp_col, label_col, min_rows, missing)
 
 
 def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -179,7 +332,7 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, part in splits.items():
-            pq.write_table(pa.Table.from_pandas(part, preserve_index=False), tmp / f"{name}.parquet")
+            pq.write_table(pa.Table.from_pandas(part, preserve_index=False), split_file(tmp, name))
         meta = dict(metadata)
         meta.update({
             "sensors": sensors,
@@ -189,7 +342,7 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
                        for name, part in splits.items()},
             "anomaly_counts": _counts(frame),
         })
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -235,17 +388,33 @@ class SensorDataset:
         return self.split(name)[ANOMALY_TYPE].to_numpy(dtype=str)
 
 
+def read_metadata(path: Path) -> dict[str, Any]:
+    """A dataset's ``metadata.json``; ``DataValidationError`` naming the file and what is wrong."""
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataValidationError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise DataValidationError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    sensors = metadata.get("sensors")
+    if sensors is None:
+        raise DataValidationError(f"{path}: missing key 'sensors' (the list of sensor columns)")
+    if not (isinstance(sensors, list) and sensors and all(isinstance(s, str) for s in sensors)):
+        raise DataValidationError(f"{path}: 'sensors' must be a non-empty list of column names, got {sensors!r}")
+    return metadata
+
+
 def load_dataset(path: str | os.PathLike) -> SensorDataset:
     """Load a prepared dataset directory, validating each split."""
     root = Path(path)
-    meta_path = root / "metadata.json"
+    meta_path = root / DATASET_METADATA
     if not meta_path.exists():
         raise DataValidationError(f"{root}: not a prepared dataset (no metadata.json); run `raysys generate` "
                                   "or `raysys prepare` first")
-    metadata = json.loads(meta_path.read_text())
+    metadata = read_metadata(meta_path)
     parts = {}
     for name in SPLITS:
-        file = root / f"{name}.parquet"
+        file = split_file(root, name)
         table = validate_table(read_table(file), str(file), min_rows=1)
         missing = [s for s in metadata["sensors"] if s not in table.sensors]
         if missing:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from raysys.data.io import load_table, write_dataset
+from raysys.data.io import HeaderlessFormat, MissingValues, read_numeric_table, read_table, validate_table, write_dataset
 from raysys.data.profiles import get_profile
-from raysys.data.synthetic import generate
+from raysys.data.synthetic import TIMESTAMP, generate
 
 
 def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment", rows: int = 20_000,
@@ -25,9 +25,22 @@ def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment
 def prepare_dataset(input_path: str | os.PathLike, out_dir: str | os.PathLike, timestamp_col: str = "timestamp",
                     label_col: str | None = "is_anomaly",
                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                    overwrite: bool = False) -> Path:
-    """Validate a user's CSV/Parquet file and write it as a prepared dataset."""
-    table = load_table(input_path, timestamp_col, label_col)
+                    overwrite: bool = False, missing: MissingValues = MissingValues(),
+                    headerless: HeaderlessFormat | None = None) -> Path:
+    """Validate a user's file and write it as a prepared dataset.
+
+    The file is CSV or Parquet with a timestamp column, or with ``headerless`` a file of numbers
+    only (no header, no timestamps, no labels; e.g. the Tennessee Eastman ``.dat`` files).
+    ``missing`` bounds how much of each sensor column may be interpolated (past it, an error).
+    """
+    if headerless is None:
+        frame = read_table(input_path)
+    else:
+        frame = read_numeric_table(input_path, headerless.transpose, headerless.sample_interval, headerless.columns)
+        timestamp_col, label_col = TIMESTAMP, None
+    table = validate_table(frame, str(input_path), timestamp_col, label_col, missing=missing)
     meta = {"source": str(input_path), "profile": "custom", "units": {s: "" for s in table.sensors},
             "interpolated": table.interpolated, "time_gaps": table.time_gaps, "fractions": list(fractions)}
+    if headerless is not None:
+        meta.update(sample_interval=headerless.sample_interval, transposed=headerless.transpose)
     return write_dataset(table.frame, table.sensors, out_dir, meta, fractions, overwrite)

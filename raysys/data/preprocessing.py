@@ -16,6 +16,39 @@ def fit_scaler(kind: str, X: np.ndarray) -> StandardScaler | MinMaxScaler:
     return SCALERS[kind]().fit(X)
 
 
+#: The fitted attributes of each scaler, as stored in a detector's ``scaler.json``.
+_FITTED = {"standard": ("mean_", "var_", "scale_", "n_samples_seen_"),
+           "minmax": ("min_", "scale_", "data_min_", "data_max_", "data_range_", "n_samples_seen_")}
+
+
+def scaler_to_dict(scaler: StandardScaler | MinMaxScaler) -> dict:
+    """A fitted scaler as plain JSON-able data (no pickle)."""
+    kind = next(k for k, cls in SCALERS.items() if type(scaler) is cls)
+    fitted = {name: np.asarray(getattr(scaler, name)).tolist() for name in _FITTED[kind]}
+    return {"kind": kind, "params": scaler.get_params(), "n_features_in": int(scaler.n_features_in_), **fitted}
+
+
+def scaler_from_dict(data: dict, source: str = "scaler") -> StandardScaler | MinMaxScaler:
+    """The scaler :func:`scaler_to_dict` wrote; ``ValueError`` naming ``source`` and what is wrong."""
+    kind = data.get("kind")
+    if kind not in SCALERS:
+        raise ValueError(f"{source}: scaler kind must be one of {sorted(SCALERS)}, got {kind!r}")
+    missing = [k for k in ("params", "n_features_in", *_FITTED[kind]) if k not in data]
+    if missing:
+        raise ValueError(f"{source}: {kind} scaler lacks {missing}")
+    params = dict(data["params"])
+    if "feature_range" in params:
+        params["feature_range"] = tuple(params["feature_range"])
+    scaler = SCALERS[kind](**params)
+    scaler.n_features_in_ = int(data["n_features_in"])
+    for name in _FITTED[kind]:
+        value = np.asarray(data[name], dtype=np.float64)
+        setattr(scaler, name, value if value.ndim else value.item())
+    if np.ndim(scaler.n_samples_seen_) == 0:
+        scaler.n_samples_seen_ = int(scaler.n_samples_seen_)
+    return scaler
+
+
 def scaler_affine(scaler: StandardScaler | MinMaxScaler) -> tuple[np.ndarray, np.ndarray]:
     """The scaler as ``x * scale + offset`` (what ONNX export folds into the graph)."""
     if isinstance(scaler, StandardScaler):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from raysys.ensemble.runtime import SPEC_FILE, EnsembleRuntime, load_runtime
+from raysys.ensemble.runtime import EnsembleRuntime, load_runtime
 
 _LAZY = {
     "build_ensemble": "raysys.ensemble.build",
@@ -31,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SPEC_FILE", "EnsembleRuntime", "load_runtime", *_LAZY]
+__all__ = ["EnsembleRuntime", "load_runtime", *_LAZY]

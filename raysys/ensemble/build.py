@@ -23,14 +23,9 @@ from raysys import __version__
 from raysys.data import SensorDataset
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
 from raysys.ensemble.export import OPSET, PARITY_RTOL, export_member, random_rows, source_scores
-from raysys.ensemble.runtime import (
-    FORMAT_VERSION,
-    SPEC_FILE,
-    EnsembleRuntime,
-    MemberSessions,
-    combine,
-    normalise,
-)
+from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, EnsembleRuntime, MemberSessions, combine,
+                                     input_range, normalise)
+from raysys.layout import ENSEMBLE_SPEC
 from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, detection_metrics
 
 IFOREST = "iforest"
@@ -138,6 +133,7 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, val_normalised: 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
                    threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
                    iforest: bool = True, rounds: int = 10, seed: int = 0,
+                   range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
                    intra_op_threads: int | None = 1) -> EnsembleBuild:
     """Export, calibrate and evaluate an ensemble of fitted detectors; write it to ``out_dir``.
@@ -153,6 +149,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         iforest: Add an Isolation Forest member fitted on the normal training rows.
         rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
         seed: Random state of the Isolation Forest and of the random parity inputs.
+        range_factor: How far outside its normal training range (in spans of it) a sensor reading
+            may lie before the runtime flags the row ``out_of_range``; one number or per sensor.
         sources: Member name to provenance, recorded in ``ensemble.json``.
         parity_rtol: Largest relative error allowed between ONNX and the source model.
         intra_op_threads: onnxruntime threads used for calibration and evaluation.
@@ -194,6 +192,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "normalisation": "robust_z: (raw - center) / scale; center = median, scale = IQR of validation normal scores",
         "combination": "weighted_mean",
         "threshold": float(calibration.threshold),
+        "input_range": input_range(dataset.features("train", normal_only=True), sensors, range_factor),
         "threshold_method": threshold_method,
         "target_far": target_far if threshold_method == "far" else None,
         "percentile": percentile if threshold_method == "percentile" else None,
@@ -204,7 +203,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "dataset": {"path": str(dataset.path), "profile": dataset.metadata.get("profile"),
                     "validation_rows": len(dataset.val)},
     }
-    (out / SPEC_FILE).write_text(json.dumps(spec, indent=2, default=str))
+    (out / ENSEMBLE_SPEC).write_text(json.dumps(spec, indent=2, default=str))
 
     runtime = EnsembleRuntime.load(out, intra_op_threads)
     metrics, scores = _evaluate(runtime, dataset, calibration.normalised, threshold_method, options)

@@ -3,9 +3,11 @@
 - Normalisation: each member's raw score becomes ``(raw - median) / IQR`` of its scores on the
   validation split's *normal* rows, so members with different score ranges are comparable.
 - Weights: greedy ensemble selection with replacement (Caruana et al., 2004): ``rounds`` times, add
-  the member whose addition most improves the validation objective of the mean; weights are the
-  counts / ``rounds``. The objective is what the threshold method aims at: the F1 at the best-F1
-  threshold, else the recall at the threshold that keeps the false-alarm budget.
+  the member whose addition most improves the validation objective of the mean; the weights are
+  the counts of the round whose mix scored best (as the paper selects its final ensemble), so the
+  chosen mix scores at least as well on validation as the best member alone (round one). The
+  objective is what the threshold method aims at: the F1 at the best-F1 threshold, else the recall
+  at the threshold that keeps the false-alarm budget.
 
 The decision threshold itself is :func:`raysys.evaluation.calibrate_threshold` on the ensemble score.
 """
@@ -61,9 +63,13 @@ def select_weights(normalised: np.ndarray, y: np.ndarray, method: str = "best_f1
         raise ValueError("validation labels must hold both normal (0) and anomalous (1) rows to choose weights")
     counts = np.zeros(normalised.shape[1])
     candidates = np.eye(len(counts))
+    best: tuple[tuple[float, float], np.ndarray] | None = None
     for _ in range(rounds):
         trials = [objective(y, combine(normalised, (counts + c) / (counts.sum() + 1), windows), method,
                             **threshold_kwargs)
                   for c in candidates]
-        counts[max(range(len(trials)), key=trials.__getitem__)] += 1
-    return counts / counts.sum()
+        chosen = max(range(len(trials)), key=trials.__getitem__)
+        counts[chosen] += 1
+        if best is None or trials[chosen] > best[0]:
+            best = (trials[chosen], counts / counts.sum())
+    return best[1]

@@ -7,16 +7,18 @@ from typing import Any
 
 from rich.console import Console
 
-from raysys.ensemble.gates import DEFAULT_GATES, parse_gates
+from raysys.ensemble.gates import DEFAULT_GATES
 from raysys.ensemble.registry import DEFAULT_MODEL_NAME
-from raysys.evaluation import THRESHOLD_METHODS, metrics_table
+from raysys.evaluation import THRESHOLD_METHODS
 
 #: Exit code of ``raysys ensemble`` when a quality gate failed (nothing registered).
 GATE_FAILED = 1
 
 
 def run_ensemble_command(args: argparse.Namespace) -> int:
+    from raysys.ensemble.gates import parse_gates
     from raysys.ensemble.workflow import run_ensemble  # torch is imported only when building
+    from raysys.evaluation import metrics_table
 
     result = run_ensemble(args.data, sweep=args.sweep, run_ids=args.run_id, detector_dirs=args.detector,
                           out_dir=args.out, name=args.name, gates=parse_gates(args.gate),

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from raysys.models import DETECTOR_DIR, BaseDeepDetector, load_detector
-from raysys.models.base import CONFIG_FILE
+from raysys.layout import DETECTOR_CONFIG, DETECTOR_DIR, SWEEP_BEST
+from raysys.models import BaseDeepDetector, load_detector
 
 logger = logging.getLogger(__name__)
 
 #: A sweep's summary: family -> {"checkpoint": detector dir, "run_id", "config", "metric"}.
-SWEEP_FILE = "best.json"
 
 
 @dataclass
@@ -37,7 +36,7 @@ def _detector_dir(path: str | os.PathLike) -> Path:
     """``path`` itself, or its ``detector/`` subfolder (a training checkpoint)."""
     root = Path(path)
     nested = root / DETECTOR_DIR
-    return nested if not (root / CONFIG_FILE).exists() and (nested / CONFIG_FILE).exists() else root
+    return nested if not (root / DETECTOR_CONFIG).exists() and (nested / DETECTOR_CONFIG).exists() else root
 
 
 def from_directory(path: str | os.PathLike) -> tuple[BaseDeepDetector, dict[str, Any]]:
@@ -67,9 +66,9 @@ def from_sweep(sweep_dir: str | os.PathLike, tracking_uri: str | None = None
 
     A family whose checkpoint directory is not reachable from here is taken from its MLflow run.
     """
-    path = Path(sweep_dir) / SWEEP_FILE
+    path = Path(sweep_dir) / SWEEP_BEST
     if not path.exists():
-        raise FileNotFoundError(f"{sweep_dir}: no {SWEEP_FILE}; not a finished sweep directory")
+        raise FileNotFoundError(f"{sweep_dir}: no {SWEEP_BEST}; not a finished sweep directory")
     best = json.loads(path.read_text())
     if not best:
         raise ValueError(f"{path}: lists no model family")

@@ -14,7 +14,8 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from raysys.ensemble.runtime import MODEL_ARTIFACT_KEY, EnsembleRuntime
+from raysys.ensemble.runtime import EnsembleRuntime
+from raysys.layout import ENSEMBLE_MODEL_ARTIFACT
 
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
@@ -24,7 +25,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.runtime = EnsembleRuntime.load(context.artifacts[MODEL_ARTIFACT_KEY])
+        self.runtime = EnsembleRuntime.load(context.artifacts[ENSEMBLE_MODEL_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.runtime.score_frame(pd.DataFrame(model_input))

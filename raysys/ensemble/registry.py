@@ -27,7 +27,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from raysys.ensemble.gates import GateReport
-from raysys.ensemble.runtime import MEMBER_COLUMN, MODEL_ARTIFACT_KEY
+from raysys.ensemble.runtime import MEMBER_COLUMN
+from raysys.layout import ENSEMBLE_MODEL_ARTIFACT, EVALUATION_DIR, GATE_REPORT
 from raysys.evaluation import flat_metrics
 from raysys.tracking import DEFAULT_EXPERIMENT, use_tracking
 
@@ -119,18 +120,18 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
                            "threshold": build.spec["threshold"], "threshold_method": build.spec["threshold_method"],
                            "target_far": build.spec["target_far"], "registered_model_name": name})
         mlflow.log_metrics(run_metrics(build))
-        mlflow.log_dict(report.to_dict(), "gate_report.json")
+        mlflow.log_dict(report.to_dict(), GATE_REPORT)
         mlflow.log_dict(build.spec, "ensemble.json")
         if evaluation_dir is not None:
-            mlflow.log_artifacts(str(evaluation_dir), "evaluation")
+            mlflow.log_artifacts(str(evaluation_dir), EVALUATION_DIR)
         if not report.passed:
             logger.warning("ensemble not registered:\n%s", report.summary())
             return Registration(run.info.run_id, name, None, None)
         with tempfile.TemporaryDirectory() as tmp:
             # MLflow keeps an artifact directory's own name: stage it as artifacts/ensemble
-            staged = shutil.copytree(build.directory, Path(tmp) / MODEL_ARTIFACT_KEY)
+            staged = shutil.copytree(build.directory, Path(tmp) / ENSEMBLE_MODEL_ARTIFACT)
             info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={MODEL_ARTIFACT_KEY: str(staged)},
+                name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={ENSEMBLE_MODEL_ARTIFACT: str(staged)},
                 signature=signature(build.spec), input_example=pd.DataFrame(build.example),
                 pip_requirements=pip_requirements(), registered_model_name=name)
     version = str(info.registered_model_version)

@@ -10,6 +10,7 @@ from raysys.data import SensorDataset
 from raysys.ensemble.build import ENSEMBLE, EnsembleBuild
 from raysys.ensemble.gates import GateReport
 from raysys.evaluation import plots
+from raysys.layout import GATE_REPORT, METRICS_FILE
 
 
 def write_evaluation(build: EnsembleBuild, dataset: SensorDataset, report: GateReport,
@@ -21,8 +22,8 @@ def write_evaluation(build: EnsembleBuild, dataset: SensorDataset, report: GateR
     """
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"test": build.metrics, "latency_ms": build.latency_ms}, indent=2))
-    (out / "gate_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    (out / METRICS_FILE).write_text(json.dumps({"test": build.metrics, "latency_ms": build.latency_ms}, indent=2))
+    (out / GATE_REPORT).write_text(json.dumps(report.to_dict(), indent=2))
     y_test = dataset.labels("test")
     ensemble = build.ensemble_metrics
     plots.roc_pr_curves({name: (y_test, scores) for name, scores in build.test_scores.items()},

@@ -15,6 +15,13 @@ looks like a stuck sensor. So a single reading can always be scored. A caller th
 keeps the last :attr:`EnsembleRuntime.history` rows and passes them before the new ones; the new
 rows then score exactly as in one batch over the whole series. Independent series (several
 requests) can be scored in one call with :meth:`EnsembleRuntime.score_many`.
+
+The runtime fails closed: a row is an anomaly, whatever its score, when a member that counts on it
+scores it non-finite (reason ``non_finite_score``) or a sensor lies far outside the range seen in
+training (``out_of_range``: beyond ``[min - factor * span, max + factor * span]`` of the normal
+training rows, ``factor`` per sensor in ``ensemble.json``'s ``input_range``). Such rows name their
+sensors, and every number the runtime returns is finite (non-finite scores are clipped to the
+largest float).
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-SPEC_FILE = "ensemble.json"
+from raysys.layout import ENSEMBLE_MODEL_ARTIFACT, ENSEMBLE_SPEC
+
+#: The ``ensemble.json`` format this raysys writes. The versioning rule (docs/ensemble.md): a new
+#: key that older readers may ignore keeps the version; any change an older reader would misread
+#: (a new combination, a member entry it must understand) bumps it, and the reader keeps every
+#: version it can still score in :data:`SUPPORTED_FORMAT_VERSIONS`.
 FORMAT_VERSION = 1
-#: Where the ensemble directory lies inside a logged MLflow model (``<model>/artifacts/ensemble``).
-MODEL_ARTIFACT_KEY = "ensemble"
+#: ``ensemble.json`` versions this reader loads; any other fails naming its version and these.
+SUPPORTED_FORMAT_VERSIONS = (1,)
 #: Column of ``score_frame`` output holding member ``name``'s normalised score.
 MEMBER_COLUMN = "score_{name}"
 #: Samples times window length per onnxruntime call (8192 rows of a dense member, 512 windows of 16 rows):
@@ -72,27 +84,50 @@ def history_windows(X: np.ndarray, window: int, positions: np.ndarray | None = N
     return X[window_rows(rows if positions is None else positions, window, rows)]
 
 
+#: Why a row is flagged whatever its score (``reason``); ``NO_REASON`` for rows decided by the threshold.
+OUT_OF_RANGE, NON_FINITE_SCORE, NO_REASON = "out_of_range", "non_finite_score", ""
+#: How far outside the training range a reading may lie, in spans of that range (default of ``input_range``).
+DEFAULT_RANGE_FACTOR = 3.0
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """``values`` with NaN and +inf as the largest float, -inf as the most negative one."""
+    big = np.finfo(np.float64).max
+    return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=big, posinf=big, neginf=-big)
+
+
 def normalise(raw: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Member scores (n, members) on a common scale: ``(raw - center) / scale``."""
     return (raw - center) / scale
 
 
-def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | None = None,
-            positions: np.ndarray | None = None) -> np.ndarray:
-    """The ensemble score: weighted mean of normalised member scores (n, members); weights sum to 1.
+def row_weights(weights: np.ndarray, n_rows: int, windows: np.ndarray | None = None,
+                positions: np.ndarray | None = None) -> np.ndarray:
+    """Each member's weight on each row, shape (n, members); rows sum to 1.
 
     With ``windows`` (rows each member looks at), a row leaves out the members whose window reaches
     before its series' first row (``window > position + 1``: their score rests on padding) and
     renormalises the other weights. A row no weighted member can score on real history keeps them all.
     ``positions`` as in :func:`history_windows`.
     """
+    full = np.broadcast_to(np.asarray(weights, dtype=np.float64), (n_rows, len(weights)))
     if windows is None:
-        return normalised @ weights
-    positions = np.arange(len(normalised)) if positions is None else positions
-    row_weights = weights * (positions[:, None] >= np.asarray(windows)[None, :] - 1)
-    total = row_weights.sum(axis=1, keepdims=True)
-    row_weights = np.where(total > 0, row_weights / np.where(total > 0, total, 1.0), weights)
-    return (normalised * row_weights).sum(axis=1)
+        return full
+    positions = np.arange(n_rows) if positions is None else positions
+    kept = full * (positions[:, None] >= np.asarray(windows)[None, :] - 1)
+    total = kept.sum(axis=1, keepdims=True)
+    return np.where(total > 0, kept / np.where(total > 0, total, 1.0), full)
+
+
+def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | None = None,
+            positions: np.ndarray | None = None) -> np.ndarray:
+    """The ensemble score: weighted mean of normalised member scores (n, members); weights sum to 1.
+
+    Members with no weight on a row (see :func:`row_weights`) are left out, not multiplied by 0, so
+    their score never reaches the result (``0 * inf`` would be NaN).
+    """
+    w = row_weights(weights, len(normalised), windows, positions)
+    return (np.where(w > 0, normalised, 0.0) * w).sum(axis=1)
 
 
 def session_options(intra_op_threads: int | None = 1) -> ort.SessionOptions:
@@ -125,7 +160,7 @@ class MemberSessions:
             if m["file"] not in self._files:
                 path = Path(directory) / m["file"]
                 if not path.exists():
-                    raise FileNotFoundError(f"{path}: member model {m['name']!r} listed in {SPEC_FILE} is missing")
+                    raise FileNotFoundError(f"{path}: member model {m['name']!r} listed in {ENSEMBLE_SPEC} is missing")
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 self._files[m["file"]] = (session, int(m.get("window", 1)))
         self._outputs = [(m["file"], m["output"]) for m in members]
@@ -181,13 +216,15 @@ class EnsembleRuntime:
         self._scale = np.array([m["scale"] for m in members], dtype=np.float64)
         self._weights = np.array([m["weight"] for m in members], dtype=np.float64)
         self._windows = np.array([m["window"] for m in members])
+        self._low, self._high = allowed_range(spec)
+        self._train_min, self._train_max = allowed_range(spec, with_factor=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, intra_op_threads: int | None = 1) -> "EnsembleRuntime":
         """Load the ensemble directory ``path`` (holding ``ensemble.json``)."""
-        spec_path = Path(path) / SPEC_FILE
+        spec_path = Path(path) / ENSEMBLE_SPEC
         if not spec_path.exists():
-            raise FileNotFoundError(f"{path}: no {SPEC_FILE}; not an ensemble directory")
+            raise FileNotFoundError(f"{path}: no {ENSEMBLE_SPEC}; not an ensemble directory")
         return cls(json.loads(spec_path.read_text()), path, intra_op_threads)
 
     @property
@@ -224,17 +261,46 @@ class EnsembleRuntime:
                 (default: one series). Each scores exactly as it would alone.
 
         Returns:
-            ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold`` (n,);
-            ``members``: member name to its *normalised* score (n,), whose weighted mean is ``score``
-            (for the first ``window - 1`` rows of a series a sequence member's score rests on padding
-            and is left out of ``score``: see :func:`combine`).
+            ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold``, or a
+            ``reason`` (n,); ``members``: member name to its *normalised* score (n,), whose weighted
+            mean is ``score`` (for the first ``window - 1`` rows of a series a sequence member's score
+            rests on padding and is left out of ``score``: see :func:`combine`); ``reason``: (n,)
+            ``out_of_range``, ``non_finite_score`` or ``""``; ``reason_sensors``: per row, the sensors
+            behind its reason (empty without one). Every number is finite (see :func:`finite`).
         """
         positions = positions_of(len(X), lengths)
-        raw = self._sessions.raw_scores(X, positions).astype(np.float64)
-        normalised = normalise(raw, self._center, self._scale)
-        score = combine(normalised, self._weights, self._windows, positions)
-        return {"score": score, "is_anomaly": score > self.threshold,
-                "members": {name: normalised[:, j] for j, name in enumerate(self.members)}}
+        X = np.asarray(X, dtype=np.float64)
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or infinite values")
+        # readings beyond float32 (the members' input type) are out of range anyway: clip, don't overflow
+        limit = float(np.finfo(np.float32).max)
+        raw = self._sessions.raw_scores(np.clip(X, -limit, limit), positions).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            normalised = normalise(raw, self._center, self._scale)
+            counted = row_weights(self._weights, len(X), self._windows, positions) > 0
+            score = combine(normalised, self._weights, self._windows, positions)
+        non_finite = ~np.isfinite(np.where(counted, normalised, 0.0)).all(axis=1) | ~np.isfinite(score)
+        reason, sensors = self._reasons(X, non_finite)
+        score = finite(score)
+        return {"score": score, "is_anomaly": (score > self.threshold) | (reason != NO_REASON),
+                "members": {name: finite(normalised[:, j]) for j, name in enumerate(self.members)},
+                "reason": reason, "reason_sensors": sensors}
+
+    def _reasons(self, X: np.ndarray, non_finite: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+        """Per row: ``out_of_range`` (some sensor beyond its allowed range), else ``non_finite_score``,
+        else ``""``; and the sensors behind it (out of range ones; for a non-finite score, those
+        outside the training range, or every sensor when none is)."""
+        names = np.array(self.sensors)
+        outside = (X < self._low) | (X > self._high)
+        reason = np.where(outside.any(axis=1), OUT_OF_RANGE, np.where(non_finite, NON_FINITE_SCORE, NO_REASON))
+        sensors: list[list[str]] = [[] for _ in range(len(X))]
+        for i in np.flatnonzero(reason != NO_REASON):
+            if reason[i] == OUT_OF_RANGE:
+                sensors[i] = names[outside[i]].tolist()
+            else:
+                beyond = (X[i] < self._train_min) | (X[i] > self._train_max)
+                sensors[i] = names[beyond].tolist() if beyond.any() else names.tolist()
+        return reason.astype(object), sensors
 
     def score_many(self, parts: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """Score independent series (e.g. several requests) in one onnxruntime call per member file.
@@ -244,7 +310,8 @@ class EnsembleRuntime:
         result = self.score(np.concatenate(parts), [len(p) for p in parts])
         bounds = np.cumsum([0, *(len(p) for p in parts)])
         return [{"score": result["score"][a:b], "is_anomaly": result["is_anomaly"][a:b],
-                 "members": {name: values[a:b] for name, values in result["members"].items()}}
+                 "members": {name: values[a:b] for name, values in result["members"].items()},
+                 "reason": result["reason"][a:b], "reason_sensors": result["reason_sensors"][a:b]}
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
@@ -255,9 +322,12 @@ class EnsembleRuntime:
         return frame[self.sensors].to_numpy(dtype=np.float32)
 
     def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Score a DataFrame with sensor columns: ``score``, ``is_anomaly`` and ``score_<member>`` columns."""
+        """Score a DataFrame with sensor columns: ``score``, ``is_anomaly``, ``reason``, ``reason_sensors``
+        (comma-separated) and ``score_<member>`` columns."""
         result = self.score(self.features(frame))
-        out = pd.DataFrame({"score": result["score"], "is_anomaly": result["is_anomaly"]}, index=frame.index)
+        out = pd.DataFrame({"score": result["score"], "is_anomaly": result["is_anomaly"],
+                            "reason": result["reason"].astype(str),
+                            "reason_sensors": [",".join(s) for s in result["reason_sensors"]]}, index=frame.index)
         for name, values in result["members"].items():
             out[MEMBER_COLUMN.format(name=name)] = values
         return out
@@ -266,34 +336,71 @@ class EnsembleRuntime:
 _MEMBER_KEYS = ("name", "file", "output", "window", "center", "scale", "weight")
 
 
+def input_range(X_normal: np.ndarray, sensors: Sequence[str],
+                factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR) -> dict[str, list[float]]:
+    """``ensemble.json``'s ``input_range``: each sensor's min and max on normal training rows and
+    its ``factor`` (one number, or per sensor name; sensors not named get the default)."""
+    factors = ([float(factor.get(s, DEFAULT_RANGE_FACTOR)) for s in sensors] if isinstance(factor, Mapping)
+               else [float(factor)] * len(sensors))
+    unknown = sorted(set(factor) - set(sensors)) if isinstance(factor, Mapping) else []
+    if unknown:
+        raise ValueError(f"range factor given for unknown sensor(s) {unknown}; sensors are {list(sensors)}")
+    if any(not (f >= 0 and np.isfinite(f)) for f in factors):
+        raise ValueError(f"range factors must be finite and >= 0, got {factors}")
+    return {"min": np.min(X_normal, axis=0).astype(float).tolist(),
+            "max": np.max(X_normal, axis=0).astype(float).tolist(), "factor": factors}
+
+
+def allowed_range(spec: Mapping[str, Any], with_factor: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per sensor from ``input_range`` (``with_factor=False``: the training range itself);
+    unbounded when the spec has none (an ensemble built before raysys 0.2)."""
+    n = len(spec["sensors"])
+    rng = spec.get("input_range")
+    if rng is None:
+        return np.full(n, -np.inf), np.full(n, np.inf)
+    low, high, factor = (np.asarray(rng[k], dtype=np.float64) for k in ("min", "max", "factor"))
+    if not with_factor:
+        return low, high
+    span = np.maximum(high - low, np.finfo(np.float32).eps * np.maximum(np.abs(high), 1.0))
+    return low - factor * span, high + factor * span
+
+
 def validate_spec(spec: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming what a parsed ``ensemble.json`` lacks."""
     version = spec.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{SPEC_FILE}: format_version must be {FORMAT_VERSION}, got {version!r}")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ValueError(f"{ENSEMBLE_SPEC}: format_version {version!r} is not supported by this raysys; it reads "
+                         f"versions {list(SUPPORTED_FORMAT_VERSIONS)} (a newer raysys wrote it? upgrade raysys "
+                         "to load it, or rebuild the ensemble)")
     for key in ("sensors", "members", "threshold", "combination"):
         if key not in spec:
-            raise ValueError(f"{SPEC_FILE}: missing key {key!r}")
+            raise ValueError(f"{ENSEMBLE_SPEC}: missing key {key!r}")
     if spec["combination"] != "weighted_mean":
-        raise ValueError(f"{SPEC_FILE}: combination must be 'weighted_mean', got {spec['combination']!r}")
+        raise ValueError(f"{ENSEMBLE_SPEC}: combination must be 'weighted_mean', got {spec['combination']!r}")
     if not spec["members"]:
-        raise ValueError(f"{SPEC_FILE}: no members")
+        raise ValueError(f"{ENSEMBLE_SPEC}: no members")
     for member in spec["members"]:
         missing = [k for k in _MEMBER_KEYS if k not in member]
         if missing:
-            raise ValueError(f"{SPEC_FILE}: member {member.get('name')!r} lacks {missing}")
+            raise ValueError(f"{ENSEMBLE_SPEC}: member {member.get('name')!r} lacks {missing}")
         if not member["scale"] > 0:
-            raise ValueError(f"{SPEC_FILE}: member {member['name']!r} scale must be > 0, got {member['scale']!r}")
+            raise ValueError(f"{ENSEMBLE_SPEC}: member {member['name']!r} scale must be > 0, got {member['scale']!r}")
+    rng = spec.get("input_range")
+    if rng is not None:
+        n = len(spec["sensors"])
+        if not isinstance(rng, Mapping) or any(len(rng.get(k) or ()) != n for k in ("min", "max", "factor")):
+            raise ValueError(f"{ENSEMBLE_SPEC}: input_range must hold min, max and factor for each of the "
+                             f"{n} sensors, got {rng!r}")
 
 
 def resolve_ensemble_dir(path: str | os.PathLike) -> Path:
     """The ensemble directory inside ``path``: itself, or ``artifacts/ensemble`` of an MLflow model dir."""
     root = Path(path)
-    for candidate in (root, root / "artifacts" / MODEL_ARTIFACT_KEY):
-        if (candidate / SPEC_FILE).exists():
+    for candidate in (root, root / "artifacts" / ENSEMBLE_MODEL_ARTIFACT):
+        if (candidate / ENSEMBLE_SPEC).exists():
             return candidate
-    raise FileNotFoundError(f"{path}: neither an ensemble directory ({SPEC_FILE}) nor an MLflow model "
-                            f"logged by raysys (artifacts/{MODEL_ARTIFACT_KEY}/{SPEC_FILE})")
+    raise FileNotFoundError(f"{path}: neither an ensemble directory ({ENSEMBLE_SPEC}) nor an MLflow model "
+                            f"logged by raysys (artifacts/{ENSEMBLE_MODEL_ARTIFACT}/{ENSEMBLE_SPEC})")
 
 
 def load_runtime(model: str | os.PathLike, tracking_uri: str | None = None,

@@ -15,6 +15,7 @@ from raysys.ensemble.members import load_members
 from raysys.ensemble.registry import DEFAULT_MODEL_NAME, Registration, register_ensemble
 from raysys.ensemble.report import write_evaluation
 from raysys.evaluation import flat_metrics
+from raysys.layout import EVALUATION_DIR
 from raysys.tracking import DEFAULT_EXPERIMENT
 
 DEFAULT_OUT = Path("runs") / "ensemble"
@@ -103,7 +104,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     build = build_ensemble(found, dataset, out / "ensemble", threshold_method=threshold_method,
                            target_far=target_far, percentile=percentile, iforest=iforest, seed=seed, sources=sources)
     report = check_gates(gate_values(build), gates)
-    evaluation_dir = write_evaluation(build, dataset, report, out / "evaluation")
+    evaluation_dir = write_evaluation(build, dataset, report, out / EVALUATION_DIR)
     registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir, parent_run_id)
                     if register else None)
     return EnsembleResult(build, report, evaluation_dir, registration)

@@ -1,45 +1,38 @@
-"""Detectors: dense autoencoder, VAE and LSTM autoencoder, each with the estimator contract."""
+"""Detectors: dense autoencoder, VAE and LSTM autoencoder (the deep families, trained with Ray
+Train), and the classical PCA T2 / SPE detector, each a scikit-learn estimator.
+
+The family names and parameter rules (:mod:`raysys.models.params`) import without torch; the
+estimators (``FAMILIES``, ``build_detector``, ``load_detector``, the classes) are imported on
+first use, so a command line that only parses arguments stays fast.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import importlib
 from typing import Any
 
-from raysys.models.autoencoder import AutoEncoderDetector, DenseAutoEncoder
-from raysys.models.base import CONFIG_FILE, DETECTOR_DIR, BaseDeepDetector, restore
-from raysys.models.lstm import LSTMAutoEncoder, LSTMDetector
-from raysys.models.vae import VAEDetector, VariationalAutoEncoder
+from raysys.layout import DETECTOR_DIR
+from raysys.models.params import FAMILY_NAMES, PARAM_RULES, check_param, check_params, with_spellings
 
-FAMILIES: dict[str, type[BaseDeepDetector]] = {
-    "ae": AutoEncoderDetector,
-    "vae": VAEDetector,
-    "lstm": LSTMDetector,
+_LAZY = {
+    "FAMILIES": "raysys.models.families",
+    "build_detector": "raysys.models.families",
+    "load_detector": "raysys.models.families",
+    "BaseDeepDetector": "raysys.models.base",
+    "AutoEncoderDetector": "raysys.models.autoencoder",
+    "DenseAutoEncoder": "raysys.models.autoencoder",
+    "LSTMDetector": "raysys.models.lstm",
+    "LSTMAutoEncoder": "raysys.models.lstm",
+    "PCADetector": "raysys.models.pca",
+    "VAEDetector": "raysys.models.vae",
+    "VariationalAutoEncoder": "raysys.models.vae",
 }
 
 
-def build_detector(family: str, **params: Any) -> BaseDeepDetector:
-    """An unfitted detector of ``family`` (``ae``, ``vae`` or ``lstm``) with ``params``."""
-    if family not in FAMILIES:
-        raise ValueError(f"model family must be one of {sorted(FAMILIES)}, got {family!r}")
-    detector = FAMILIES[family]()
-    unknown = sorted(set(params) - set(detector.get_params()))
-    if unknown:
-        raise ValueError(f"unknown {family} parameter(s) {unknown}; expected some of {sorted(detector.get_params())}")
-    return FAMILIES[family](**params)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_detector(path: str | os.PathLike) -> BaseDeepDetector:
-    """Load a detector written by ``BaseDeepDetector.save``."""
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a saved raysys detector")
-    config = json.loads(config_path.read_text())
-    return restore(build_detector(config["family"], **config["params"]), path)
-
-
-__all__ = [
-    "DETECTOR_DIR", "FAMILIES", "AutoEncoderDetector", "BaseDeepDetector", "DenseAutoEncoder", "LSTMAutoEncoder", "LSTMDetector",
-    "VAEDetector", "VariationalAutoEncoder", "build_detector", "load_detector",
-]
+__all__ = ["DETECTOR_DIR", "FAMILY_NAMES", "PARAM_RULES", "check_param", "check_params", "with_spellings", *_LAZY]

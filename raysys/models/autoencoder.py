@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from raysys.models.base import BaseDeepDetector
+from raysys.models.base import BaseDeepDetector, store_params
 
 
 def mlp(dims: Sequence[int], dropout: float, last_activation: bool = False) -> nn.Sequential:
@@ -51,16 +51,18 @@ class AutoEncoderDetector(BaseDeepDetector):
         hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
         latent_dim: Width of the bottleneck.
         dropout: Dropout between hidden layers.
-        **kwargs: Training parameters of :class:`BaseDeepDetector`.
+        lr, weight_decay, batch_size, epochs, patience, grad_clip, scaler, contamination,
+            validation_fraction, seed: Training parameters of :class:`BaseDeepDetector`.
     """
 
     family = "ae"
 
-    def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dims = hidden_dims
-        self.latent_dim = latent_dim
-        self.dropout = dropout
+    # the training parameters repeat in every family's signature: see BaseDeepDetector
+    def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1, *,
+                 lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256, epochs: int = 30,
+                 patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard", contamination: float = 0.01,
+                 validation_fraction: float = 0.1, seed: int = 0):
+        store_params(self, locals())
 
     def build_module(self, n_features: int) -> nn.Module:
         return DenseAutoEncoder(n_features, tuple(self.hidden_dims), self.latent_dim, self.dropout)

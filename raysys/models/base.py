@@ -10,58 +10,62 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import joblib
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from raysys.data.preprocessing import fit_scaler
-from raysys.models._training import EarlyStopping, eval_loss, make_optimizer, score_batches, train_epoch
+from raysys.data.preprocessing import fit_scaler, scaler_from_dict, scaler_to_dict
+from raysys.layout import DETECTOR_CONFIG, DETECTOR_SCALER, DETECTOR_WEIGHTS
+from raysys.models._training import EVAL_BATCH_SIZE, make_optimizer, run_epochs, score_batches, split_validation
+from raysys.models.params import check_params
 
-#: Where a fitted detector sits inside a training checkpoint and a training run's MLflow artifacts.
-DETECTOR_DIR = "detector"
-CONFIG_FILE = "detector.json"
-WEIGHTS_FILE = "model.pt"
-SCALER_FILE = "scaler.joblib"
+#: ``threshold_method`` of a threshold ``fit`` set from ``contamination`` (the train stage replaces it).
+CONTAMINATION = "contamination"
 
 
-class BaseDeepDetector(ABC):
+def store_params(estimator: BaseEstimator, values: dict[str, Any]) -> None:
+    """Store every ``__init__`` parameter of ``estimator`` from ``values`` (its ``locals()``), unchanged."""
+    for name in inspect.signature(type(estimator).__init__).parameters:
+        if name != "self":
+            setattr(estimator, name, values[name])
+
+
+class BaseDeepDetector(BaseEstimator, ABC):
     """Common fit / score / save logic; subclasses say how to build the network.
+
+    Subclasses name every parameter in their ``__init__`` (scikit-learn's ``get_params``,
+    ``set_params`` and ``clone`` read the signature), so the training parameters below are
+    repeated, keyword-only and with the same defaults, in each family's signature. That
+    repetition is deliberate: scikit-learn forbids ``**kwargs`` in an estimator's ``__init__``.
+
+    Training parameters (the one source of each knob: ``raysys train --max-epochs`` and
+    ``--patience`` and the sweep's ``max_epochs`` / ``patience`` set ``epochs`` and ``patience``):
 
     Args:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        batch_size: Samples per training batch.
+        batch_size: Samples per optimizer step, in total: under Ray Train each of ``n`` workers
+            takes ``batch_size // n`` per step (the global batch is split across workers).
         epochs: Maximum training epochs.
         patience: Epochs without validation improvement before early stopping.
         grad_clip: Max gradient norm (0 disables clipping).
         scaler: ``"standard"`` or ``"minmax"``, fitted on the training rows.
         contamination: Share of training rows above ``threshold_`` after ``fit``.
-        validation_fraction: Tail of the training rows held out for early stopping.
+        validation_fraction: Tail of the training samples held out for early stopping, in
+            ``fit`` and under Ray Train alike (the dataset's validation split stays unseen by
+            training, for threshold calibration).
         seed: Random seed for weights and batching.
     """
 
-    family: str = ""
-
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256, epochs: int = 30,
-                 patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard", contamination: float = 0.01,
-                 validation_fraction: float = 0.1, seed: int = 0):
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.patience = patience
-        self.grad_clip = grad_clip
-        self.scaler = scaler
-        self.contamination = contamination
-        self.validation_fraction = validation_fraction
-        self.seed = seed
+    family: ClassVar[str] = ""
 
     # -- what subclasses provide -------------------------------------------------
     @abstractmethod
@@ -85,12 +89,6 @@ class BaseDeepDetector(ABC):
 
     def _finish_fit(self, samples: torch.Tensor) -> None:
         """Extra fitted state computed from normal training samples (e.g. latent statistics)."""
-
-    # -- parameters --------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        names = [p for cls in type(self).__mro__ if cls is not object and "__init__" in vars(cls)
-                 for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-        return {name: getattr(self, name) for name in dict.fromkeys(names)}
 
     # -- fitting -----------------------------------------------------------------
     def _validate(self, X: np.ndarray, fitted: bool) -> np.ndarray:
@@ -117,10 +115,12 @@ class BaseDeepDetector(ABC):
         return samples[flagged == 0]
 
     def init_fit(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """Fit the scaler and build the network; returns the scaled normal training samples.
+        """Check the parameters, fit the scaler and build the network; returns the scaled normal
+        training samples.
 
         ``y``, if given, marks known anomalies (1), which are left out: training is unsupervised.
         """
+        check_params(self.family, self.get_params(), list(self.get_params()))
         X = self._validate(X, fitted=False)
         torch.manual_seed(self.seed)
         self.n_features_in_ = X.shape[1]
@@ -129,14 +129,25 @@ class BaseDeepDetector(ABC):
         self.module_ = self.build_module(self.n_features_in_)
         return self.normal_samples(X, y)
 
-    def finish_fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "BaseDeepDetector":
-        """Compute training scores, the contamination threshold and extra state from normal rows."""
+    def finish_fit(self, X: np.ndarray, y: np.ndarray | None = None,
+                   best_module: dict[str, torch.Tensor] | None = None) -> "BaseDeepDetector":
+        """Load the best weights, then compute training scores, the contamination threshold and
+        extra state (e.g. latent statistics) from the normal rows."""
         X = self._validate(X, fitted=True)
+        if best_module is not None:
+            self.module_.load_state_dict(best_module)
         self.module_.eval()
         self._finish_fit(torch.from_numpy(self.normal_samples(X, y)))
         scores = self.decision_function(X)
         self.decision_scores_ = scores if y is None else scores[np.asarray(y) == 0]
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
+        self.set_threshold(float(np.quantile(self.decision_scores_, 1.0 - self.contamination)), CONTAMINATION)
+        return self
+
+    def set_threshold(self, threshold: float, method: str) -> "BaseDeepDetector":
+        """Flag rows above ``threshold`` from now on (``predict``, and what ``save`` writes);
+        ``method`` says how it was chosen."""
+        self.threshold_ = float(threshold)
+        self.threshold_method_ = method
         return self
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "BaseDeepDetector":
@@ -146,28 +157,15 @@ class BaseDeepDetector(ABC):
             X: Raw sensor values, shape (rows, sensors), in time order.
             y: Optional 0/1 labels; rows (or windows) holding a 1 are left out of training.
         """
-        samples = torch.from_numpy(self.init_fit(X, y))
-        n_val = max(1, int(len(samples) * self.validation_fraction))
-        gen = torch.Generator().manual_seed(self.seed)
-        train = DataLoader(TensorDataset(samples[:-n_val]), batch_size=self.batch_size, shuffle=True, generator=gen)
-        val = DataLoader(TensorDataset(samples[-n_val:]), batch_size=self.batch_size)
-        device = torch.device("cpu")
+        train, val = split_validation(torch.from_numpy(self.init_fit(X, y)), self.validation_fraction)
+        generator = torch.Generator().manual_seed(self.seed)
+        train_loader = DataLoader(TensorDataset(train), batch_size=self.batch_size, shuffle=True, generator=generator)
+        val_loader = DataLoader(TensorDataset(val), batch_size=EVAL_BATCH_SIZE)
         optimizer, scheduler = make_optimizer(self.module_, self.lr, self.weight_decay)
-        stopper = EarlyStopping(self.patience)
-        best_state = None
-        self.history_: list[dict[str, float]] = []
-        for epoch in range(self.epochs):
-            tl, tn = train_epoch(self.module_, train, optimizer, self.grad_clip, device)
-            vl, vn = eval_loss(self.module_, val, device)
-            scheduler.step(vl / vn)
-            self.history_.append({"epoch": epoch + 1, "train_loss": tl / tn, "val_loss": vl / vn})
-            if stopper.step(vl / vn):
-                best_state = {k: v.clone() for k, v in self.module_.state_dict().items()}
-            if stopper.should_stop:
-                break
-        if best_state is not None:
-            self.module_.load_state_dict(best_state)
-        return self.finish_fit(X, y)
+        state = run_epochs(self.module_, train_loader, val_loader, optimizer, scheduler, epochs=self.epochs,
+                           patience=self.patience, grad_clip=self.grad_clip, device=torch.device("cpu"))
+        self.history_ = state.history
+        return self.finish_fit(X, y, state.best_module)
 
     # -- scoring -----------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -194,29 +192,48 @@ class BaseDeepDetector(ABC):
         """Restore what ``_extra_state`` saved."""
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted detector to a directory (config JSON, weights, scaler)."""
+        """Write the fitted detector to a directory: config JSON, weights (a ``state_dict``), scaler JSON."""
         self._check_fitted()
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         config = {"family": self.family, "params": self.get_params(), "n_features_in": self.n_features_in_,
-                  "threshold": getattr(self, "threshold_", None)}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        torch.save({"module": self.module_.state_dict(), "extra": self._extra_state()}, out / WEIGHTS_FILE)
-        joblib.dump(self.scaler_, out / SCALER_FILE)
+                  "threshold": getattr(self, "threshold_", None),
+                  "threshold_method": getattr(self, "threshold_method_", None)}
+        (out / DETECTOR_CONFIG).write_text(json.dumps(config, indent=2))
+        torch.save({"module": self.module_.state_dict(), "extra": self._extra_state()}, out / DETECTOR_WEIGHTS)
+        (out / DETECTOR_SCALER).write_text(json.dumps(scaler_to_dict(self.scaler_)))
         return out
 
 
-def restore(detector: BaseDeepDetector, path: str | os.PathLike) -> BaseDeepDetector:
-    """Fill an unfitted ``detector`` with the fitted state saved in ``path``."""
+#: The pickled scaler of detectors saved before raysys 0.2 (refused: a pickle can run code).
+LEGACY_SCALER = "scaler.joblib"
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: not a raysys weights file (torch.load(weights_only=True) refused it: it holds "
+                         f"more than tensors and plain data, which could run code)") from exc
+
+
+def restore(detector: BaseDeepDetector, path: str | os.PathLike, config: dict[str, Any]) -> BaseDeepDetector:
+    """Fill an unfitted ``detector`` with the fitted state saved in ``path`` (``config``: its detector.json)."""
     root = Path(path)
-    config = json.loads((root / CONFIG_FILE).read_text())
+    if not (root / DETECTOR_SCALER).exists():
+        if (root / LEGACY_SCALER).exists():
+            raise ValueError(f"{root}: the scaler is stored as a pickle ({LEGACY_SCALER}, the format of raysys < 0.2), "
+                             f"which raysys no longer loads since it can run code; expected {DETECTOR_SCALER}: "
+                             "retrain the detector")
+        raise FileNotFoundError(f"{root}: no {DETECTOR_SCALER}; not a saved raysys detector")
     detector.n_features_in_ = config["n_features_in"]
     detector.module_ = detector.build_module(detector.n_features_in_)
-    state = torch.load(root / WEIGHTS_FILE, map_location="cpu", weights_only=False)
+    state = load_weights(root / DETECTOR_WEIGHTS)
     detector.module_.load_state_dict(state["module"])
     detector.module_.eval()
     detector._load_extra_state(state["extra"])
-    detector.scaler_ = joblib.load(root / SCALER_FILE)
+    detector.scaler_ = scaler_from_dict(json.loads((root / DETECTOR_SCALER).read_text()), str(root / DETECTOR_SCALER))
     if config.get("threshold") is not None:
-        detector.threshold_ = float(config["threshold"])
+        detector.set_threshold(config["threshold"], config.get("threshold_method") or CONTAMINATION)
     return detector

@@ -8,7 +8,7 @@ from torch import nn
 
 from raysys.data.preprocessing import sliding_windows, window_scores_to_rows
 from raysys.models.autoencoder import row_mse
-from raysys.models.base import BaseDeepDetector
+from raysys.models.base import BaseDeepDetector, store_params
 
 
 class LSTMAutoEncoder(nn.Module):
@@ -46,19 +46,18 @@ class LSTMDetector(BaseDeepDetector):
         hidden_size: LSTM hidden size.
         latent_dim: Width of the window embedding.
         num_layers: Stacked LSTM layers.
-        **kwargs: Training parameters of :class:`BaseDeepDetector`.
+        lr, weight_decay, batch_size, epochs, patience, grad_clip, scaler, contamination,
+            validation_fraction, seed: Training parameters of :class:`BaseDeepDetector`.
     """
 
     family = "lstm"
 
+    # the training parameters repeat in every family's signature: see BaseDeepDetector
     def __init__(self, window: int = 16, stride: int = 1, hidden_size: int = 32, latent_dim: int = 16,
-                 num_layers: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.window = window
-        self.stride = stride
-        self.hidden_size = hidden_size
-        self.latent_dim = latent_dim
-        self.num_layers = num_layers
+                 num_layers: int = 1, *, lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256,
+                 epochs: int = 30, patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard",
+                 contamination: float = 0.01, validation_fraction: float = 0.1, seed: int = 0):
+        store_params(self, locals())
 
     def build_module(self, n_features: int) -> nn.Module:
         return LSTMAutoEncoder(n_features, self.hidden_size, self.latent_dim, self.num_layers)

@@ -11,7 +11,7 @@ from torch import nn
 
 from raysys.models._training import score_batches
 from raysys.models.autoencoder import mlp, row_mse
-from raysys.models.base import BaseDeepDetector
+from raysys.models.base import BaseDeepDetector, store_params
 
 
 class VariationalAutoEncoder(nn.Module):
@@ -64,18 +64,18 @@ class VAEDetector(BaseDeepDetector):
         latent_dim: Width of the latent space.
         dropout: Dropout between hidden layers.
         beta: Weight of the KL term.
-        **kwargs: Training parameters of :class:`BaseDeepDetector`.
+        lr, weight_decay, batch_size, epochs, patience, grad_clip, scaler, contamination,
+            validation_fraction, seed: Training parameters of :class:`BaseDeepDetector`.
     """
 
     family = "vae"
 
+    # the training parameters repeat in every family's signature: see BaseDeepDetector
     def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1,
-                 beta: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_dims = hidden_dims
-        self.latent_dim = latent_dim
-        self.dropout = dropout
-        self.beta = beta
+                 beta: float = 1.0, *, lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256,
+                 epochs: int = 30, patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard",
+                 contamination: float = 0.01, validation_fraction: float = 0.1, seed: int = 0):
+        store_params(self, locals())
 
     def build_module(self, n_features: int) -> nn.Module:
         return VariationalAutoEncoder(n_features, tuple(self.hidden_dims), self.latent_dim, self.dropout, self.beta)

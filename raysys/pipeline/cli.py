@@ -9,13 +9,14 @@ from rich.console import Console
 
 from raysys.cluster import init_ray
 from raysys.data.profiles import PROFILES
-from raysys.pipeline.config import load_pipeline_config
-from raysys.pipeline.runner import run_pipeline, summary_lines
-from raysys.pipeline.state import StageError
-from raysys.tracking import resolve_tracking_uri
 
 
 def run(args: argparse.Namespace) -> int:
+    from raysys.pipeline.config import load_pipeline_config
+    from raysys.pipeline.runner import run_pipeline, summary_lines
+    from raysys.pipeline.state import StageError
+    from raysys.tracking import resolve_tracking_uri
+
     cfg = load_pipeline_config(args.config, data=args.data, profile=args.profile, rows=args.rows, seed=args.seed,
                                quick=args.quick or None, serve=args.serve or None, output_dir=args.output_dir,
                                tracking_uri=args.mlflow_uri, model_name=args.name)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pipeline", help="end to end: data, sweep, ensemble, gates, registry, report")
-    p.add_argument("--config", help="pipeline YAML (see raysys/configs/pipeline.yaml)")
+    p.add_argument("--config", help="pipeline YAML: any fields of raysys.pipeline.PipelineConfig")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", help="prepared dataset directory (default: generate one)")
     source.add_argument("--profile", choices=sorted(PROFILES), help="facility profile of generated data")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from raysys.evaluation import plots
 from raysys.train.driver import epoch_history
-from raysys.tune.sweep import LEADERBOARD_PLOT
+from raysys.layout import LEADERBOARD_PLOT
 
 LEADERBOARD_COLUMNS = ["trial", "family", "status", "epochs", "val_pr_auc", "val_loss", "params"]
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from raysys.data import generate_dataset, load_dataset
 from raysys.ensemble.workflow import EnsembleResult, run_ensemble
+from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
 from raysys.pipeline.config import PipelineConfig
 from raysys.pipeline.report import write_pipeline_report
 from raysys.pipeline.state import PipelineState
@@ -76,9 +77,11 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     client.log_dict(parent, cfg.to_dict(), "pipeline_config.json")
     try:
         result = _run_stages(cfg, state, client, experiment_id, parent, run_dir, uri, console)
-    except BaseException:
+    except BaseException as exc:
         client.log_artifact(parent, str(state.path))
-        client.set_terminated(parent, "FAILED")
+        if not isinstance(exc, Exception):
+            client.set_tag(parent, STATUS_TAG, INTERRUPTED)
+        client.set_terminated(parent, mlflow_status(exc))
         raise
     state.complete()
     client.log_artifact(parent, str(state.path))

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-STATE_FILE = "pipeline.json"
+from raysys.interrupts import INTERRUPTED
+from raysys.layout import PIPELINE_STATE
 
 
 class StageError(RuntimeError):
@@ -22,15 +23,15 @@ class StageError(RuntimeError):
 
 
 class PipelineState:
-    """Status of each stage (``pending``, ``running``, ``done``, ``failed``) and its outputs.
+    """Status of each stage (``pending``, ``running``, ``done``, ``failed``, ``interrupted``) and its outputs.
 
     The pipeline as a whole is ``complete`` only when every stage is done; a failure leaves
     the finished stages marked ``done`` with their outputs, the failed one ``failed`` with its
-    error, and the rest ``pending``.
+    error (``interrupted`` when Ctrl-C or SIGTERM stopped it), and the rest ``pending``.
     """
 
     def __init__(self, run_dir: str | os.PathLike, stages: list[str], config: dict[str, Any]):
-        self.path = Path(run_dir) / STATE_FILE
+        self.path = Path(run_dir) / PIPELINE_STATE
         self.data: dict[str, Any] = {
             "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": config,
             "stages": {name: {"status": "pending"} for name in stages},
@@ -41,9 +42,6 @@ class PipelineState:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         os.replace(tmp, self.path)
-
-    def outputs(self, stage: str) -> dict[str, Any]:
-        return self.data["stages"][stage].get("outputs", {})
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -56,9 +54,10 @@ class PipelineState:
         try:
             yield outputs
         except BaseException as exc:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+            status = "failed" if isinstance(exc, Exception) else INTERRUPTED  # Ctrl-C or SIGTERM
+            record.update(status=status, error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(), seconds=round(time.time() - start, 1))
-            self.data["status"] = "failed"
+            self.data["status"] = status
             self.data["failed_stage"] = name
             self.save()
             if isinstance(exc, Exception):

@@ -6,6 +6,11 @@ Routes (see ``docs/serving.md``):
 - ``GET /v1/model``: name, version, members, feature schema, threshold and gate metrics;
 - ``GET /healthz`` (liveness) and ``GET /readyz`` (the model is loaded and scores).
 
+Readings beyond the training range are answered, flagged (fail closed: ``reason`` and ``sensors`` per
+prediction, from :class:`raysys.ensemble.runtime.EnsembleRuntime`), and counted in
+``ray_raysys_readings_flagged_total{reason}``. A body is read in chunks and refused (413) once it passes
+``max_body_bytes``, whatever its transfer encoding, and bounded in time by ``body_timeout_s`` (408).
+
 Requests are coalesced by ``@serve.batch``; the batch size and wait, and the largest request, come from
 the deployment's ``user_config`` (:class:`raysys.serve.config.UserConfig`), applied by ``reconfigure``
 (a ``user_config`` change in a Serve config / serveConfigV2 reaches running replicas without a restart).
@@ -23,7 +28,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -32,8 +36,9 @@ from ray.serve import Application
 from ray.serve.metrics import Counter, Histogram
 
 from raysys import __version__
+from raysys.ensemble.runtime import NON_FINITE_SCORE, OUT_OF_RANGE
 from raysys.serve._internal.model import ModelSource, ServedModel, pin_model
-from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_serve_settings
+from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_serve_settings, describe_errors
 from raysys.serve.schemas import (
     PredictRequest,
     PredictResponse,
@@ -41,17 +46,20 @@ from raysys.serve.schemas import (
     parse_json,
     parse_predict_request,
     predict_response,
+    read_body,
+    to_strict_json,
 )
 
 logger = logging.getLogger("ray.serve")
 
 
 class JSONBytesResponse(JSONResponse):
-    """A JSON response encoded by pydantic-core (an order of magnitude faster than ``json.dumps`` for
+    """A strict JSON response (never a NaN or Infinity token: :func:`raysys.serve.schemas.to_strict_json`
+    refuses them), encoded by pydantic-core (an order of magnitude faster than ``json.dumps`` for
     hundreds of predictions)."""
 
     def render(self, content: Any) -> bytes:
-        return pydantic_core.to_json(content)
+        return to_strict_json(content)
 
 
 api = FastAPI(
@@ -63,12 +71,8 @@ api = FastAPI(
 
 #: ``@serve.batch`` needs start values; ``reconfigure`` replaces them from ``user_config`` before any request.
 _START = UserConfig()
-#: Bytes of request body allowed per row and sensor (generous: JSON numbers and sensor names).
-_BYTES_PER_VALUE = 160
-#: Longest wait for a request's body. When a replica dies mid-request, Serve (2.60) may hand the request to
-#: another replica that then never receives the body; answering 503 after this long lets the client retry
-#: at once instead of waiting for its own timeout.
-BODY_TIMEOUT_S = 10.0
+#: The fail-closed reasons counted by ``raysys_readings_flagged`` (the runtime's ``reason`` values).
+FLAG_REASONS = (OUT_OF_RANGE, NON_FINITE_SCORE)
 _ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 
@@ -80,19 +84,24 @@ class AnomalyDetector:
     Args:
         source: The pinned model (``ModelSource.to_dict()``, from :func:`app_builder`).
         tracking_uri: MLflow tracking URI for ``runs:/`` and ``models:/`` sources.
-        intra_op_threads: onnxruntime threads per call (``None``: its default).
+        intra_op_threads: onnxruntime threads per call (``None``: its default); :class:`AppArgs` holds the
+            default.
     """
 
-    def __init__(self, source: dict[str, Any], tracking_uri: str | None = None, intra_op_threads: int | None = 1):
+    def __init__(self, source: dict[str, Any], tracking_uri: str | None, intra_op_threads: int | None):
         started = time.perf_counter()
         self._model = ServedModel.load(ModelSource(**source), tracking_uri, intra_op_threads)
         self._settings = _START
         # A real score proves the sessions work before the replica takes traffic (and warms them up).
-        self._probe = np.zeros((1, len(self._model.sensors)), dtype=np.float32)
+        self._probe = np.zeros((1, len(self._model.sensors)), dtype=np.float64)
         self._model.runtime.score(self._probe)
         self._readings = Counter("raysys_readings_scored", "Readings scored.", tag_keys=("model_version",))
         self._anomalies = Counter("raysys_anomalies_flagged", "Readings scored above the threshold.",
                                   tag_keys=("model_version",))
+        self._flagged = Counter("raysys_readings_flagged",
+                                "Readings flagged whatever their score: out_of_range (a sensor far outside the "
+                                "training range) or non_finite_score (a member scored NaN/inf).",
+                                tag_keys=("model_version", "reason"))
         self._rejected = Counter("raysys_requests_rejected",
                                  "Requests answered before scoring: 4xx, or 503 when the body never arrived.",
                                  tag_keys=("status",))
@@ -128,37 +137,36 @@ class AnomalyDetector:
     @api.post("/v1/predict", response_model=PredictResponse,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()}}}},
-              responses={400: {"description": "Body is not JSON"}, 413: {"description": "Too many readings"},
+              responses={400: {"description": "Body is not JSON"},
+                         408: {"description": "The body did not arrive in full within body_timeout_s"},
+                         413: {"description": "Body over max_body_bytes, or more than max_request_rows readings"},
                          422: {"description": "Unknown or missing sensor, wrong type, NaN/inf, empty batch"},
                          503: {"description": "The request body never arrived (retry)"}})
     async def predict(self, request: Request) -> JSONBytesResponse:
-        """Score one or many readings: ensemble score, member scores, ``is_anomaly``, threshold, model version."""
+        """Score one or many readings: ensemble score, member scores, ``is_anomaly`` and its fail-closed
+        ``reason`` and ``sensors``, threshold, model version."""
         settings, model = self._settings, self._model
         try:
-            limit = settings.max_request_rows * (len(model.sensors) + 1) * _BYTES_PER_VALUE + 65536
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > limit:
-                raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes "
-                                        f"for max_request_rows={settings.max_request_rows}")
-            try:
-                body = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise RequestError(503, f"request body not received within {BODY_TIMEOUT_S:g}s; "
-                                        "retry the request") from None
+            body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_body_bytes,
+                                   settings.body_timeout_s)
             parsed = parse_predict_request(parse_json(body), model.sensors, settings.max_request_rows)
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
-            return JSONBytesResponse(exc.body(), status_code=exc.status,
-                                     headers={"Retry-After": "1"} if exc.status == 503 else None)
+            return JSONBytesResponse(exc.body(), status_code=exc.status, headers=exc.headers())
         result = await self._score_batch(parsed.rows)
         if parsed.n_history:
             keep = slice(parsed.n_history, None)
             result = {"score": result["score"][keep], "is_anomaly": result["is_anomaly"][keep],
-                      "members": {k: v[keep] for k, v in result["members"].items()}}
+                      "members": {k: v[keep] for k, v in result["members"].items()},
+                      "reason": result["reason"][keep], "reason_sensors": result["reason_sensors"][keep]}
         self._readings.inc(parsed.n_readings, tags=self._tags)
         flagged = int(np.count_nonzero(result["is_anomaly"]))
         if flagged:
             self._anomalies.inc(flagged, tags=self._tags)
+            for reason in FLAG_REASONS:
+                count = int(np.count_nonzero(result["reason"] == reason))
+                if count:
+                    self._flagged.inc(count, tags={**self._tags, "reason": reason})
         self._rows.observe(parsed.n_readings)
         return JSONBytesResponse(predict_response(parsed, result, model.ref, model.threshold))
 
@@ -192,9 +200,7 @@ def build_app(args: dict[str, Any]) -> tuple[Application, ModelSource]:
     try:
         parsed = AppArgs.model_validate(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                             for e in exc.errors())
-        raise ValueError(f"invalid raysys serve args: {problems}") from None
+        raise ValueError(f"invalid raysys serve args: {describe_errors(exc)}") from None
     tracking_uri = parsed.tracking_uri
     if parsed.model_uri.startswith(("models:/", "runs:/")):
         from raysys.tracking import resolve_tracking_uri

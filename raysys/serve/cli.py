@@ -5,7 +5,8 @@ Wired into the main CLI by ``raysys.cli`` with :func:`add_parsers`::
     raysys serve --model models:/raysys-detector@champion --config serve.yaml --port 8000
 
 Running it again with a new model (or after the alias moved) is a rolling update that fails no
-in-flight request. Settings come from ``--config`` (YAML), then flags; ``--print-config`` writes the
+in-flight request. SIGTERM (what Kubernetes sends on every rollout) stops it like Ctrl-C: the application
+drains and is deleted, the local Ray cluster it started is stopped, and it exits 0. Settings come from ``--config`` (YAML), then flags; ``--print-config`` writes the
 result as a Serve config / KubeRay ``serveConfigV2`` document instead of deploying.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import get_args
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: Longest wait, after Ctrl-C, for the application to drain and be deleted.
 STOP_TIMEOUT_S = 90.0
 
+#: The settings a flag not given keeps: its help names them, and they live only in ``raysys.serve.config``.
+_DEFAULTS = ServeConfig()
+
 #: Flag destination to the dotted ServeConfig field it overrides.
 _OVERRIDES = {
     "model": "model_uri",
@@ -35,6 +40,7 @@ _OVERRIDES = {
     "port": "port",
     "ingress": "ingress",
     "throughput_optimized": "throughput_optimized",
+    "retry_on": "retry_on",
     "min_replicas": "autoscaling_config.min_replicas",
     "max_replicas": "autoscaling_config.max_replicas",
     "target_ongoing_requests": "autoscaling_config.target_ongoing_requests",
@@ -74,34 +80,64 @@ def _bounded(fn, timeout_s: float) -> bool:
     return done.wait(timeout_s)
 
 
+def _stop(config: ServeConfig, stop_ray: bool) -> None:
+    """Delete the application once its in-flight requests are answered, then stop the local Ray cluster
+    this process started (``stop_ray``)."""
+    import ray
+
+    from raysys.serve.deploy import shutdown
+
+    # Behind HAProxy a stopping replica first leaves its rotation (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+    # 30 s by default), then finishes its in-flight requests.
+    print(f"raysys serve: stopping the {config.app_name!r} application once in-flight requests are answered "
+          f"(up to {STOP_TIMEOUT_S:g} s)", flush=True)
+
+    def stop() -> None:
+        shutdown(config.app_name)
+        if stop_ray:
+            ray.shutdown()
+
+    if not _bounded(stop, timeout_s=STOP_TIMEOUT_S):
+        logger.warning("Ray did not answer within %gs; exiting without deleting the %r application",
+                       STOP_TIMEOUT_S, config.app_name)
+
+
 def handler(args: argparse.Namespace) -> int:
-    """Handler of ``raysys serve``; returns the process exit code."""
-    from raysys.serve.deploy import block_until_interrupted, deploy, shutdown
+    """Handler of ``raysys serve``; returns the process exit code (0 also after Ctrl-C or SIGTERM, 1 when
+    Serve's port is held by another process)."""
+    from raysys.serve.deploy import PortInUseError, block_until_interrupted, deploy
 
     config = config_from_args(args)
     if args.print_config:
         config.app_args()  # fail on a missing model like a deploy would
         yaml.safe_dump(to_serve_config_v2(config), sys.stdout, sort_keys=False)
         return 0
+    config.app_args()  # a missing or bad model fails before Ray starts
     address = args.address or os.environ.get("RAY_ADDRESS")
     # A local cluster started here lives only as long as this process: keep serving until stopped.
     blocking = args.blocking if args.blocking is not None else not address
     from raysys.cluster import init_ray
 
     init_ray(address)
-    url = deploy(config=config)
-    print(f"raysys serve: {config.model_uri} at {url} (POST {url}/v1/predict, GET {url}/v1/model)", flush=True)
-    if not blocking:
-        return 0
-    print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
-    block_until_interrupted()
-    # Behind HAProxy a stopping replica first leaves its rotation (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
-    # 30 s by default), then finishes its in-flight requests.
-    print(f"raysys serve: stopping the {config.app_name!r} application once in-flight requests are answered "
-          f"(up to {STOP_TIMEOUT_S:g} s)", flush=True)
-    if not _bounded(lambda: shutdown(config.app_name), timeout_s=STOP_TIMEOUT_S):
-        logger.warning("Ray did not answer within %gs; exiting without deleting the %r application",
-                       STOP_TIMEOUT_S, config.app_name)
+    # After ray.init, whose core worker installs a handler that dumps a stack and dies on SIGTERM: from here
+    # SIGTERM is Ctrl-C (KeyboardInterrupt while deploying; block_until_interrupted's own handler after).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        try:
+            url = deploy(config=config)
+        except PortInUseError as exc:
+            print(f"raysys serve: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"raysys serve: {config.model_uri} at {url} (POST {url}/v1/predict, GET {url}/v1/model)", flush=True)
+        if not blocking:
+            return 0
+        print("raysys serve: serving until Ctrl-C / SIGTERM", flush=True)
+        block_until_interrupted()
+    except KeyboardInterrupt:
+        print("raysys serve: interrupted", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _stop(config, stop_ray=not address)
     return 0
 
 
@@ -111,6 +147,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         "serve", help="serve the ensemble over HTTP with Ray Serve (autoscaling, dynamic batching)",
         description="Deploy the ensemble as the Ray Serve application 'raysys' (deployment AnomalyDetector): "
                     "POST /v1/predict, GET /v1/model, /healthz, /readyz. Flags override --config.")
+    _scale, _batch, _replica = _DEFAULTS.autoscaling_config, _DEFAULTS.user_config, _DEFAULTS.deployment
     p.add_argument("--model", metavar="URI",
                    help="ensemble directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS, "
                         "e.g. models:/raysys-detector@champion (required here or in --config)")
@@ -119,30 +156,39 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     http = p.add_argument_group("HTTP (fixed when Serve first starts on the cluster)")
-    http.add_argument("--host", help="ingress host (default 127.0.0.1; 0.0.0.0 for every interface)")
-    http.add_argument("--port", type=int, help="ingress port (default 8000)")
+    http.add_argument("--host", help=f"ingress host (default {_DEFAULTS.host}; 0.0.0.0 for every interface)")
+    http.add_argument("--port", type=int, help=f"ingress port (default {_DEFAULTS.port})")
     http.add_argument("--ingress", choices=get_args(Ingress),
-                      help="haproxy: Ray Serve's HAProxy ingress, straight to the replicas (default); "
-                           "proxy: Serve's Python proxy actor")
+                      help="haproxy: Ray Serve's HAProxy ingress, straight to the replicas; proxy: Serve's Python "
+                           f"proxy actor (default {_DEFAULTS.ingress})")
     http.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=None,
-                      help="Ray Serve's throughput-optimized request path (default on; replica logs then go to "
+                      help="Ray Serve's throughput-optimized request path (default "
+                           f"{'on' if _DEFAULTS.throughput_optimized else 'off'}; replica logs then go to "
                            "Serve's log files only)")
+    http.add_argument("--retry-on", metavar="KEYWORDS",
+                      help="HAProxy's retry-on: when the ingress retries a request on another replica, space-separated "
+                           f"HAProxy keywords, 'none' for never (default {_DEFAULTS.retry_on!r})")
     scale = p.add_argument_group("autoscaling (the deployment's autoscaling_config)")
-    scale.add_argument("--min-replicas", type=int, help="replicas kept with no traffic (default 1)")
-    scale.add_argument("--max-replicas", type=int, help="upper bound on replicas (default 4)")
+    scale.add_argument("--min-replicas", type=int,
+                       help=f"replicas kept with no traffic (default {_scale.min_replicas})")
+    scale.add_argument("--max-replicas", type=int, help=f"upper bound on replicas (default {_scale.max_replicas})")
     scale.add_argument("--target-ongoing-requests", type=float,
-                       help="in-flight requests per replica the autoscaler aims for (default 8)")
-    scale.add_argument("--upscale-delay-s", type=float, help="default 10")
-    scale.add_argument("--downscale-delay-s", type=float, help="default 60")
+                       help="in-flight requests per replica the autoscaler aims for "
+                            f"(default {_scale.target_ongoing_requests:g})")
+    scale.add_argument("--upscale-delay-s", type=float, help=f"default {_scale.upscale_delay_s:g}")
+    scale.add_argument("--downscale-delay-s", type=float, help=f"default {_scale.downscale_delay_s:g}")
     scale.add_argument("--num-replicas", type=int, help="a fixed replica count instead of autoscaling")
     batch = p.add_argument_group("batching and limits (the deployment's user_config)")
-    batch.add_argument("--max-batch-size", type=int, help="requests per model call (default 32)")
+    batch.add_argument("--max-batch-size", type=int,
+                       help=f"requests per model call (default {_batch.max_batch_size})")
     batch.add_argument("--batch-wait-timeout-s", type=float,
-                       help="longest wait for a batch to fill (default 0.001)")
-    batch.add_argument("--max-request-rows", type=int, help="most readings per request, else 413 (default 4096)")
+                       help=f"longest wait for a batch to fill (default {_batch.batch_wait_timeout_s:g})")
+    batch.add_argument("--max-request-rows", type=int,
+                       help=f"most readings per request, else 413 (default {_batch.max_request_rows})")
     rep = p.add_argument_group("replicas")
-    rep.add_argument("--num-cpus", type=float, help="CPUs reserved per replica (default 0.5)")
-    rep.add_argument("--max-ongoing-requests", type=int, help="requests per replica at once (default 64)")
+    rep.add_argument("--num-cpus", type=float, help=f"CPUs reserved per replica (default {_replica.num_cpus:g})")
+    rep.add_argument("--max-ongoing-requests", type=int,
+                     help=f"requests per replica at once (default {_replica.max_ongoing_requests})")
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=None,
                    help="keep running until Ctrl-C, then delete the app (default: only when this process "
                         "started a local Ray cluster, which would otherwise end with it)")

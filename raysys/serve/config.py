@@ -9,6 +9,7 @@ One :class:`ServeConfig` holds everything ``raysys serve`` needs. It is read fro
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -26,20 +27,60 @@ HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 #: Ray Serve's switch for its low-overhead request path (user code on the replica's own event loop,
 #: buffered request logs, replica logs to files only, gRPC between deployments).
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+#: Ray Serve's HAProxy retry policy: the ``retry-on`` of every backend (Serve pairs it with ``option
+#: redispatch 1``, so a retry goes to another replica). Serve's default is ``conn-failure`` only.
+RETRY_ON_ENV = "RAY_SERVE_HAPROXY_RETRY_ON"
+#: raysys's: also retry a request whose replica closed the connection without answering (it died mid-request),
+#: answered garbage, or answered 503 (its body was lost, or Serve's backpressure). Safe because ``POST
+#: /v1/predict`` is idempotent; HAProxy replays only requests that fit in its buffer (``tune.bufsize``, 16 KiB).
+DEFAULT_RETRY_ON = "conn-failure empty-response junk-response response-timeout 503"
+#: The ``retry-on`` keywords HAProxy (2.8+) accepts.
+_RETRY_ON_KEYWORDS = {"none", "conn-failure", "empty-response", "junk-response", "response-timeout", "0rtt-rejected",
+                      "all-retryable-errors", "401", "403", "404", "408", "425", "429", "500", "501", "502", "503",
+                      "504"}
 #: ServeConfig field fixed when Serve starts -> the environment variable that carries it.
-SERVE_ENV_VARS = {"ingress": HAPROXY_ENV, "throughput_optimized": THROUGHPUT_ENV}
+SERVE_ENV_VARS = {"ingress": HAPROXY_ENV, "throughput_optimized": THROUGHPUT_ENV, "retry_on": RETRY_ON_ENV}
 Ingress = Literal["haproxy", "proxy"]
+#: Serve deployment option (a ``ray.serve.schema.DeploymentSchema`` field; dots go into nested options) ->
+#: the :class:`DeploymentSettings` field it holds. ``user_config``, ``autoscaling_config`` and
+#: ``num_replicas`` are :class:`AppArgs` fields of the same names.
+_DEPLOYMENT_OPTIONS = {
+    "ray_actor_options.num_cpus": "num_cpus",
+    "max_ongoing_requests": "max_ongoing_requests",
+    "max_queued_requests": "max_queued_requests",
+    "max_surge_percent": "max_surge_percent",
+    "graceful_shutdown_timeout_s": "graceful_shutdown_timeout_s",
+    "health_check_period_s": "health_check_period_s",
+    "logging_config.enable_access_log": "access_log",
+}
+_APP_OPTIONS = ("autoscaling_config", "user_config", "num_replicas")
+
+logger = logging.getLogger(__name__)
 
 
-def serve_env(ingress: Ingress, throughput_optimized: bool) -> dict[str, str]:
-    """Environment of Serve's controller (inherited by its proxies and replicas) for these settings."""
-    return {HAPROXY_ENV: "1" if ingress == "haproxy" else "0", THROUGHPUT_ENV: "1" if throughput_optimized else "0"}
+def describe_errors(exc: ValidationError) -> str:
+    """Each problem of ``exc`` on one line: the field's dotted path, what is wrong and the value given."""
+    problems = []
+    for e in exc.errors():
+        value = repr(e.get("input"))
+        value = value if len(value) <= 120 else value[:117] + "..."
+        problems.append(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']} (got {value})")
+    return "; ".join(problems)
+
+
+def serve_env(ingress: Ingress, throughput_optimized: bool, retry_on: str = DEFAULT_RETRY_ON) -> dict[str, str]:
+    """Environment of Serve's controller (inherited by its HAProxy manager, proxies and replicas) for these
+    settings."""
+    return {HAPROXY_ENV: "1" if ingress == "haproxy" else "0", THROUGHPUT_ENV: "1" if throughput_optimized else "0",
+            RETRY_ON_ENV: retry_on}
 
 
 def active_serve_settings() -> dict[str, Any]:
-    """``ingress`` and ``throughput_optimized`` as this process's Serve runs with them (its environment)."""
+    """``ingress``, ``throughput_optimized`` and ``retry_on`` as this process's Serve runs with them (its
+    environment; ``conn-failure`` is Serve's own default)."""
     return {"ingress": "haproxy" if os.environ.get(HAPROXY_ENV) == "1" else "proxy",
-            "throughput_optimized": os.environ.get(THROUGHPUT_ENV) == "1"}
+            "throughput_optimized": os.environ.get(THROUGHPUT_ENV) == "1",
+            "retry_on": os.environ.get(RETRY_ON_ENV, "conn-failure")}
 
 
 class _Settings(BaseModel):
@@ -55,18 +96,27 @@ class UserConfig(_Settings):
         batch_wait_timeout_s: Longest a request waits for others to fill its batch
             (``set_batch_wait_timeout_s``). 0 scores whatever is queued at once.
         max_request_rows: Most readings one request may hold; larger requests get 413.
+        max_body_bytes: Most bytes of request body a replica reads, whatever the transfer encoding: a larger
+            ``Content-Length`` gets 413 at once, a chunked body 413 as soon as it passes the limit, before any
+            parsing. The default fits ``max_request_rows`` readings (with history) of about 50 sensors at
+            full float64 precision; raise it with either.
+        body_timeout_s: Longest a replica waits for a request's whole body: then 408 (503 with ``Retry-After``
+            when not one byte arrived, which is how a request Serve handed over without its body looks).
     """
 
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.001, ge=0.0, le=10.0)
     max_request_rows: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
 
 
 class AutoscalingSettings(_Settings):
     """The deployment's ``autoscaling_config`` (see ``ray.serve.config.AutoscalingConfig``).
 
     Args:
-        min_replicas: Replicas kept running with no traffic.
+        min_replicas: Replicas kept running with no traffic. The default, 2, is what survives a replica's
+            death without a failed request (``docs/reliability.md``).
         max_replicas: Upper bound on replicas.
         target_ongoing_requests: Requests in flight per replica the autoscaler aims for.
         upscale_delay_s: Load must stay above target this long before replicas are added.
@@ -76,7 +126,7 @@ class AutoscalingSettings(_Settings):
         initial_replicas: Replicas at first deploy (``None``: ``min_replicas``).
     """
 
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=2, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     target_ongoing_requests: float = Field(default=8.0, gt=0)
     upscale_delay_s: float = Field(default=10.0, ge=0)
@@ -168,18 +218,15 @@ class AppArgs(_Settings):
         return self
 
     def deployment_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``AnomalyDetector.options(...)``."""
-        d = self.deployment
-        options: dict[str, Any] = {
-            "ray_actor_options": {"num_cpus": d.num_cpus},
-            "max_ongoing_requests": d.max_ongoing_requests,
-            "max_queued_requests": d.max_queued_requests,
-            "max_surge_percent": d.max_surge_percent,
-            "graceful_shutdown_timeout_s": d.graceful_shutdown_timeout_s,
-            "health_check_period_s": d.health_check_period_s,
-            "logging_config": {"enable_access_log": d.access_log},
-            "user_config": self.user_config.model_dump(),
-        }
+        """Keyword arguments for ``AnomalyDetector.options(...)`` (also the deployment's serveConfigV2 entry)."""
+        options: dict[str, Any] = {}
+        for option, name in _DEPLOYMENT_OPTIONS.items():
+            *parents, leaf = option.split(".")
+            node = options
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = getattr(self.deployment, name)
+        options["user_config"] = self.user_config.model_dump()
         if self.autoscaling_config is None:
             options["num_replicas"] = self.num_replicas
         else:
@@ -202,6 +249,9 @@ class ServeConfig(AppArgs):
         throughput_optimized: Ray Serve's throughput-optimized request path (``RAY_SERVE_THROUGHPUT_OPTIMIZED``):
             about 30% less replica CPU per request here; replica logs then go to Serve's log files only.
             Fixed when Serve starts, like ``ingress``.
+        retry_on: HAProxy's ``retry-on`` for every backend (``RAY_SERVE_HAPROXY_RETRY_ON``; with ``option
+            redispatch 1`` a retry goes to another replica): space-separated HAProxy keywords, ``none`` for
+            no retries. Fixed when Serve starts, like ``ingress``; ignored by the ``proxy`` ingress.
         app_name: Serve application name.
         route_prefix: Route prefix of the application.
     """
@@ -211,6 +261,7 @@ class ServeConfig(AppArgs):
     port: int = Field(default=8000, ge=0, le=65535)
     ingress: Ingress = "haproxy"
     throughput_optimized: bool = True
+    retry_on: str = DEFAULT_RETRY_ON
     app_name: str = APP_NAME
     route_prefix: str = "/"
 
@@ -218,6 +269,16 @@ class ServeConfig(AppArgs):
     @classmethod
     def _model_uri(cls, value: str) -> str:  # may be given later by --model
         return value.strip()
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_on(cls, value: str) -> str:
+        words = value.split()
+        unknown = [w for w in words if w not in _RETRY_ON_KEYWORDS]
+        if not words or unknown:
+            raise ValueError(f"retry_on must be HAProxy retry-on keywords from {sorted(_RETRY_ON_KEYWORDS)}, "
+                             f"got {value!r}")
+        return " ".join(words)
 
     @field_validator("route_prefix")
     @classmethod
@@ -233,35 +294,67 @@ class ServeConfig(AppArgs):
         return AppArgs.model_validate(self.model_dump(include=set(AppArgs.model_fields))).model_dump()
 
 
+def _options_set(model: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted names of the fields set in ``model`` and in its nested models."""
+    names = set()
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        names |= _options_set(value, f"{prefix}{name}.") if isinstance(value, BaseModel) else {prefix + name}
+    return names
+
+
+def _option(model: BaseModel, dotted: str) -> tuple[bool, Any]:
+    """``(True, value)`` if the dotted field is set in ``model`` (and its nested models), else ``(False, None)``."""
+    node: Any = model
+    for part in dotted.split("."):
+        if not isinstance(node, BaseModel) or part not in node.model_fields_set:
+            return False, None
+        node = getattr(node, part)
+    return True, node
+
+
 def _from_serve_config_v2(doc: dict[str, Any], source: str) -> dict[str, Any]:
-    """Pull the raysys application out of a Serve config file / serveConfigV2 document."""
-    apps = doc.get("applications") or []
-    app = next((a for a in apps if a.get("import_path") == IMPORT_PATH), None) or next(
-        (a for a in apps if a.get("name") == APP_NAME), None)
+    """Pull the raysys application out of a Serve config file / serveConfigV2 document.
+
+    The document's structure is validated by Ray's own ``ServeDeploySchema`` (what ``serve deploy`` and
+    KubeRay accept); the raysys application's ``args`` and its ``AnomalyDetector`` options become
+    :class:`ServeConfig` fields, validated by :func:`load_serve_config`.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        schema = ServeDeploySchema.model_validate(doc)
+    except ValidationError as exc:
+        raise ValueError(f"{source}: not a valid Serve config: {describe_errors(exc)}") from None
+    apps = schema.applications
+    app = next((a for a in apps if a.import_path == IMPORT_PATH), None) or next(
+        (a for a in apps if a.name == APP_NAME), None)
     if app is None:
         raise ValueError(f"{source}: no application with import_path {IMPORT_PATH!r} among {len(apps)} applications")
-    out: dict[str, Any] = dict(app.get("args") or {})
-    out["app_name"] = app.get("name", APP_NAME)
-    out["route_prefix"] = app.get("route_prefix", "/")
-    http = doc.get("http_options") or {}
-    out.update({k: http[k] for k in ("host", "port") if k in http})
-    for dep in app.get("deployments") or []:
-        if dep.get("name") != DEPLOYMENT_NAME:
+    out: dict[str, Any] = dict(app.args)
+    out["app_name"] = app.name if "name" in app.model_fields_set else APP_NAME
+    out["route_prefix"] = app.route_prefix if "route_prefix" in app.model_fields_set else "/"
+    out.update({k: getattr(schema.http_options, k) for k in ("host", "port")
+                if k in schema.http_options.model_fields_set})
+    for dep in app.deployments:
+        if dep.name != DEPLOYMENT_NAME:
             continue
         deployment = dict(out.get("deployment") or {})
-        actor = dep.get("ray_actor_options") or {}
-        if "num_cpus" in actor:
-            deployment["num_cpus"] = actor["num_cpus"]
-        for key in ("max_ongoing_requests", "max_queued_requests", "max_surge_percent",
-                    "graceful_shutdown_timeout_s", "health_check_period_s"):
-            if key in dep:
-                deployment[key] = dep[key]
-        if "enable_access_log" in (dep.get("logging_config") or {}):
-            deployment["access_log"] = dep["logging_config"]["enable_access_log"]
+        for option, name in _DEPLOYMENT_OPTIONS.items():
+            given, value = _option(dep, option)
+            if given:
+                deployment[name] = value
         out["deployment"] = deployment
-        for key in ("autoscaling_config", "user_config", "num_replicas"):
-            if key in dep:
-                out[key] = dep[key]
+        for key in _APP_OPTIONS:
+            if key in dep.model_fields_set:
+                value = getattr(dep, key)
+                out[key] = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
+        if "num_replicas" in dep.model_fields_set and "autoscaling_config" not in dep.model_fields_set:
+            out["autoscaling_config"] = None  # a fixed replica count, as Serve reads it
+        ignored = sorted(_options_set(dep) - {"name", *_DEPLOYMENT_OPTIONS, *_APP_OPTIONS})
+        if ignored:
+            logger.warning("%s: raysys serve does not apply %s of deployment %s (it applies %s)", source,
+                           ", ".join(ignored), DEPLOYMENT_NAME, ", ".join([*_DEPLOYMENT_OPTIONS, *_APP_OPTIONS]))
     return out
 
 
@@ -299,23 +392,28 @@ def load_serve_config(path: str | os.PathLike | None = None, **overrides: Any) -
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                             f" (got {e.get('input')!r})" for e in exc.errors())
-        raise ValueError(f"{source}: {problems}") from None
+        raise ValueError(f"{source}: {describe_errors(exc)}") from None
 
 
 def to_serve_config_v2(config: ServeConfig) -> dict[str, Any]:
-    """The same settings as a Ray Serve config document (``serve deploy`` / KubeRay ``serveConfigV2``)."""
+    """The same settings as a Ray Serve config document (``serve deploy`` / KubeRay ``serveConfigV2``),
+    checked against Ray's ``ServeDeploySchema``."""
+    from ray.serve.schema import ServeDeploySchema
+
     args = config.app_args()
     options = AppArgs.model_validate(args).deployment_options()
-    deployment = {"name": DEPLOYMENT_NAME, **options}
-    return {
+    document = {
         "http_options": {"host": config.host, "port": config.port},
         "applications": [{
             "name": config.app_name,
             "route_prefix": config.route_prefix,
             "import_path": IMPORT_PATH,
             "args": {k: args[k] for k in ("model_uri", "tracking_uri", "intra_op_threads") if k in args},
-            "deployments": [deployment],
+            "deployments": [{"name": DEPLOYMENT_NAME, **options}],
         }],
     }
+    try:
+        ServeDeploySchema.model_validate(document)
+    except ValidationError as exc:  # a setting raysys accepts but this Ray version does not
+        raise ValueError(f"Ray Serve rejects these settings: {describe_errors(exc)}") from None
+    return document

@@ -8,9 +8,11 @@ in-flight requests. A change of ``user_config`` alone reconfigures running repli
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -20,6 +22,67 @@ from typing import Any
 from raysys.serve.config import SERVE_ENV_VARS, ServeConfig, serve_env
 
 logger = logging.getLogger(__name__)
+
+
+class PortInUseError(OSError):
+    """Serve's HTTP port is held by another process, so its ingress could not start."""
+
+
+def port_holder(port: int) -> str:
+    """Who listens on TCP ``port`` on this machine: ``pid 123 (haproxy: /usr/bin/haproxy -f ...)``, or why
+    that is unknown (psutil, which Ray ships, sees other users' processes only as root)."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    try:
+        found = [c for c in psutil.net_connections(kind="inet") if c.laddr and c.laddr.port == port and c.pid]
+    except (psutil.AccessDenied, OSError) as exc:
+        return f"a process psutil cannot name ({exc})"
+    found.sort(key=lambda c: c.status != psutil.CONN_LISTEN)
+    if not found:
+        return "a process this user cannot see"
+    pid = found[0].pid
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())[:200] or process.name()
+        return f"pid {pid} ({process.name()}: {command})"
+    except psutil.Error:
+        return f"pid {pid}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` naming the holder if ``host:port`` cannot be bound on this machine
+    (what Serve's ingress binds when it starts; a port in TIME_WAIT is free, as for HAProxy)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUseError(errno.EADDRINUSE, f"Serve's HTTP port {host}:{port} is already in use by "
+                                                   f"{port_holder(port)}; stop it or choose another --port") from None
+
+
+def _serve_running() -> bool:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def _head_is_here() -> bool:
+    """Whether this machine is the Ray cluster's head node (where Serve's ingress starts first)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return any(n["Alive"] and "node:__internal_head__" in n.get("Resources", {}) and n["NodeManagerAddress"] == here
+               for n in ray.nodes())
 
 
 def base_url(host: str, port: int, route_prefix: str = "/") -> str:
@@ -70,6 +133,9 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
 
     Serve's HTTP host, port and ingress are fixed when Serve starts on the cluster; a later deploy with
     other values keeps the running ones (Serve logs a warning; so does this function for the ingress).
+
+    Raises:
+        PortInUseError: Serve is not running yet and another process on this (head) machine holds ``port``.
     """
     from ray import serve
 
@@ -81,10 +147,12 @@ def deploy(model_uri: str | None = None, config: ServeConfig | None = None, host
     config = ServeConfig.model_validate({**config.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
     args = config.app_args()
     init_ray()
-    # The controller's env reaches the proxies and replicas it starts; ignored if Serve already runs.
+    if not _serve_running() and _head_is_here():
+        check_port_free(config.host, config.port)  # not HAProxy's "Address already in use" inside a Ray traceback
+    # The controller's env reaches the HAProxy manager, proxies and replicas it starts; ignored if Serve already runs.
+    env = serve_env(config.ingress, config.throughput_optimized, config.retry_on)
     serve.start(http_options={"host": config.host, "port": config.port},
-                controller_options={"runtime_env": {"env_vars": serve_env(config.ingress,
-                                                                          config.throughput_optimized)}})
+                controller_options={"runtime_env": {"env_vars": env}})
     app, source = build_app(args)
     version = source.version
     started = time.monotonic()

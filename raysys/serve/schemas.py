@@ -8,13 +8,20 @@
 
 An optional ``history`` (same form, earlier rows) gives sequence members the context before the first
 reading; those rows are not scored in the response. Every problem is a :class:`RequestError` with an
-HTTP status (400 body not JSON, 413 too many rows, 422 anything else) and a message naming the field,
-the reading and the sensor.
+HTTP status (400 body not JSON, 408 body too slow, 413 body or batch too large, 422 anything else) and a
+message naming the field, the reading and the sensor.
+
+Readings are kept as float64: a reading beyond float32 (``1e300``) is a finite number the runtime flags
+``out_of_range``, not a bad request; only NaN and infinities are. Answers are strict JSON
+(:func:`to_strict_json` refuses NaN and infinities) and name, per reading, the runtime's fail-closed
+``reason`` and its ``sensors``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -36,6 +43,9 @@ class RequestError(ValueError):
     """A request that cannot be scored: ``status`` (4xx for a bad request; 503 when its body never
     arrived), a one-line ``message`` and every problem found in ``errors``."""
 
+    #: Extra response headers per status: retry a lost body; close a connection whose body was left unread.
+    HEADERS = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}, 413: {"Connection": "close"}}
+
     def __init__(self, status: int, message: str, errors: list[str] | None = None):
         super().__init__(message)
         self.status = status
@@ -44,6 +54,9 @@ class RequestError(ValueError):
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.message, "errors": self.errors}
+
+    def headers(self) -> dict[str, str] | None:
+        return self.HEADERS.get(self.status)
 
 
 class PredictRequest(BaseModel):
@@ -73,11 +86,21 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One reading's result (records form)."""
+    """One reading's result (records form).
+
+    Args:
+        score: Ensemble score (finite).
+        is_anomaly: Above the threshold, or flagged for a ``reason``.
+        members: Normalised member scores (finite).
+        reason: Why the reading is flagged whatever its score (``out_of_range``, ``non_finite_score``), or null.
+        sensors: The sensors behind ``reason`` (empty without one).
+    """
 
     score: float
     is_anomaly: bool
     members: dict[str, float]
+    reason: str | None = None
+    sensors: list[str] = []
 
 
 class PredictResponse(BaseModel):
@@ -93,6 +116,8 @@ class PredictResponse(BaseModel):
         score: Columnar form: ensemble scores.
         is_anomaly: Columnar form: anomaly flags.
         members: Columnar form: member name to its normalised scores.
+        reason: Columnar form: per reading, its fail-closed reason or null.
+        sensors: Columnar form: per reading, the sensors behind its reason.
     """
 
     model: ModelRef
@@ -101,11 +126,13 @@ class PredictResponse(BaseModel):
     score: list[float] | None = None
     is_anomaly: list[bool] | None = None
     members: dict[str, list[float]] | None = None
+    reason: list[str | None] | None = None
+    sensors: list[list[str]] | None = None
 
 
 @dataclass
 class ParsedRequest:
-    """A validated request: ``rows`` (float32, history first, in schema order) and how to answer."""
+    """A validated request: ``rows`` (float64, history first, in schema order) and how to answer."""
 
     rows: np.ndarray
     n_history: int
@@ -137,6 +164,8 @@ def _pydantic_errors(exc: ValidationError, name: str) -> list[str]:
         where, value, kind = _where(name, tuple(err["loc"])), err.get("input"), err["type"]
         if kind == "finite_number":
             problems.append(f"{where}: NaN and infinite values are not allowed, got {value}")
+        elif kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+            problems.append(f"{where}: integer of {len(str(abs(value)))} digits is beyond float64")
         elif kind == "float_type":
             problems.append(f"{where}: expected a number, got {_describe(value)}")
         elif kind == "list_type":
@@ -179,7 +208,7 @@ def _count(value: Any, columnar: bool) -> int:
 
 
 def _rows(name: str, value: Any, columnar: bool, sensors: list[str], known: set[str]) -> np.ndarray:
-    """Validate one part (``readings``/``columns``/``history``) into float32 rows in schema order."""
+    """Validate one part (``readings``/``columns``/``history``) into float64 rows in schema order."""
     try:
         data = (_COLUMNS if columnar else _RECORDS).validate_python(value)
     except ValidationError as exc:
@@ -200,13 +229,57 @@ def _rows(name: str, value: Any, columnar: bool, sensors: list[str], known: set[
                     break
         _fail(problems)
         rows = np.array([[reading[s] for s in sensors] for reading in data], dtype=np.float64)
-    rows = rows.reshape(-1, len(sensors))
-    big = np.abs(rows) > np.finfo(np.float32).max
-    if big.any():
-        i, j = map(int, np.argwhere(big)[0])
-        where = f"{name}[{json.dumps(sensors[j])}][{i}]" if columnar else f"{name}[{i}][{json.dumps(sensors[j])}]"
-        _fail([f"{where}: value {rows[i, j]!r} is out of float32 range"])
-    return rows.astype(np.float32)
+    # float64, as parsed: a reading beyond float32 is the runtime's to flag (out_of_range), not an error
+    return rows.reshape(-1, len(sensors))
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared_length: str | None, max_bytes: int,
+                    timeout_s: float) -> bytes:
+    """The request body from ``chunks`` (``request.stream()``), never holding more than ``max_bytes``.
+
+    The limit holds whatever the transfer encoding: a ``Content-Length`` over it is refused before any
+    byte is read, and a chunked (or lying) body is refused as soon as the bytes read pass it.
+
+    Raises:
+        RequestError: 413 over ``max_bytes``; 408 when the body has not arrived in full within
+            ``timeout_s``, 503 when not one byte of it has (Serve lost it: retry).
+    """
+    def too_large(size: str) -> RequestError:
+        return RequestError(413, f"request body of {size} bytes is over the limit of {max_bytes} bytes "
+                                 "(max_body_bytes); split it into smaller requests")
+
+    if declared_length and declared_length.isdigit() and int(declared_length) > max_bytes:
+        raise too_large(declared_length)
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in chunks:
+            if len(body) + len(chunk) > max_bytes:
+                raise too_large(f"more than {max_bytes}")
+            body.extend(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        if not body:
+            raise RequestError(503, f"request body not received within {timeout_s:g}s; retry the request") from None
+        raise RequestError(408, f"request body not received in full within {timeout_s:g}s (body_timeout_s): "
+                                f"{len(body)} bytes arrived") from None
+    return bytes(body)
+
+
+def to_strict_json(content: Any) -> bytes:
+    """``content`` as strict JSON (RFC 8259): never a ``NaN`` or ``Infinity`` token.
+
+    Raises:
+        ValueError: if ``content`` holds a NaN or infinite float.
+    """
+    # pydantic-core writes non-finite floats as the strings "NaN"/"Infinity"/"-Infinity" in this mode; only if
+    # such a string appears (rare: it may also be a genuine string) encode again with null instead to tell
+    out = pydantic_core.to_json(content, inf_nan_mode="strings")
+    if (b'"NaN"' in out or b'Infinity"' in out) and pydantic_core.to_json(content, inf_nan_mode="null") != out:
+        raise ValueError("refusing to encode a NaN or infinite number as JSON")
+    return out
 
 
 def parse_json(body: bytes) -> Any:
@@ -264,17 +337,29 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
 
 def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[str, str],
                      threshold: float) -> dict[str, Any]:
-    """The JSON answer for ``parsed`` from the runtime's ``result`` (history rows already dropped)."""
-    score = np.asarray(result["score"], dtype=np.float64).tolist()
+    """The JSON answer for ``parsed`` from the runtime's ``result`` (history rows already dropped):
+    score, ``is_anomaly``, member scores, and the fail-closed ``reason`` (null when none) and its ``sensors``.
+
+    Raises:
+        ValueError: if a score is not finite (the runtime guarantees they are; never answer one).
+    """
+    score = np.asarray(result["score"], dtype=np.float64)
+    members = {k: np.asarray(v, dtype=np.float64) for k, v in result["members"].items()}
+    if not (np.isfinite(score).all() and all(np.isfinite(v).all() for v in members.values())):
+        raise ValueError("the runtime returned a non-finite score")
     flags = np.asarray(result["is_anomaly"], dtype=bool).tolist()
-    members = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in result["members"].items()}
+    reasons = [str(r) or None for r in result["reason"]]
+    sensors = [list(s) for s in result["reason_sensors"]]
+    score_list = score.tolist()
+    member_lists = {k: v.tolist() for k, v in members.items()}
     out: dict[str, Any] = {"model": model, "threshold": threshold}
     if parsed.columnar:
-        out.update(score=score, is_anomaly=flags, members=members)
+        out.update(score=score_list, is_anomaly=flags, members=member_lists, reason=reasons, sensors=sensors)
     else:
-        names = list(members)
+        names = list(member_lists)
         out["predictions"] = [
-            {"score": s, "is_anomaly": a, "members": {n: members[n][i] for n in names}}
-            for i, (s, a) in enumerate(zip(score, flags))]
+            {"score": s, "is_anomaly": a, "members": {n: member_lists[n][i] for n in names}, "reason": r,
+             "sensors": z}
+            for i, (s, a, r, z) in enumerate(zip(score_list, flags, reasons, sensors))]
     return out
 

@@ -8,12 +8,8 @@ import yaml
 from rich.console import Console
 
 from raysys.cluster import init_ray
-from raysys.data import load_dataset
-from raysys.evaluation import THRESHOLD_METHODS, metrics_table
-from raysys.models import FAMILIES, load_detector
-from raysys.train.config import TrainConfig
-from raysys.train.driver import train
-from raysys.train.evaluate import evaluate_detector
+from raysys.evaluation import THRESHOLD_METHODS
+from raysys.models import FAMILY_NAMES, with_spellings
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -24,9 +20,13 @@ def _param(text: str) -> tuple[str, object]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(data=args.data, model=args.model, params=dict(args.param), num_workers=args.num_workers,
-                      use_gpu=args.gpu, max_epochs=args.max_epochs, patience=args.patience,
-                      storage_path=args.storage_path, run_name=args.run_name, threshold_method=args.threshold,
+    from raysys.data import load_dataset
+    from raysys.train.config import TrainConfig
+    from raysys.train.driver import train
+
+    params = with_spellings(dict(args.param), max_epochs=args.max_epochs, patience=args.patience)
+    cfg = TrainConfig(data=args.data, model=args.model, params=params, num_workers=args.num_workers,
+                      use_gpu=args.gpu, storage_path=args.storage_path, run_name=args.run_name, threshold_method=args.threshold,
                       percentile=args.percentile, target_far=args.target_far, tracking_uri=args.mlflow_uri,
                       experiment=args.experiment)
     load_dataset(cfg.data)  # bad data fails here, before any Ray work
@@ -38,6 +38,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from raysys.data import load_dataset
+    from raysys.evaluation import metrics_table
+    from raysys.models import load_detector
+    from raysys.train.evaluate import evaluate_detector
+
     evaluation = evaluate_detector(load_detector(args.detector), load_dataset(args.data), args.threshold,
                                    args.percentile, args.target_far)
     Console().print(metrics_table(evaluation.metrics))
@@ -54,11 +59,11 @@ def _threshold_args(parser: argparse.ArgumentParser) -> None:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr = subparsers.add_parser("train", help="train a detector with Ray Train, tracked in MLflow")
     tr.add_argument("--data", required=True, help="prepared dataset directory")
-    tr.add_argument("--model", choices=sorted(FAMILIES), default="ae")
+    tr.add_argument("--model", choices=sorted(FAMILY_NAMES), default="ae")
     tr.add_argument("--num-workers", type=int, default=2)
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    tr.add_argument("--max-epochs", type=int, default=30)
-    tr.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    tr.add_argument("--max-epochs", type=int, help="the detector's epochs parameter (default 30)")
+    tr.add_argument("--patience", type=int, help="the detector's early-stopping patience in epochs (default 5)")
     tr.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                     help="detector parameter, e.g. --param latent_dim=4 --param 'hidden_dims=[32,16]'")
     tr.add_argument("--run-name", help="Ray Train run name (default: MODEL-TIMESTAMP)")

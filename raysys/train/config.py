@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raysys.evaluation import THRESHOLD_METHODS
-from raysys.models import FAMILIES, build_detector
+from raysys.models import FAMILY_NAMES, build_detector
 
 
 @dataclass
@@ -16,11 +16,11 @@ class TrainConfig:
     Args:
         data: A prepared dataset directory (``raysys generate`` / ``raysys prepare``).
         model: Detector family: ``ae``, ``vae`` or ``lstm``.
-        params: Detector parameters (architecture, lr, batch_size, ...; see ``raysys.models``).
+        params: Detector parameters (architecture, lr, ``epochs``, ``patience``, ``batch_size`` (the
+            global batch, split across workers), ...; see ``raysys.models``). The one place a
+            training knob is set: ``raysys train --max-epochs`` / ``--patience`` write into it.
         num_workers: Ray Train workers (data-parallel replicas).
         use_gpu: One GPU per worker.
-        max_epochs: Upper bound on epochs; early stopping may end sooner.
-        patience: Epochs without validation improvement before stopping.
         storage_path: Where Ray Train keeps runs and checkpoints (shared storage on a cluster).
         run_name: Ray Train run name; reusing it resumes that run from its latest checkpoint.
         threshold_method: ``best_f1``, ``percentile`` or ``far`` on the validation split.
@@ -36,8 +36,6 @@ class TrainConfig:
     params: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 2
     use_gpu: bool = False
-    max_epochs: int = 30
-    patience: int = 5
     storage_path: str = "runs/train"
     run_name: str | None = None
     threshold_method: str = "best_f1"
@@ -48,16 +46,27 @@ class TrainConfig:
     experiment: str = "raysys"
 
     def __post_init__(self) -> None:
-        if self.model not in FAMILIES:
-            raise ValueError(f"model must be one of {sorted(FAMILIES)}, got {self.model!r}")
+        if self.model not in FAMILY_NAMES:
+            raise ValueError(f"model must be one of {sorted(FAMILY_NAMES)}, got {self.model!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
-        # fail before any Ray work on an unknown detector parameter
-        build_detector(self.model, **self.params)
+        if not 0 < self.percentile < 100:
+            raise ValueError(f"percentile must be in (0, 100), got {self.percentile!r}")
+        if not 0 < self.target_far < 1:
+            raise ValueError(f"target_far must be in (0, 1), got {self.target_far!r}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {self.max_failures!r}")
+        # fail before any Ray work on an unknown or out-of-range detector parameter
+        detector = self.detector()
+        if detector.batch_size < self.num_workers:
+            raise ValueError(f"batch_size ({detector.batch_size}) must be >= num_workers ({self.num_workers}): "
+                             "it is the global batch, split across workers")
+
+    def detector(self):
+        """The unfitted detector this run trains (its parameters validated)."""
+        return build_detector(self.model, **self.params)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

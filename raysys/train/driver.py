@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -20,14 +19,16 @@ from rich.console import Console
 
 from raysys.data import load_dataset
 from raysys.evaluation import flat_metrics, metrics_table
+from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
+from raysys.layout import DATASET_METADATA, DETECTOR_DIR, RUN_RECORD, TRAIN_STATE, checkpoints
 from raysys.models import load_detector
+from raysys.models.base import load_weights
 from raysys.tracking import get_experiment_id, resolve_tracking_uri
 from raysys.train.config import TrainConfig
 from raysys.train.evaluate import Evaluation, evaluate_detector, write_evaluation
-from raysys.train.worker import DETECTOR_DIR, STATE_FILE, train_fn_per_worker
+from raysys.train.worker import train_fn_per_worker
 
 logger = logging.getLogger(__name__)
-RUN_RECORD = "raysys_run.json"
 EPOCH_METRICS = ("train_loss", "val_loss", "lr", "val_pr_auc")
 
 
@@ -59,7 +60,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
     (default: Ray's 1 CPU, plus 1 GPU with ``use_gpu``) let a sweep trial adapt it.
     """
     loop_config = {"data": str(Path(cfg.data).resolve()), "model": cfg.model, "params": cfg.params,
-                   "max_epochs": cfg.max_epochs, "patience": cfg.patience, **(extra_loop_config or {})}
+                   **(extra_loop_config or {})}
     return TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
@@ -125,16 +126,16 @@ def _start_or_resume(cfg: TrainConfig, resume: str | None, client: MlflowClient)
 
 
 def latest_checkpoint_on_disk(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest ``epoch-*`` checkpoint under ``run_dir`` whose training state loads, and that state.
+    """The newest checkpoint under ``run_dir`` whose training state loads, and that state.
 
     A run killed mid-way leaves checkpoint directories its workers persisted but the Ray Train
     controller had not registered yet (it polls the workers every few seconds); Ray restores only
     registered ones, so without this a run killed early would silently start again from epoch 1.
     A directory cut short by the kill does not load and is passed over.
     """
-    for ckpt_dir in sorted(run_dir.glob("epoch-*"), reverse=True):
+    for _, ckpt_dir in checkpoints(run_dir):
         try:
-            return ckpt_dir, torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=False)
+            return ckpt_dir, load_weights(ckpt_dir / TRAIN_STATE)
         except Exception:  # missing or truncated by the kill
             continue
     return None
@@ -171,7 +172,7 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
         if on_disk:
             extra["resume_from"] = str(on_disk[0])
             _log_missing_epochs(client, run_id, on_disk[1].get("history", []))
-        trainer = build_trainer(cfg, run_name, [MlflowEpochLogger(client.tracking_uri, run_id, cfg.max_epochs,
+        trainer = build_trainer(cfg, run_name, [MlflowEpochLogger(client.tracking_uri, run_id, cfg.detector().epochs,
                                                                   run_name)], extra or None)
         result = trainer.fit()
         # a run killed after its last checkpoint reports nothing more when resumed
@@ -179,6 +180,8 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
         detector_dir = checkpoint_dir / DETECTOR_DIR
         detector = load_detector(detector_dir)
         evaluation = evaluate_detector(detector, dataset, cfg.threshold_method, cfg.percentile, cfg.target_far)
+        # the calibrated threshold becomes the detector's own: a loaded detector flags what its metrics counted
+        detector.set_threshold(evaluation.threshold, evaluation.threshold_method).save(detector_dir)
         history = epoch_history(client, run_id)
         client.log_batch(run_id, metrics=[Metric(f"test_{k}", v, int(time.time() * 1000), 0)
                                           for k, v in flat_metrics({**evaluation.metrics,
@@ -187,10 +190,12 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
             write_evaluation(evaluation, dataset, history, tmp, cfg.model)
             client.log_artifacts(run_id, tmp)
         client.log_artifacts(run_id, str(detector_dir), DETECTOR_DIR)
-        client.log_dict(run_id, dataset.metadata, "metadata.json")
+        client.log_dict(run_id, dataset.metadata, DATASET_METADATA)
         client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM: the checkpoints stay, resume with --resume
+            client.set_tag(run_id, STATUS_TAG, INTERRUPTED)
+        client.set_terminated(run_id, mlflow_status(exc))
         raise
     console.print(metrics_table(evaluation.metrics, f"{run_name}: test metrics"))
     return TrainResult(run_name, run_id, Path(result.path), detector_dir, evaluation,

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from raysys.data import SensorDataset
 from raysys.evaluation import calibrate_threshold, detection_metrics
 from raysys.evaluation import plots
+from raysys.layout import METRICS_FILE
 from raysys.models import BaseDeepDetector
 
 
@@ -59,7 +60,7 @@ def write_evaluation(evaluation: Evaluation, dataset: SensorDataset, history: li
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "threshold.json").write_text(json.dumps(
         {"threshold": evaluation.threshold, "method": evaluation.threshold_method}, indent=2))
-    (out / "metrics.json").write_text(json.dumps({**evaluation.metrics, **evaluation.extra_scores}, indent=2))
+    (out / METRICS_FILE).write_text(json.dumps({**evaluation.metrics, **evaluation.extra_scores}, indent=2))
     y_test = dataset.labels("test")
     if history:
         plots.loss_curves({name: history}, out / "plots" / "loss_curves.png")

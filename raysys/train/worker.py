@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,17 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from sklearn.metrics import average_precision_score
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from raysys.data import SensorDataset, load_dataset
-from raysys.models import DETECTOR_DIR, BaseDeepDetector, build_detector
-from raysys.models._training import EarlyStopping, core_module, eval_loss, make_optimizer, train_epoch
+from raysys.layout import DETECTOR_DIR, TRAIN_STATE, checkpoint_name
+from raysys.models import BaseDeepDetector, build_detector
+from raysys.models._training import (EVAL_BATCH_SIZE, LoopState, core_module, is_finished, make_optimizer,
+                                     run_epochs, split_validation, worker_batch_size)
+from raysys.models.base import load_weights
 
-STATE_FILE = "train_state.pt"
 
-
-def _global_sums(*values: float) -> list[float]:
+def _all_reduce(values: list[float]) -> list[float]:
     """Sum per-worker numbers across the worker group (identity on one worker)."""
     tensor = torch.tensor(values, dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
@@ -38,93 +41,108 @@ def _weights_checksum(module: torch.nn.Module) -> float:
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Train one detector data-parallel; every epoch reports metrics and (rank 0) a checkpoint.
 
-    Config keys: ``data``, ``model``, ``params``, ``max_epochs``, ``patience``, optional
+    Config keys: ``data``, ``model``, ``params`` (the detector's parameters: ``epochs``,
+    ``patience`` and ``batch_size``, the global batch, come from there), optional
     ``detection_metric`` (also report validation PR AUC), ``diagnostics_dir`` (each rank
     writes which samples it trained on and a checksum of its final weights) and ``resume_from``
     (a checkpoint directory to continue from when Ray Train has none registered, or an older one).
     """
     data_dir = config["data"]
-    family = config["model"]
-    params = dict(config.get("params", {}))
-    max_epochs = int(config["max_epochs"])
-    patience = int(config.get("patience", 5))
+    detector = build_detector(config["model"], **config.get("params", {}))
     detection_metric = bool(config.get("detection_metric", False))
     diagnostics_dir = config.get("diagnostics_dir")
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     dataset = load_dataset(data_dir)
-    detector = build_detector(family, **params)
     X_train, y_train = dataset.features("train"), dataset.labels("train")
-    train_samples = torch.from_numpy(detector.init_fit(X_train, y_train))
-    val_samples = torch.from_numpy(detector.normal_samples(dataset.features("val"), dataset.labels("val")))
+    train_samples, val_samples = split_validation(torch.from_numpy(detector.init_fit(X_train, y_train)),
+                                                  detector.validation_fraction)
 
-    model = ray.train.torch.prepare_model(detector.module_)
     device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(detector.module_)
     generator = torch.Generator().manual_seed(detector.seed)
-    train_loader = ray.train.torch.prepare_data_loader(
-        DataLoader(TensorDataset(train_samples), batch_size=detector.batch_size, shuffle=True, generator=generator))
-    val_loader = ray.train.torch.prepare_data_loader(DataLoader(TensorDataset(val_samples), batch_size=4096))
+    train_loader = ray.train.torch.prepare_data_loader(DataLoader(
+        TensorDataset(train_samples), batch_size=worker_batch_size(detector.batch_size, world_size), shuffle=True,
+        generator=generator), move_to_device=device.type != "cpu")
+    val_loader = ray.train.torch.prepare_data_loader(DataLoader(TensorDataset(val_samples),
+                                                                batch_size=EVAL_BATCH_SIZE),
+                                                     move_to_device=device.type != "cpu")
     optimizer, scheduler = make_optimizer(model, detector.lr, detector.weight_decay)
-    stopper = EarlyStopping(patience)
-    start_epoch = 0
-    best_state = None
 
-    history: list[dict[str, float]] = []
-    state = latest_state(ray.train.get_checkpoint(), config.get("resume_from"), device)
-    if state is not None:
-        core_module(model).load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stopper = EarlyStopping(patience, best=state["best_val_loss"], bad_epochs=state["bad_epochs"])
-        best_state = state["best_module"]
-        start_epoch = state["epoch"]
-        history = list(state.get("history", []))
-        if stopper.should_stop or start_epoch >= max_epochs:
+    state = LoopState()
+    saved = latest_state(ray.train.get_checkpoint(), config.get("resume_from"))
+    if saved is not None:
+        core_module(model).load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = LoopState.from_dict(saved)
+        if is_finished(state, detector.epochs, detector.patience):
             return  # the run had already ended (early stop or last epoch) before it was killed
 
-    core = core_module(model)
-    sampler = getattr(train_loader, "sampler", None)
-    shard_indices: list[int] = []
-    final_checksum = float("nan")
-    for epoch in range(start_epoch, max_epochs):
-        if isinstance(sampler, torch.utils.data.DistributedSampler):
-            sampler.set_epoch(epoch)
-            if epoch == start_epoch:
-                shard_indices = sorted(int(i) for i in sampler)
-        train_sum, train_n, val_sum, val_n = _global_sums(
-            *train_epoch(model, train_loader, optimizer, detector.grad_clip, device),
-            *eval_loss(model, val_loader, device))
-        val_loss = val_sum / val_n
-        scheduler.step(val_loss)
-        if stopper.step(val_loss):
-            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-        done = stopper.should_stop or epoch + 1 == max_epochs
-        metrics = {"epoch": epoch + 1, "train_loss": train_sum / train_n, "val_loss": val_loss,
-                   "best_val_loss": stopper.best, "lr": optimizer.param_groups[0]["lr"], "done": done}
+    # Each epoch's report (and rank 0's checkpoint) runs in the background while the next epoch
+    # trains: ray.train.report waits for the controller to collect the previous report and for a
+    # cross-rank barrier, and torch.save takes milliseconds, all of it time the epoch loop would
+    # otherwise stand still for. One report at a time, in epoch order, from a snapshot of the state
+    # (the weights change under the next epoch); the last one is made here, after all the others.
+    reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysys-report")
+    pending: list[Future] = []
+
+    def wait_for_report() -> None:
+        if pending:
+            pending.pop().result()  # raises what the report raised
+
+    def on_epoch(metrics: dict[str, float], done: bool, loop: LoopState) -> None:
         if detection_metric and rank == 0:
-            metrics["val_pr_auc"] = _val_pr_auc(detector, dataset)
-        history.append({"time": time.time(), **{k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "lr",
-                                                                         "val_pr_auc") if k in metrics}})
+            metrics["val_pr_auc"] = loop.history[-1]["val_pr_auc"] = _val_pr_auc(detector, dataset)
+        loop.history[-1]["time"] = time.time()
+        wait_for_report()
+        args = ({**metrics, "done": done}, rank, done, _snapshot({
+            "module": core_module(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), **loop.to_dict()}), detector, X_train, y_train)
         if done:
-            final_checksum = _weights_checksum(core)
-        report_checkpoint(metrics, rank, epoch, done, {
-            "module": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "best_module": best_state, "best_val_loss": stopper.best, "bad_epochs": stopper.bad_epochs,
-            "epoch": epoch + 1, "history": history}, detector, X_train, y_train)
-        if done:
-            break
+            report_checkpoint(*args)
+        else:
+            pending.append(reporter.submit(report_checkpoint, *args))
+
+    sampler = getattr(train_loader, "sampler", None)
+    shard_indices = sorted(int(i) for i in sampler) if isinstance(sampler, DistributedSampler) else []
+    try:
+        run_epochs(model, train_loader, val_loader, optimizer, scheduler, epochs=detector.epochs,
+                   patience=detector.patience, grad_clip=detector.grad_clip, device=device, state=state,
+                   all_reduce=_all_reduce, on_epoch=on_epoch)
+        wait_for_report()
+    finally:
+        reporter.shutdown(wait=False)
 
     if diagnostics_dir:
         out = Path(diagnostics_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"rank{rank}.json").write_text(json.dumps({
             "rank": rank, "world_size": world_size, "indices": shard_indices,
-            "weights_checksum": final_checksum}))
+            "weights_checksum": _weights_checksum(core_module(model))}))
 
 
-def latest_state(checkpoint: ray.train.Checkpoint | None, resume_from: str | None,
-                 device: torch.device | str = "cpu") -> dict[str, Any] | None:
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checkpoint's training state that training on does not change: tensors cloned,
+    containers copied; the best weights are shared (``run_epochs`` replaces them, never edits them)."""
+    return {k: v if k == "best_module" else _copy_tree(v) for k, v in state.items()}
+
+
+def _copy_tree(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):  # copy.copy keeps the type and a state_dict's ``_metadata``
+        out = copy.copy(obj)
+        for key, value in obj.items():
+            out[key] = _copy_tree(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tree(v) for v in obj)
+    return obj
+
+
+def latest_state(checkpoint: ray.train.Checkpoint | None, resume_from: str | None) -> dict[str, Any] | None:
     """The newest training state: Ray Train's latest registered checkpoint or ``resume_from``.
 
     Ray Train V2 restores a run only from the checkpoints its controller has registered
@@ -135,9 +153,9 @@ def latest_state(checkpoint: ray.train.Checkpoint | None, resume_from: str | Non
     states = []
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            states.append(torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False))
+            states.append(load_weights(Path(ckpt_dir) / TRAIN_STATE))
     if resume_from:
-        states.append(torch.load(Path(resume_from) / STATE_FILE, map_location=device, weights_only=False))
+        states.append(load_weights(Path(resume_from) / TRAIN_STATE))
     return max(states, key=lambda s: s["epoch"], default=None)
 
 
@@ -148,7 +166,7 @@ def _val_pr_auc(detector: BaseDeepDetector, dataset: SensorDataset) -> float:
     return float(average_precision_score(labels, scores)) if labels.any() else float("nan")
 
 
-def report_checkpoint(metrics: dict[str, Any], rank: int, epoch: int, done: bool, state: dict[str, Any],
+def report_checkpoint(metrics: dict[str, Any], rank: int, done: bool, state: dict[str, Any],
                       detector: BaseDeepDetector, X_train: np.ndarray, y_train: np.ndarray) -> None:
     """Report the epoch's metrics; rank 0 attaches the checkpoint.
 
@@ -158,10 +176,9 @@ def report_checkpoint(metrics: dict[str, Any], rank: int, epoch: int, done: bool
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state, Path(tmp) / STATE_FILE)
+        torch.save(state, Path(tmp) / TRAIN_STATE)
         if done:
-            if state["best_module"] is not None:
-                detector.module_.load_state_dict(state["best_module"])
-            detector.finish_fit(X_train, y_train).save(Path(tmp) / DETECTOR_DIR)
+            # a copy: the training module (shared with DDP) keeps its last weights, as on every other rank
+            copy.deepcopy(detector).finish_fit(X_train, y_train, state["best_module"]).save(Path(tmp) / DETECTOR_DIR)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+                         checkpoint_dir_name=checkpoint_name(int(metrics["epoch"])))

@@ -7,9 +7,7 @@ import logging
 import sys
 
 from raysys.cluster import init_ray
-from raysys.data import DataValidationError, load_dataset
 from raysys.tune.config import QUICK, SCHEDULERS, SEARCHERS, SweepConfig, default_config_path, load_sweep_config
-from raysys.tune.sweep import run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +26,9 @@ def sweep_config_from_args(args: argparse.Namespace) -> SweepConfig:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from raysys.data import load_dataset
+    from raysys.tune.sweep import run_sweep
+
     if args.resume:
         if args.config or args.data:
             logger.warning("--resume continues the sweep with its own config and data; --config/--data ignored")
@@ -81,6 +82,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``raysys tune`` on its own (``python -m raysys.tune``); exit code 2 for bad input."""
+    from raysys.data import DataValidationError
+
     parser = argparse.ArgumentParser(prog="raysys")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["tune", *(sys.argv[1:] if argv is None else argv)])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,7 +29,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from raysys.models import FAMILIES
+from raysys.models import FAMILY_NAMES, PARAM_RULES, build_detector, check_param
+from raysys.models.params import SPELLINGS, as_number
 
 #: Distributions a parameter may be drawn from: ``{kind: arguments}``.
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "lograndint")
@@ -39,89 +39,12 @@ METRICS = {"val_pr_auc": "max", "val_loss": "min"}
 SCHEDULERS = ("asha", "asha_family", "fifo")
 SEARCHERS = ("random", "optuna")
 COMMON = "common"
-#: Detector parameters the sweep sets itself (``max_epochs`` / ``patience``), so not tunable.
-RESERVED_PARAMS = ("epochs", "patience")
+#: Sweep settings -> the detector parameter each sets in every trial (so not tunable in ``space``).
+RESERVED_PARAMS = {param: setting for setting, param in SPELLINGS.items()}
 #: What ``--quick`` / :meth:`SweepConfig.quick` change: one trial per family, 2 epochs, 1 worker each,
 #: ASHA within each family (with one trial per family, every trial runs its 2 epochs).
 QUICK = {"num_samples": 3, "max_epochs": 2, "patience": 2, "grace_period": 1, "max_concurrent": 2,
          "workers_per_trial": 1, "n_startup_trials": 3, "scheduler": "asha_family"}
-
-
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _non_negative(v: Any) -> bool:
-    return v >= 0
-
-
-def _fraction(v: Any) -> bool:
-    return 0 <= v < 1
-
-
-def _hidden_dims(v: Any) -> bool:
-    return (isinstance(v, (list, tuple)) and len(v) > 0
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v))
-
-
-# name -> (type, check, what the check means); parameters not listed are only checked by name
-_RULES: dict[str, tuple[type | tuple[type, ...] | None, Callable[[Any], bool], str]] = {
-    "lr": (float, _positive, "> 0"),
-    "weight_decay": (float, _non_negative, ">= 0"),
-    "dropout": (float, _fraction, "in [0, 1)"),
-    "beta": (float, _non_negative, ">= 0"),
-    "grad_clip": (float, _non_negative, ">= 0"),
-    "contamination": (float, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
-    "validation_fraction": (float, lambda v: 0 < v < 1, "in (0, 1)"),
-    "batch_size": (int, _positive, ">= 1"),
-    "latent_dim": (int, _positive, ">= 1"),
-    "hidden_size": (int, _positive, ">= 1"),
-    "num_layers": (int, _positive, ">= 1"),
-    "window": (int, lambda v: v >= 2, ">= 2"),
-    "stride": (int, _positive, ">= 1"),
-    "seed": (int, _non_negative, ">= 0"),
-    "hidden_dims": (None, _hidden_dims, "a non-empty list of positive integers"),
-    "scaler": (str, lambda v: v in ("standard", "minmax"), "'standard' or 'minmax'"),
-}
-
-
-def _number(value: Any, where: str) -> float:
-    """A YAML number; also accepts strings such as ``1e-4`` that YAML 1.1 reads as text."""
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-        else:
-            return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
-    raise ValueError(f"{where}: expected a number, got {value!r}")
-
-
-def _check_value(name: str, value: Any, where: str) -> Any:
-    """``value`` for detector parameter ``name``, coerced to its type; ValueError if out of domain."""
-    rule = _RULES.get(name)
-    if rule is None:
-        return value
-    kind, check, meaning = rule
-    if kind in (int, float):
-        value = _number(value, where)
-        if kind is int:
-            if float(value) != int(value):
-                raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-    elif kind is str and not isinstance(value, str):
-        raise ValueError(f"{where}: {name} must be {meaning}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
-    if not check(value):
-        raise ValueError(f"{where}: {name} must be {meaning}, got {value!r}")
-    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -155,17 +78,13 @@ class Distribution:
             return trial.suggest_int(name, low, high, log=log)
         return trial.suggest_float(name, low, high, log=log)
 
-    def to_spec(self) -> dict[str, list]:
-        return {self.kind: list(self.args)}
-
 
 def parse_param(family: str, name: str, spec: Any, where: str) -> Any:
     """A constant (validated) or a :class:`Distribution` from its config entry."""
     if name in RESERVED_PARAMS:
-        raise ValueError(f"{where}: {name!r} is set by the sweep; use the top-level "
-                         f"{'max_epochs' if name == 'epochs' else 'patience'} instead")
+        raise ValueError(f"{where}: {name!r} is set by the sweep; use the top-level {RESERVED_PARAMS[name]} instead")
     if not isinstance(spec, Mapping):
-        return _check_value(name, spec, where)
+        return check_param(name, spec, where)
     if len(spec) != 1:
         raise ValueError(f"{where}: a distribution is a mapping with one key out of {list(DISTRIBUTIONS)}, "
                          f"got {dict(spec)!r}")
@@ -177,10 +96,10 @@ def parse_param(family: str, name: str, spec: Any, where: str) -> Any:
     if kind == "choice":
         if not args:
             raise ValueError(f"{where}.choice: needs at least one option, got {list(args)!r}")
-        return Distribution(kind, tuple(_check_value(name, o, f"{where}.choice[{i}]") for i, o in enumerate(args)))
+        return Distribution(kind, tuple(check_param(name, o, f"{where}.choice[{i}]") for i, o in enumerate(args)))
     if len(args) != 2:
         raise ValueError(f"{where}.{kind}: expected [low, high], got {list(args)!r}")
-    low, high = (_number(a, f"{where}.{kind}") for a in args)
+    low, high = (as_number(a, f"{where}.{kind}") for a in args)
     if not low < high:
         raise ValueError(f"{where}.{kind}: low must be below high, got [{low!r}, {high!r}]")
     if kind.startswith("log") and low <= 0:
@@ -189,14 +108,14 @@ def parse_param(family: str, name: str, spec: Any, where: str) -> Any:
         if int(low) != low or int(high) != high:
             raise ValueError(f"{where}.{kind}: bounds must be integers, got [{low!r}, {high!r}]")
         low, high = int(low), int(high)
-        if name in _RULES and _RULES[name][0] is float:
+        if name in PARAM_RULES and PARAM_RULES[name][0] is float:
             low, high = float(low), float(high)
             kind = "uniform" if kind == "randint" else "loguniform"
-    elif name in _RULES and _RULES[name][0] is not float:
-        raise ValueError(f"{where}.{kind}: {name} takes {_RULES[name][2]}; draw it with randint, "
+    elif name in PARAM_RULES and PARAM_RULES[name][0] is not float:
+        raise ValueError(f"{where}.{kind}: {name} takes {PARAM_RULES[name][2]}; draw it with randint, "
                          f"lograndint or choice, not {kind}")
-    _check_value(name, low, f"{where}.{kind}[0]")
-    _check_value(name, high, f"{where}.{kind}[1]")
+    check_param(name, low, f"{where}.{kind}[0]")
+    check_param(name, high, f"{where}.{kind}[1]")
     return Distribution(kind, (low, high))
 
 
@@ -234,7 +153,7 @@ class SweepConfig:
     """
 
     name: str | None = None
-    families: list[str] = field(default_factory=lambda: sorted(FAMILIES))
+    families: list[str] = field(default_factory=lambda: sorted(FAMILY_NAMES))
     num_samples: int = 12
     max_epochs: int = 20
     patience: int = 5
@@ -259,10 +178,10 @@ class SweepConfig:
     def __post_init__(self) -> None:
         families = self.families
         if isinstance(families, str) or not isinstance(families, (list, tuple)) or not families:
-            raise ValueError(f"families must be a non-empty list out of {sorted(FAMILIES)}, got {families!r}")
+            raise ValueError(f"families must be a non-empty list out of {sorted(FAMILY_NAMES)}, got {families!r}")
         for family in families:
-            if family not in FAMILIES:
-                raise ValueError(f"families: unknown family {family!r}; expected some of {sorted(FAMILIES)}")
+            if family not in FAMILY_NAMES:
+                raise ValueError(f"families: unknown family {family!r}; expected some of {sorted(FAMILY_NAMES)}")
         if len(set(families)) != len(families):
             raise ValueError(f"families: each family once, got {list(families)!r}")
         self.families = list(families)
@@ -273,7 +192,7 @@ class SweepConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
         for key in ("reduction_factor", "cpus_per_worker", "gpus_per_worker"):
-            setattr(self, key, _number(getattr(self, key), key))
+            setattr(self, key, as_number(getattr(self, key), key))
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
         if self.scheduler not in SCHEDULERS:
@@ -292,7 +211,7 @@ class SweepConfig:
             raise ValueError("a Train worker must reserve some resource: "
                              "cpus_per_worker and gpus_per_worker are both 0")
         if self.time_budget_s is not None:
-            self.time_budget_s = _number(self.time_budget_s, "time_budget_s")
+            self.time_budget_s = as_number(self.time_budget_s, "time_budget_s")
             if self.time_budget_s <= 0:
                 raise ValueError(f"time_budget_s must be > 0 (or null for no limit), got {self.time_budget_s!r}")
         if self.name is not None and (not isinstance(self.name, str) or not self.name
@@ -350,7 +269,7 @@ def parse_space(space: Any, families: list[str]) -> dict[str, dict[str, Any]]:
         space = {}
     if not isinstance(space, Mapping):
         raise ValueError(f"space must map families to parameters, got {space!r}")
-    allowed = [COMMON, *FAMILIES]
+    allowed = [COMMON, *FAMILY_NAMES]
     for key in space:
         if key not in allowed:
             raise ValueError(f"space: unknown family {key!r}; expected some of {allowed}")
@@ -359,7 +278,7 @@ def parse_space(space: Any, families: list[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"space.{key}: expected a mapping of parameters, got {params!r}")
     parsed: dict[str, dict[str, Any]] = {}
     for family in families:
-        names = list(FAMILIES[family]().get_params())
+        names = list(build_detector(family).get_params())
         merged = {**(space.get(COMMON) or {}), **(space.get(family) or {})}
         parsed[family] = {}
         for name, spec in merged.items():
@@ -370,7 +289,7 @@ def parse_space(space: Any, families: list[str]) -> dict[str, dict[str, Any]]:
     for key in space:
         if key not in (COMMON, *families):
             # a family not searched: still check its entries so typos are caught
-            names = list(FAMILIES[key]().get_params())
+            names = list(build_detector(key).get_params())
             for name, spec in (space.get(key) or {}).items():
                 if name not in names:
                     raise ValueError(f"space.{key}.{name}: unknown {key} parameter {name!r}; "

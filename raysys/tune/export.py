@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from sklearn.metrics import average_precision_score
 
 from raysys.data import load_dataset
-from raysys.models import DETECTOR_DIR, build_detector, load_detector
-from raysys.models.base import CONFIG_FILE
-from raysys.train.worker import STATE_FILE
+from raysys.layout import DETECTOR_CONFIG, DETECTOR_DIR, SWEEP_BEST_DIR, TRAIN_STATE
+from raysys.models import build_detector, load_detector
+from raysys.models.base import load_weights
 from raysys.tune.leaderboard import COMPLETED, STOPPED
-
-BEST_FILE = "best.json"
-BEST_DIR = "best"
 
 
 def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params: dict[str, Any],
@@ -39,20 +35,19 @@ def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params:
     checkpoint_dir, out = Path(checkpoint_dir), Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    if (checkpoint_dir / DETECTOR_DIR / CONFIG_FILE).exists():
+    if (checkpoint_dir / DETECTOR_DIR / DETECTOR_CONFIG).exists():
         shutil.copytree(checkpoint_dir / DETECTOR_DIR, out)
         return out
-    state_path = checkpoint_dir / STATE_FILE
+    state_path = checkpoint_dir / TRAIN_STATE
     if not state_path.exists():
-        raise FileNotFoundError(f"{checkpoint_dir}: neither {DETECTOR_DIR}/ nor {STATE_FILE}; not a raysys checkpoint")
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"{checkpoint_dir}: neither {DETECTOR_DIR}/ nor {TRAIN_STATE}; not a raysys checkpoint")
+    state = load_weights(state_path)
     dataset = load_dataset(data_dir)
     X, y = dataset.features("train"), dataset.labels("train")
     detector = build_detector(family, **params)
     detector.init_fit(X, y)
-    detector.module_.load_state_dict(state["best_module"] if state.get("best_module") is not None
-                                     else state["module"])
-    detector.finish_fit(X, y).save(out)
+    best = state["best_module"] if state.get("best_module") is not None else state["module"]
+    detector.finish_fit(X, y, best).save(out)
     return out
 
 
@@ -86,7 +81,7 @@ def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, data_dir: str
     on the saved detector, which holds the trial's best-validation-loss weights) or its best
     validation loss. ``trial_metric`` is what Tune ranked the trial by (its last report).
     """
-    out_root = Path(sweep_dir).resolve() / BEST_DIR
+    out_root = Path(sweep_dir).resolve() / SWEEP_BEST_DIR
     best: dict[str, dict[str, Any]] = {}
     for family, row in sorted(best_per_family(leaderboard, metric, mode).items(),
                               key=lambda item: families.index(item[0]) if item[0] in families else 99):

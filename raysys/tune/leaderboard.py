@@ -18,7 +18,8 @@ from rich.table import Table  # noqa: E402
 
 from raysys.evaluation.plots import save_figure  # noqa: E402
 from raysys.tune.space import trial_params  # noqa: E402
-from raysys.tune.trial import TRAIN_DONE, read_record, train_run_name  # noqa: E402
+from raysys.layout import checkpoints, trial_run_name  # noqa: E402
+from raysys.tune.trial import TRAIN_DONE, read_record  # noqa: E402
 
 #: Trial statuses in the leaderboard.
 COMPLETED, STOPPED, ERROR, UNFINISHED = "completed", "stopped", "error", "unfinished"
@@ -46,10 +47,9 @@ def trial_status(tune_status: str, record: dict[str, Any] | None, last_result: d
 
 
 def latest_checkpoint(train_run_dir: str | os.PathLike) -> tuple[int, str | None]:
-    """(epoch, path) of the newest ``epoch-NNNN`` checkpoint in a Train run directory."""
-    found = [(int(p.name.split("-", 1)[1]), str(p)) for p in Path(train_run_dir).glob("epoch-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return max(found) if found else (0, None)
+    """(epoch, path) of the newest checkpoint in a Train run directory; ``(0, None)`` without one."""
+    found = checkpoints(train_run_dir)
+    return (found[0][0], str(found[0][1])) if found else (0, None)
 
 
 def _creation_index(trial: Any) -> int:
@@ -71,7 +71,7 @@ def build_leaderboard(trials: Iterable[Any], train_storage: str | os.PathLike, m
         last = dict(trial.last_result or {})
         record = read_record(train_storage, trial.trial_id)
         family, params = trial_params(trial.config)
-        ckpt_epoch, ckpt_path = latest_checkpoint(Path(train_storage) / train_run_name(trial.trial_id))
+        ckpt_epoch, ckpt_path = latest_checkpoint(Path(train_storage) / trial_run_name(trial.trial_id))
         epochs = int(last.get("epoch", 0) or 0)
         rows.append({
             "trial_id": trial.trial_id, "family": family,

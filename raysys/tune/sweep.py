@@ -33,7 +33,10 @@ from raysys.cluster import init_ray
 from raysys.data import load_dataset
 from raysys.tracking import get_experiment_id, resolve_tracking_uri
 from raysys.tune.config import SweepConfig
-from raysys.tune.export import BEST_FILE, export_best
+from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
+from raysys.layout import LEADERBOARD_CSV, LEADERBOARD_PLOT, SWEEP_BEST, SWEEP_RECORD, SWEEP_TRAIN_DIR
+from raysys.models import with_spellings
+from raysys.tune.export import export_best
 from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
                                      leaderboard_table, plot_leaderboard, total_trial_epochs)
 from raysys.tune.scheduler import FamilyASHAScheduler
@@ -41,10 +44,6 @@ from raysys.tune.space import make_searcher
 from raysys.tune.trial import TrialSettings, release_placement_groups, train_driver_fn
 
 logger = logging.getLogger(__name__)
-SWEEP_RECORD = "raysys_sweep.json"
-TRAIN_DIR = "train"
-LEADERBOARD_CSV = "leaderboard.csv"
-LEADERBOARD_PLOT = "leaderboard.png"
 #: Logical memory (bytes) a trial's driver function reserves; it holds no CPU.
 TRIAL_DRIVER_MEMORY = 128 * 1024**2
 #: Seconds after a trial ends before its Train placement group is removed (if still there).
@@ -120,8 +119,9 @@ def _trial_name(trial) -> str:
 
 def _settings(record: dict[str, Any], config: SweepConfig, sweep_dir: Path) -> TrialSettings:
     return TrialSettings(
-        data=record["data"], train_storage=str(sweep_dir / TRAIN_DIR), max_epochs=config.max_epochs,
-        patience=config.patience, workers_per_trial=config.workers_per_trial,
+        data=record["data"], train_storage=str(sweep_dir / SWEEP_TRAIN_DIR),
+        train_params=with_spellings({}, max_epochs=config.max_epochs, patience=config.patience),
+        workers_per_trial=config.workers_per_trial,
         cpus_per_worker=config.cpus_per_worker, gpus_per_worker=config.gpus_per_worker,
         max_failures=config.max_failures, tracking_uri=record["tracking_uri"], experiment=config.experiment,
         experiment_id=record["experiment_id"], parent_run_id=record["parent_run_id"])
@@ -235,7 +235,9 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
     try:
         tuner.fit()
     except BaseException as exc:
-        client.set_terminated(record["parent_run_id"], "FAILED" if isinstance(exc, Exception) else "KILLED")
+        if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM: resume with --resume
+            client.set_tag(record["parent_run_id"], STATUS_TAG, INTERRUPTED)
+        client.set_terminated(record["parent_run_id"], mlflow_status(exc))
         raise
     return finalize_sweep(sweep_dir, console)
 
@@ -252,7 +254,7 @@ def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None)
     client = MlflowClient(record["tracking_uri"])
     parent = record["parent_run_id"]
     trials = ExperimentAnalysis(str(sweep_dir)).trials
-    leaderboard = build_leaderboard(trials, sweep_dir / TRAIN_DIR, config.metric, config.mode)
+    leaderboard = build_leaderboard(trials, sweep_dir / SWEEP_TRAIN_DIR, config.metric, config.mode)
     finished = not (leaderboard["status"] == UNFINISHED).any() if len(leaderboard) else False
 
     for row in leaderboard.itertuples(index=False):
@@ -271,9 +273,9 @@ def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None)
 
     leaderboard.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)
     plot_leaderboard(leaderboard, config.metric, config.mode, sweep_dir / LEADERBOARD_PLOT, config.name)
-    tmp = sweep_dir / (BEST_FILE + ".tmp")
+    tmp = sweep_dir / (SWEEP_BEST + ".tmp")
     tmp.write_text(json.dumps(best, indent=2))
-    tmp.replace(sweep_dir / BEST_FILE)
+    tmp.replace(sweep_dir / SWEEP_BEST)
 
     now = int(time.time() * 1000)
     counts = leaderboard["status"].value_counts()
@@ -288,18 +290,20 @@ def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None)
         if entry["run_id"]:
             client.set_tag(entry["run_id"], "raysys.best", "true")
             client.log_artifacts(entry["run_id"], entry["checkpoint"], "detector")
-    for name in (LEADERBOARD_CSV, LEADERBOARD_PLOT, BEST_FILE):
+    for name in (LEADERBOARD_CSV, LEADERBOARD_PLOT, SWEEP_BEST):
         client.log_artifact(parent, str(sweep_dir / name))
     with tempfile.TemporaryDirectory() as tmp_dir:
         configs = {family: entry["config"] for family, entry in best.items()}
         (Path(tmp_dir) / "best_configs.json").write_text(json.dumps(configs, indent=2))
         client.log_artifact(parent, str(Path(tmp_dir) / "best_configs.json"))
+    if not finished:
+        client.set_tag(parent, STATUS_TAG, INTERRUPTED)
     client.set_terminated(parent, "FINISHED" if finished else "KILLED")
 
     console.print(leaderboard_table(leaderboard, config.metric, f"{config.name}: leaderboard"))
     console.print(best_table(best))
     console.print(f"{len(leaderboard)} trials, {total_trial_epochs(leaderboard)} trial-epochs; "
-                  f"best per family: {sweep_dir / BEST_FILE}")
+                  f"best per family: {sweep_dir / SWEEP_BEST}")
     if not finished:
         console.print(f"[yellow]sweep interrupted: resume it with  raysys tune --resume {sweep_dir}[/yellow]")
     return SweepResult(sweep_dir, parent, best, leaderboard, config, finished)

@@ -30,19 +30,14 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
+from raysys.layout import TRIAL_LAST_REPORT, TRIAL_PLACEMENT_GROUPS, TRIAL_RECORD, trial_run_name
 from raysys.train import MlflowEpochLogger, TrainConfig, build_trainer, train_fn_per_worker
 from raysys.tune.space import trial_params
 
 logger = logging.getLogger(__name__)
 
-#: Per-trial record beside the Train run's checkpoints: MLflow run id, status, final metrics.
-TRIAL_RECORD = "raysys_trial.json"
 #: The worker's ``done`` flag, renamed: ``done`` is a reserved Tune result key.
 TRAIN_DONE = "train_done"
-#: Placement groups of the trial's Train worker groups, one id per line (see release_placement_groups).
-PLACEMENT_GROUPS_FILE = "placement_groups.txt"
-#: The last epoch forwarded to Tune by the current driver call (see _TrialReportCallback).
-LAST_REPORT = "last_report.json"
 
 
 @dataclass(frozen=True)
@@ -52,8 +47,8 @@ class TrialSettings:
     Args:
         data: Absolute path of the prepared dataset.
         train_storage: Absolute storage path of the trials' Ray Train runs.
-        max_epochs: Epochs a trial trains at most.
-        patience: Early-stopping patience of a trial.
+        train_params: Detector parameters every trial gets (``epochs`` and ``patience``, from the
+            sweep's ``max_epochs`` and ``patience``), on top of its sampled ones.
         workers_per_trial: Ray Train workers per trial.
         cpus_per_worker: CPUs per Train worker.
         gpus_per_worker: GPUs per Train worker.
@@ -66,8 +61,7 @@ class TrialSettings:
 
     data: str
     train_storage: str
-    max_epochs: int
-    patience: int
+    train_params: dict[str, Any]
     workers_per_trial: int
     cpus_per_worker: float
     gpus_per_worker: float
@@ -78,18 +72,13 @@ class TrialSettings:
     parent_run_id: str
 
 
-def train_run_name(trial_id: str) -> str:
-    """The Ray Train run name of trial ``trial_id``."""
-    return f"trial_{trial_id}"
-
-
 def read_record(train_storage: str | os.PathLike, trial_id: str) -> dict[str, Any] | None:
-    path = Path(train_storage) / train_run_name(trial_id) / TRIAL_RECORD
+    path = Path(train_storage) / trial_run_name(trial_id) / TRIAL_RECORD
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def _write_record(train_storage: str, trial_id: str, record: dict[str, Any]) -> None:
-    path = Path(train_storage) / train_run_name(trial_id) / TRIAL_RECORD
+    path = Path(train_storage) / trial_run_name(trial_id) / TRIAL_RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
@@ -120,7 +109,7 @@ class _TrialReportCallback(TuneReportCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         super().after_report(run_context, [_tune_metrics(m) for m in metrics], checkpoint)
-        path = Path(self.trial_dir) / LAST_REPORT
+        path = Path(self.trial_dir) / TRIAL_LAST_REPORT
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"token": self.token, "epoch": metrics[0].get("epoch")}))
         tmp.replace(path)
@@ -129,7 +118,7 @@ class _TrialReportCallback(TuneReportCallback):
 def _child_run(client: MlflowClient, settings: TrialSettings, trial_id: str, family: str,
                params: dict[str, Any]) -> str:
     """Create the trial's MLflow child run (params, tags) under the sweep's parent run."""
-    run = client.create_run(settings.experiment_id, run_name=train_run_name(trial_id), tags={
+    run = client.create_run(settings.experiment_id, run_name=trial_run_name(trial_id), tags={
         "mlflow.parentRunId": settings.parent_run_id, "raysys.stage": "tune-trial", "raysys.model": family,
         "raysys.trial_id": trial_id})
     client.log_param(run.info.run_id, "model", family)
@@ -150,14 +139,14 @@ def trial_worker_fn(config: dict[str, Any]) -> None:
     trial_dir = config.get("raysys_trial_dir")
     group = ray.util.get_current_placement_group()
     if trial_dir and group is not None and ray.train.get_context().get_world_rank() == 0:
-        with open(Path(trial_dir) / PLACEMENT_GROUPS_FILE, "a") as out:
+        with open(Path(trial_dir) / TRIAL_PLACEMENT_GROUPS, "a") as out:
             out.write(group.id.hex() + "\n")
     train_fn_per_worker(config)
 
 
 def release_placement_groups(train_storage: str | os.PathLike, trial_id: str) -> int:
     """Remove the trial's recorded Train placement groups that still exist; returns how many."""
-    path = Path(train_storage) / train_run_name(trial_id) / PLACEMENT_GROUPS_FILE
+    path = Path(train_storage) / trial_run_name(trial_id) / TRIAL_PLACEMENT_GROUPS
     if not path.exists():
         return 0
     removed = 0
@@ -176,9 +165,9 @@ def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, 
                         callbacks: list) -> TorchTrainer:
     """The trial's TorchTrainer: ``raysys.train.build_trainer``'s run, with the sweep's resources
     per worker and :func:`trial_worker_fn` as the worker function."""
-    cfg = TrainConfig(data=settings.data, model=family, params=params, num_workers=settings.workers_per_trial,
-                      use_gpu=settings.gpus_per_worker > 0, max_epochs=settings.max_epochs,
-                      patience=settings.patience, storage_path=settings.train_storage, run_name=run_name,
+    cfg = TrainConfig(data=settings.data, model=family, params={**params, **settings.train_params},
+                      num_workers=settings.workers_per_trial, use_gpu=settings.gpus_per_worker > 0,
+                      storage_path=settings.train_storage, run_name=run_name,
                       max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,
                       experiment=settings.experiment)
     trial_dir = str(Path(settings.train_storage) / run_name)
@@ -191,7 +180,7 @@ def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune trainable: run (or resume) the trial's Ray Train run, reporting every epoch to Tune."""
     family, params = trial_params(config)
     trial_id = ray.tune.get_context().get_trial_id()
-    run_name = train_run_name(trial_id)
+    run_name = trial_run_name(trial_id)
     client = MlflowClient(settings.tracking_uri)
     record = read_record(settings.train_storage, trial_id)
     if record and record.get("status") == "completed":
@@ -207,7 +196,7 @@ def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
     token = uuid.uuid4().hex
     trial_dir = str(Path(settings.train_storage) / run_name)
     trainer = build_trial_trainer(settings, family, params, run_name, [
-        MlflowEpochLogger(settings.tracking_uri, run_id, settings.max_epochs, f"{family} {trial_id}"),
+        MlflowEpochLogger(settings.tracking_uri, run_id, settings.train_params["epochs"], f"{family} {trial_id}"),
         _TrialReportCallback(trial_dir, token)])
     try:
         result = trainer.fit()
@@ -221,7 +210,7 @@ def train_driver_fn(config: dict[str, Any], settings: TrialSettings) -> None:
     _write_record(settings.train_storage, trial_id, {**record, "status": "completed", "final": final})
     client.set_tag(run_id, "raysys.trial_status", "completed")
     client.set_terminated(run_id, "FINISHED")
-    last = Path(trial_dir) / LAST_REPORT
+    last = Path(trial_dir) / TRIAL_LAST_REPORT
     forwarded = json.loads(last.read_text()) if last.exists() else {}
     if forwarded.get("token") != token or forwarded.get("epoch") != final.get("epoch"):
         # the Train run had ended before this call (the sweep was killed before the trial could

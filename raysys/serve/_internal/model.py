@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from raysys.ensemble.runtime import SPEC_FILE, EnsembleRuntime, load_runtime, resolve_ensemble_dir
+from raysys.ensemble.runtime import EnsembleRuntime, load_runtime, resolve_ensemble_dir
+from raysys.layout import ENSEMBLE_SPEC, EVALUATION_DIR, GATE_REPORT, METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,17 @@ class ModelSource:
 
 
 def _local_version(directory: Path) -> str:
-    return "local-" + hashlib.sha256((resolve_ensemble_dir(directory) / SPEC_FILE).read_bytes()).hexdigest()[:12]
+    return "local-" + hashlib.sha256((resolve_ensemble_dir(directory) / ENSEMBLE_SPEC).read_bytes()).hexdigest()[:12]
 
 
 def _local_evaluation(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Gate report and test metrics that ``raysys ensemble`` writes beside the ensemble (``../evaluation``)."""
-    evaluation = resolve_ensemble_dir(directory).parent / "evaluation"
+    evaluation = resolve_ensemble_dir(directory).parent / EVALUATION_DIR
     gates = metrics = None
-    if (evaluation / "gate_report.json").exists():
-        gates = json.loads((evaluation / "gate_report.json").read_text())
-    if (evaluation / "metrics.json").exists():
-        metrics = json.loads((evaluation / "metrics.json").read_text()).get("test", {}).get("ensemble")
+    if (evaluation / GATE_REPORT).exists():
+        gates = json.loads((evaluation / GATE_REPORT).read_text())
+    if (evaluation / METRICS_FILE).exists():
+        metrics = json.loads((evaluation / METRICS_FILE).read_text()).get("test", {}).get("ensemble")
     return gates, metrics
 
 
@@ -70,7 +71,7 @@ def _run_evaluation(client: Any, run_id: str) -> tuple[dict[str, Any] | None, di
     gates = metrics = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            gates = json.loads(Path(client.download_artifacts(run_id, "gate_report.json", tmp)).read_text())
+            gates = json.loads(Path(client.download_artifacts(run_id, GATE_REPORT, tmp)).read_text())
     except Exception as exc:  # an older or hand-logged model: report without gates
         logger.warning("No gate report for run %s: %s", run_id, exc)
     try:
@@ -132,8 +133,8 @@ class ServedModel:
         self.ref = {"name": self.name, "version": source.version}
 
     @classmethod
-    def load(cls, source: ModelSource, tracking_uri: str | None = None,
-             intra_op_threads: int | None = 1) -> "ServedModel":
+    def load(cls, source: ModelSource, tracking_uri: str | None, intra_op_threads: int | None) -> "ServedModel":
+        """Load ``source`` (``intra_op_threads``: onnxruntime threads per call, ``None`` its default)."""
         return cls(load_runtime(source.uri, tracking_uri, intra_op_threads), source)
 
     def card(self) -> dict[str, Any]:
@@ -158,25 +159,7 @@ class ServedModel:
     def score_many(self, parts: list[np.ndarray]) -> list[dict[str, Any]]:
         """Score several requests' rows in one onnxruntime call per member file.
 
-        Each part is scored exactly as ``runtime.score(part)`` alone: before every part but the first,
-        ``history`` copies of its first row are inserted (the runtime's own left padding), so a sequence
-        member's windows never reach into another request; the inserted rows' scores are dropped.
+        Each part (a request's ``history`` rows, then its readings) is its own series: this is
+        :meth:`EnsembleRuntime.score_many`, so each result equals ``runtime.score(part)`` alone.
         """
-        if len(parts) == 1:
-            return [self.runtime.score(parts[0])]
-        pad = self.runtime.history
-        chunks, starts, at = [], [], 0
-        for i, part in enumerate(parts):
-            if pad and i:
-                chunks.append(np.repeat(part[:1], pad, axis=0))
-                at += pad
-            chunks.append(part)
-            starts.append(at)
-            at += len(part)
-        result = self.runtime.score(np.concatenate(chunks))
-        out = []
-        for start, part in zip(starts, parts):
-            sl = slice(start, start + len(part))
-            out.append({"score": result["score"][sl], "is_anomaly": result["is_anomaly"][sl],
-                        "members": {k: v[sl] for k, v in result["members"].items()}})
-        return out
+        return self.runtime.score_many(parts)

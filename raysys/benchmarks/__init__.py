@@ -1,0 +1,6 @@
+"""Public benchmarks in their published protocols, one module each, run with ``raysys benchmark NAME``.
+
+- :mod:`raysys.benchmarks.tep`: the Tennessee Eastman process fault detection benchmark.
+
+Every detector is fitted in-process (no Ray): these are small, fixed datasets.
+"""

@@ -1,0 +1,121 @@
+"""The detector families' names and the domain of every detector parameter (no torch).
+
+``build_detector`` checks parameters against these rules before anything trains, and the sweep
+config checks its search space with the same rules, so ``raysys train --param dropout=2`` and a
+sweep drawing ``dropout`` from ``[0, 2]`` fail the same way, naming the parameter and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+#: Detector families (``raysys.models.FAMILIES`` maps each to its estimator class).
+FAMILY_NAMES = ("ae", "lstm", "vae")
+#: The scalers a detector may fit on its training rows.
+SCALER_NAMES = ("minmax", "standard")
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _hidden_dims(v: Any) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) > 0
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v))
+
+
+#: Parameter name -> (type, check, what the check means). Parameters not listed are checked by name only.
+PARAM_RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
+    "lr": (float, _positive, "> 0"),
+    "weight_decay": (float, _non_negative, ">= 0"),
+    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta": (float, _non_negative, ">= 0"),
+    "grad_clip": (float, _non_negative, ">= 0"),
+    "contamination": (float, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
+    "validation_fraction": (float, lambda v: 0 < v < 1, "in (0, 1)"),
+    "batch_size": (int, _positive, ">= 1"),
+    "epochs": (int, _positive, ">= 1"),
+    "patience": (int, _positive, ">= 1"),
+    "latent_dim": (int, _positive, ">= 1"),
+    "hidden_size": (int, _positive, ">= 1"),
+    "num_layers": (int, _positive, ">= 1"),
+    "window": (int, lambda v: v >= 2, ">= 2"),
+    "stride": (int, _positive, ">= 1"),
+    "seed": (int, _non_negative, ">= 0"),
+    "hidden_dims": (None, _hidden_dims, "a non-empty list of positive integers"),
+    "scaler": (str, lambda v: v in SCALER_NAMES, " or ".join(repr(s) for s in SCALER_NAMES)),
+}
+
+
+#: Settings that are user-facing spellings of a detector parameter (``raysys train --max-epochs``,
+#: the sweep's ``max_epochs``): setting name -> parameter name.
+SPELLINGS = {"max_epochs": "epochs", "patience": "patience"}
+
+
+def with_spellings(params: Mapping[str, Any], **settings: Any) -> dict[str, Any]:
+    """``params`` with the :data:`SPELLINGS` in ``settings`` (``None``: not given) written in.
+
+    A setting that contradicts an explicit parameter raises ``ValueError`` naming both.
+    """
+    out = dict(params)
+    for setting, value in settings.items():
+        if value is None:
+            continue
+        name = SPELLINGS[setting]
+        if name in out and out[name] != value:
+            raise ValueError(f"{setting}={value!r} conflicts with the detector parameter {name}={out[name]!r}; "
+                             f"give one of them")
+        out[name] = value
+    return out
+
+
+def as_number(value: Any, where: str) -> int | float:
+    """A YAML number; also accepts strings such as ``1e-4`` that YAML 1.1 reads as text."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    raise ValueError(f"{where}: expected a number, got {value!r}")
+
+
+def check_param(name: str, value: Any, where: str) -> Any:
+    """``value`` of detector parameter ``name``, coerced to its type; ``ValueError`` if out of its domain."""
+    rule = PARAM_RULES.get(name)
+    if rule is None:
+        return value
+    kind, check, meaning = rule
+    if kind in (int, float):
+        value = as_number(value, where)
+        if kind is int:
+            if float(value) != int(value):
+                raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+    elif kind is str and not isinstance(value, str):
+        raise ValueError(f"{where}: {name} must be {meaning}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
+    if not check(value):
+        raise ValueError(f"{where}: {name} must be {meaning}, got {value!r}")
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_params(family: str, params: Mapping[str, Any], known: list[str]) -> dict[str, Any]:
+    """``params`` of a ``family`` detector whose parameters are ``known``, each checked and coerced."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {family} parameter(s) {unknown}; expected some of {sorted(known)}")
+    return {name: check_param(name, value, f"{family} parameter") for name, value in params.items()}
