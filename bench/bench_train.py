@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after stopping Ray")
     parser.add_argument("--health-check-interval", type=float,
                         help="set RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default: Ray's 2 s, as raysys train runs): how "
-                             "often the controller collects reports; a worker waits for the previous one to be collected")
+                             "often the controller collects reports; a worker's report waits for the previous one")
     parser.add_argument("--profile", help="write cProfile stats of fit and of Ray Train's rank 0 here")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--smoke-test", action="store_true", help="2 epochs, 1 round, no settling: a quick check")

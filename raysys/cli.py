@@ -11,6 +11,7 @@ from typing import Any
 
 from raysys import __version__
 from raysys.cluster import VERBOSE_ENV
+from raysys.interrupts import EXIT_INTERRUPTED
 
 #: Every command, in the order ``raysys --help`` lists them: name -> (module whose ``add_parsers`` adds it,
 #: one-line summary). The summaries live here, not in the stage modules, so that listing the commands
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:  # DataValidationError is a ValueError
         print(f"raysys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raysys.interrupts): the run is marked interrupted
+        print(f"raysys {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
+from raysys.interrupts import sigterm_as_ctrl_c
+
 #: Environment variable that, set to 1, keeps Ray's default console logging (``raysys --verbose`` sets it).
 VERBOSE_ENV = "RAYSYS_VERBOSE"
 
@@ -68,3 +70,4 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
         kwargs.update(logging_level=logging.WARNING,
                       runtime_env={"worker_process_setup_hook": f"{__name__}.{ray_logs_to_files.__name__}"})
     ray.init(address=address, **kwargs)
+    sigterm_as_ctrl_c()  # after ray.init, whose own SIGTERM handler exits at once

@@ -22,7 +22,8 @@ from raysys.data import load_dataset
 from raysys.ensemble import cli as ensemble_cli
 from raysys.ensemble.build import ENSEMBLE, build_ensemble, source_ensemble_scores
 from raysys.ensemble.calibrate import normalisation_stats, objective, select_weights
-from raysys.ensemble.export import ExportParityError, check_parity, max_relative_error, random_rows, source_scores
+from raysys.ensemble.export import (ExportParityError, check_parity, export_member, max_relative_error, random_rows,
+                                    source_scores)
 from raysys.ensemble.gates import DEFAULT_GATES, check_gates, parse_gates
 from raysys.ensemble.members import load_members
 from raysys.ensemble.predict import predict_file
@@ -31,6 +32,7 @@ from raysys.ensemble.runtime import EnsembleRuntime, combine, history_windows, i
 from raysys.ensemble.workflow import gate_values, run_ensemble
 from raysys.layout import SWEEP_BEST
 from raysys.models import build_detector
+from raysys.models.pca import PCADetector
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "raysys-detector"
@@ -43,7 +45,7 @@ def dataset(default_dataset):
 
 @pytest.fixture(scope="module")
 def detectors(dataset):
-    """The three deep families fitted in-process on the default dataset (the LSTM on a budget).
+    """The four deep families fitted in-process on the default dataset (LSTM and conv on a budget).
 
     One torch thread: on a shared 2-core machine more threads mostly spin.
     """
@@ -52,7 +54,8 @@ def detectors(dataset):
     torch.set_num_threads(1)
     try:
         return {"ae": build_detector("ae").fit(X, y), "vae": build_detector("vae").fit(X, y),
-                "lstm": build_detector("lstm", epochs=5, stride=2).fit(X, y)}
+                "lstm": build_detector("lstm", epochs=5, stride=2).fit(X, y),
+                "conv": build_detector("conv", epochs=3, stride=2).fit(X, y)}
     finally:
         torch.set_num_threads(threads)
 
@@ -101,7 +104,8 @@ def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset)
     full = runtime.score(X)
     assert runtime.history == 15 and runtime.sensors == dataset.sensors
     assert full["score"].shape == (200,) and full["is_anomaly"].dtype == bool
-    assert set(full["members"]) == set(runtime.members) == {"ae", "vae", "vae_mahalanobis", "lstm", "iforest"}
+    assert set(full["members"]) == set(runtime.members) == {"ae", "vae", "vae_mahalanobis", "lstm", "conv", "iforest",
+                                                            "pca_t2", "pca_spe"}
     one = runtime.score(X[:1])
     assert one["score"].shape == (1,)
     for i in (3, 40, 199):  # a streaming caller passes the last `history` rows before the new one
@@ -111,7 +115,8 @@ def test_runtime_scores_single_readings_and_streams_like_a_batch(built, dataset)
     for together, part in zip(runtime.score_many(parts), parts):
         alone = runtime.score(part)
         np.testing.assert_allclose(together["score"], alone["score"], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(together["members"]["lstm"], alone["members"]["lstm"], rtol=1e-6, atol=1e-6)
+        for name in ("lstm", "conv"):
+            np.testing.assert_allclose(together["members"][name], alone["members"][name], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="sum to the 200 rows"):
         runtime.score(X, lengths=[100, 50])
 
@@ -209,7 +214,7 @@ def test_runtime_imports_neither_torch_nor_training_code():
 
 # -- export ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("file", ["ae.onnx", "vae.onnx", "lstm.onnx", "iforest.onnx"])
+@pytest.mark.parametrize("file", ["ae.onnx", "vae.onnx", "lstm.onnx", "conv.onnx", "iforest.onnx", "pca.onnx"])
 def test_member_matches_its_source_on_random_and_validation_data(built, dataset, file):
     model = onnx.load(str(built.directory / file))
     onnx.checker.check_model(model, full_check=True)
@@ -230,6 +235,56 @@ def test_vae_exports_reconstruction_and_mahalanobis_scores(built, dataset):
     vae = built.models["vae"]
     assert max_relative_error(raw["vae"], vae.decision_function(X)) <= 1e-4
     assert max_relative_error(raw["vae_mahalanobis"], vae.latent_scores(X)["mahalanobis"]) <= 1e-4
+
+
+def test_conv_member_scores_each_row_by_the_window_ending_at_it(built, dataset):
+    X = dataset.features("val")
+    conv = built.models["conv"]
+    info = built.spec["files"]["conv.onnx"]
+    assert info["family"] == "conv" and info["window"] == conv.window == 16
+    raw = EnsembleRuntime.load(built.directory).raw_scores(X)["conv"]
+    # past the first window the runtime's windows are the detector's own: no padding involved
+    assert max_relative_error(raw[15:], conv.decision_function(X)[15:]) <= 1e-4
+
+
+def test_pca_exports_t2_and_spe_as_two_members(built, dataset):
+    """The PCA member: fitted on the normal training rows, components explaining 90% of the variance,
+    its ONNX outputs equal to PCADetector.t2 / spe (numpy, float64) within 1e-4."""
+    pca = built.models["pca"]
+    assert isinstance(pca, PCADetector) and pca.lags == 0 and pca.n_components == 0.9
+    assert pca.explained_variance_ratio_.sum() >= 0.9 and 1 <= pca.n_components_ < len(dataset.sensors)
+    members = {m["name"]: m for m in built.spec["members"]}
+    assert (members["pca_t2"]["output"], members["pca_spe"]["output"]) == ("t2", "spe")
+    assert members["pca_t2"]["file"] == members["pca_spe"]["file"] == "pca.onnx" and "pca" not in members
+    assert built.spec["files"]["pca.onnx"]["family"] == "pca" and built.spec["files"]["pca.onnx"]["window"] == 1
+    runtime = EnsembleRuntime.load(built.directory)
+    for X in (dataset.features("val"), random_rows(dataset.features("train"), n=300, seed=5)):
+        raw = runtime.raw_scores(X)
+        assert max_relative_error(raw["pca_t2"], pca.t2(X)) <= 1e-4
+        assert max_relative_error(raw["pca_spe"], pca.spe(X)) <= 1e-4
+    graph = onnx.load(str(built.directory / "pca.onnx")).graph
+    assert [o.name for o in graph.output] == ["t2", "spe"] and graph.input[0].name == "x"
+
+
+@pytest.mark.parametrize("lags", [0, 3])
+def test_pca_export_matches_static_and_dynamic_pca(dataset, lags, tmp_path):
+    """Dynamic PCA (lags > 0) becomes a windowed member: the runtime's left-padded history windows
+    are the rows ``raysys.models.pca.lagged`` stacks."""
+    X = dataset.features("train", normal_only=True)
+    pca = PCADetector(n_components=3, lags=lags).fit(X)
+    checks = {"validation": dataset.features("val"), "random": random_rows(X, seed=1)}
+    exported = export_member("dpca", pca, tmp_path, checks)
+    assert exported.window == lags + 1 and exported.outputs == {"dpca_t2": "t2", "dpca_spe": "spe"}
+    assert max(max(c.values()) for c in exported.parity.values()) <= 1e-4
+
+
+def test_pca_and_iforest_can_be_left_out_and_their_names_are_reserved(detectors, dataset, tmp_path):
+    build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "ae-only", iforest=False, pca=False)
+    assert [m["name"] for m in build.spec["members"]] == ["ae"]
+    with pytest.raises(ValueError, match="'pca_t2' is reserved for the PCA detector"):
+        build_ensemble({"pca_t2": detectors["ae"]}, dataset, tmp_path / "clash")
+    with pytest.raises(ValueError, match="no ensemble members"):
+        build_ensemble({}, dataset, tmp_path / "empty", iforest=False, pca=False)
 
 
 def test_parity_check_catches_a_wrong_export(built, dataset):
@@ -391,10 +446,12 @@ def _cli(argv: list[str]) -> int:
 
 def test_cli_gate_failure_exits_1_and_predict_writes_scores(default_dataset, detector_dirs, built, mlflow_uri,
                                                            tmp_path, capsys):
-    code = _cli(["ensemble", "--data", str(default_dataset), "--detector", str(detector_dirs["ae"]),
+    code = _cli(["ensemble", "--data", str(default_dataset), "--detector", str(detector_dirs["ae"]), "--no-pca",
                  "--gate", "roc_auc=0.9999", "--out", str(tmp_path / "work"), "--mlflow-uri", mlflow_uri])
     out = capsys.readouterr().out
     assert code == 1 and "roc_auc" in out and "FAIL by" in out and "nothing registered" in out
+    spec = json.loads((tmp_path / "work" / "ensemble" / "ensemble.json").read_text())
+    assert [m["name"] for m in spec["members"]] == ["ae", "iforest"]  # --no-pca
     assert MlflowClient(mlflow_uri).search_registered_models() == []
     assert (tmp_path / "work" / "evaluation" / "plots" / "roc_pr.png").exists()
 

@@ -204,6 +204,9 @@ def test_manifests_folder_has_every_object_the_issue_asks_for():
         ("PersistentVolumeClaim", "mlflow"),
         ("Deployment", "mlflow"),
         ("Service", "mlflow"),
+        ("ConfigMap", "mlflow-auth"),
+        ("NetworkPolicy", "raysys-ray"),
+        ("NetworkPolicy", "raysys-mlflow"),
         ("RayCluster", "raysys"),
         ("RayJob", "raysys-train"),
         ("RayJob", "raysys-sweep"),
@@ -341,17 +344,22 @@ def test_chart_gpu_values_ask_for_gpus_everywhere():
     assert serve["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"] > 0
 
 
-@pytest.mark.parametrize(("ingress", "throughput"), [(None, None), ("haproxy", False), ("proxy", True)])
-def test_rayservice_pods_start_serve_with_the_chosen_settings(ingress, throughput):
-    """``rayService.ingress`` and ``.throughputOptimized`` reach every Ray container of the RayService as the
-    env that ``raysys.serve.config.serve_env`` sets locally (defaults: haproxy, optimized); no other Ray
-    cluster gets it."""
+@pytest.mark.parametrize(("ingress", "throughput", "retry_on"),
+                         [(None, None, None), ("haproxy", False, "conn-failure"), ("proxy", True, None)])
+def test_rayservice_pods_start_serve_with_the_chosen_settings(ingress, throughput, retry_on):
+    """``rayService.ingress``, ``.throughputOptimized`` and ``.retryOn`` reach every Ray container of the
+    RayService as the env that ``raysys.serve.config.serve_env`` sets locally (defaults: ServeConfig's);
+    no other Ray cluster gets it."""
     from raysys.serve.config import serve_env
 
     values = generate.load_values(VALUES["all"])
     if ingress:
         values["rayService"].update(ingress=ingress, throughputOptimized=throughput)
-    expected = serve_env(ingress or "haproxy", True if throughput is None else throughput)
+    if retry_on:
+        values["rayService"]["retryOn"] = retry_on
+    defaults = ServeConfig()
+    expected = serve_env(ingress or defaults.ingress, defaults.throughput_optimized if throughput is None else throughput,
+                         retry_on or defaults.retry_on)
     for _, text in generate.render_chart(values).items():
         for obj in _documents(text):
             for where, container in containers(obj) if obj["kind"] in RAY_KINDS else []:
@@ -363,7 +371,7 @@ def test_rayservice_pods_start_serve_with_the_chosen_settings(ingress, throughpu
                     f"{obj['kind']} {where}: {env}"
 
 
-def test_chart_auth_values_turn_on_token_auth():
+def test_chart_auth_values_use_the_existing_token_secret():
     for _, obj in chart_objects("auth"):
         for cluster in ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else []:
             assert cluster["authOptions"] == {"mode": "token", "secretName": "raysys-ray-token"}
@@ -387,8 +395,9 @@ def test_chart_lints_clean():
         {"autoscaler": {"upscalingMode": "Fast"}},
         {"mlflow": {"backendStore": {"url": "postgresql://x"}}},
         {"rayService": {"ingress": "nginx"}},
+        {"rayService": {"retryOn": " "}},
     ],
-    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url", "bad-ingress"],
+    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url", "bad-ingress", "blank-retryOn"],
 )
 def test_chart_rejects_misspelt_or_invalid_values(values):
     """values.schema.json: a typo in -f/--set values fails the install instead of being ignored."""
@@ -483,6 +492,390 @@ def test_rbac_is_namespaced_and_least_privilege():
             assert not {"secrets", "roles", "rolebindings"} & set(rule["resources"])
             if rule["resources"] != ["rayjobs"]:
                 assert not {"update", "patch", "delete", "deletecollection"} & set(rule["verbs"]), rule
+
+
+# --------------------------------------------------------------------------- security defaults
+
+#: Every object the chart can create, with the chart's generated Secrets (no existingSecret).
+EVERYTHING_ON = {"namespace": {"create": True}, "rayJobs": {"train": {"enabled": True}, "sweep": {"enabled": True}},
+                 "rayService": {"enabled": True}}
+#: Writable emptyDirs (values.yaml securityContext): mount path -> the pods that need it.
+RAY_SCRATCH = {"/tmp", "/tmp/ray", "/home/ray/.cache", "/dev/shm"}
+SERVE_SCRATCH = RAY_SCRATCH | {"/tmp/haproxy-serve"}
+SUBMITTER_SCRATCH = {"/tmp", "/home/ray/.cache"}
+MLFLOW_SCRATCH = {"/tmp", "/home/ray/.cache", "/mlflow"}
+#: The client label documented in values.yaml (networkPolicy.clientPodLabels).
+CLIENT_LABELS = {"raysys.io/client": "true"}
+#: Volume types Pod Security "restricted" allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [obj for text in generate.render_chart(values).values() for obj in _documents(text)]
+
+
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = _merged(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _everything_on() -> tuple[dict[str, Any], ...]:
+    return tuple(_render(EVERYTHING_ON))
+
+
+def _one(objects, kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes LabelSelector (matchLabels, matchExpressions In/NotIn/Exists) matches labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+    return True
+
+
+def _pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod template {metadata, spec}) of every pod an object makes."""
+    kind, spec = obj["kind"], obj.get("spec", {})
+    if kind == "Pod":
+        yield "pod", obj
+    elif kind == "Deployment":
+        yield "template", spec["template"]
+    if kind == "RayJob":
+        yield "submitter", spec["submitterPodTemplate"]
+    for cluster in ray_cluster_specs(obj) if kind in RAY_KINDS else []:
+        yield "head", cluster["headGroupSpec"]["template"]
+        for group in cluster["workerGroupSpecs"]:
+            yield f"worker:{group['groupName']}", group["template"]
+
+
+def _ray_containers(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The Ray containers (head and workers, not the autoscaler or submitter) of a Ray object."""
+    for where, container in containers(obj):
+        if where.startswith(("head/", "worker:")):
+            yield where, container
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_default_render_turns_on_ray_token_auth_with_a_generated_secret():
+    """rayAuth is on by default: the chart makes <fullname>-ray-token (a random auth_token) and every Ray
+    cluster's authOptions names it, so KubeRay gives each Ray container and RayJob submitter the token."""
+    import base64
+
+    objects = _everything_on()
+    secret = _one(objects, "Secret", "raysys-ray-token")
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    assert len(token) >= 32 and token.isalnum()
+    clusters = [c for obj in objects if obj["kind"] in RAY_KINDS for c in ray_cluster_specs(obj)]
+    assert len(clusters) == 4
+    for cluster in clusters:
+        assert cluster["authOptions"] == {"mode": "token", "secretName": "raysys-ray-token"}
+    # helm test sends the token to the dashboard.
+    test_pod = _one(objects, "Pod", "raysys-test-connection")
+    (check,) = test_pod["spec"]["containers"]
+    assert _env(check)["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "raysys-ray-token", "key": "auth_token"}
+    # Two renders (two installs) get different tokens: nothing is baked into the chart.
+    again = _one(_render(EVERYTHING_ON), "Secret", "raysys-ray-token")
+    assert again["data"]["auth_token"] != secret["data"]["auth_token"]
+
+
+def test_existing_secrets_are_used_instead_of_generated_ones():
+    objects = _render(_merged(EVERYTHING_ON, {"rayAuth": {"existingSecret": "my-token"},
+                                              "mlflow": {"auth": {"existingSecret": "my-mlflow"}}}))
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    for obj in objects:
+        for cluster in ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else []:
+            assert cluster["authOptions"]["secretName"] == "my-token"
+        for where, container in _ray_containers(obj) if obj["kind"] in RAY_KINDS else []:
+            assert _env(container)["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-mlflow", where
+    mlflow = _one(objects, "Deployment", "mlflow")
+    env = _env(mlflow["spec"]["template"]["spec"]["containers"][0])
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-mlflow"
+
+
+def test_removed_rayauth_secretname_fails_with_a_pointer():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError, match="rayAuth.existingSecret"):
+        generate.render_chart({"rayAuth": {"secretName": "raysys-ray-token"}})
+
+
+def test_network_policies_admit_only_the_release_clients_and_ray_itself():
+    objects = _everything_on()
+    ray_policy = _one(objects, "NetworkPolicy", "raysys-ray")["spec"]
+    mlflow_policy = _one(objects, "NetworkPolicy", "raysys-mlflow")["spec"]
+    assert ray_policy["policyTypes"] == ["Ingress"] and mlflow_policy["policyTypes"] == ["Ingress"]
+    pods = [(f"{o['kind']}/{o['metadata']['name']}/{where}", t["metadata"]["labels"])
+            for o in objects for where, t in _pod_templates(o)]
+    ray_pods = [(w, labels) for w, labels in pods if w.split("/")[-1].startswith(("head", "worker:"))]
+    assert len(ray_pods) == 12
+    # The Ray policy selects exactly the Ray pods; the MLflow policy exactly the MLflow pod.
+    assert [w for w, labels in pods if _selects(ray_policy["podSelector"], labels)] == [w for w, _ in ray_pods]
+    assert [w for w, labels in pods if _selects(mlflow_policy["podSelector"], labels)] == ["Deployment/mlflow/template"]
+    # Ray pods reach each other on every port.
+    (intra,) = [r for r in ray_policy["ingress"] if r.get("from") == [{"podSelector": ray_policy["podSelector"]}]]
+    assert "ports" not in intra
+    # Dashboard / Job API, GCS and Ray Client: from the release's pods and client-labelled pods only.
+    (head_rule,) = [r for r in ray_policy["ingress"] if {p["port"] for p in r.get("ports", [])} == {8265, 6379, 10001}]
+    (mlflow_rule,) = mlflow_policy["ingress"]
+    assert [p["port"] for p in mlflow_rule["ports"]] == [5000]
+    for rule in (head_rule, mlflow_rule):
+        peers = rule["from"]
+        assert all(set(peer) == {"podSelector"} for peer in peers), "same-namespace pods only"
+        admitted = [w for w, labels in pods if any(_selects(p["podSelector"], labels) for p in peers)]
+        assert admitted == [w for w, _ in pods]  # every pod of the release (submitters, helm test, MLflow...)
+        assert any(_selects(p["podSelector"], CLIENT_LABELS) for p in peers)
+        assert not any(_selects(p["podSelector"], {"app": "anything-else"}) for p in peers)
+    # Serve's port stays open (the RayService's Service), as does metrics; the operator reaches everything.
+    (serve_rule,) = [r for r in ray_policy["ingress"] if [p["port"] for p in r.get("ports", [])] == [8000]]
+    assert "from" not in serve_rule
+    operator = [r for r in ray_policy["ingress"] if "ports" not in r and r is not intra]
+    assert operator == [{"from": [{"namespaceSelector": {},
+                                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]}]
+
+
+def test_network_policy_peers_are_configurable():
+    peer = {"namespaceSelector": {"matchLabels": {"team": "ml"}}}
+    objects = _render({"networkPolicy": {"servePeers": [peer], "extraClientPeers": [peer],
+                                         "clientPodLabels": {"ci": "yes"}}})
+    spec = _one(objects, "NetworkPolicy", "raysys-ray")["spec"]
+    (serve_rule,) = [r for r in spec["ingress"] if [p["port"] for p in r.get("ports", [])] == [8000]]
+    assert serve_rule["from"] == [peer]
+    (head_rule,) = [r for r in spec["ingress"] if 8265 in {p["port"] for p in r.get("ports", [])}]
+    assert peer in head_rule["from"] and {"podSelector": {"matchLabels": {"ci": "yes"}}} in head_rule["from"]
+    for obj in objects:
+        validate(obj)
+
+
+@pytest.mark.parametrize(("where", "obj"), OBJECTS, ids=IDS)
+def test_every_container_has_a_read_only_root_filesystem(where, obj):
+    for name, container in containers(obj):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, f"{where} {name}"
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES))
+def test_writable_paths_are_emptydirs_mounted_where_listed(values_name):
+    """Each container mounts an emptyDir (or its volume) at the paths values.yaml lists for it."""
+    for where, obj in chart_objects(values_name):
+        for pod_where, template in _pod_templates(obj):
+            spec = template["spec"]
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            serve = obj["kind"] == "RayService"
+            wanted = {"head": SERVE_SCRATCH if serve else RAY_SCRATCH, "submitter": SUBMITTER_SCRATCH,
+                      "template": MLFLOW_SCRATCH, "pod": set()}.get(pod_where, SERVE_SCRATCH if serve else RAY_SCRATCH)
+            (container, *_) = spec["containers"]
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert wanted <= set(mounts), f"{where} {pod_where}: {sorted(wanted - set(mounts))} not mounted"
+            for path in wanted - {"/mlflow"}:
+                assert "emptyDir" in volumes[mounts[path]], f"{where} {pod_where}: {path} is not an emptyDir"
+            if "MPLCONFIGDIR" in _env(container):
+                assert _env(container)["MPLCONFIGDIR"]["value"].startswith("/home/ray/.cache/")
+        for cluster in ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else []:
+            # The autoscaler sidecar mounts the head pod's /tmp and ~/.cache; KubeRay adds "ray-logs" at /tmp/ray,
+            # the head's own volume of that name.
+            head_volumes = {v["name"] for v in cluster["headGroupSpec"]["template"]["spec"]["volumes"]}
+            mounts = {m["mountPath"]: m["name"] for m in cluster["autoscalerOptions"]["volumeMounts"]}
+            assert set(mounts) == {"/tmp", "/home/ray/.cache"} and set(mounts.values()) <= head_volumes
+            assert "ray-logs" in head_volumes
+
+
+def test_service_account_tokens_are_mounted_only_where_the_api_is_used():
+    objects = _everything_on()
+    for obj in objects:
+        for where, template in _pod_templates(obj):
+            automount = template["spec"].get("automountServiceAccountToken")
+            # Only the head, for the autoscaler sidecar (autoscaler.enabled, on by default).
+            assert automount is (where == "head"), f"{obj['kind']} {obj['metadata']['name']} {where}"
+    for obj in _render(_merged(EVERYTHING_ON, {"autoscaler": {"enabled": False}})):
+        for where, template in _pod_templates(obj):
+            assert template["spec"]["automountServiceAccountToken"] is False, f"{obj['kind']} {where}"
+    assert _one(objects, "ServiceAccount", "raysys-mlflow")["automountServiceAccountToken"] is False
+
+
+def test_namespace_enforces_pod_security_restricted():
+    namespace = _manifest("Namespace", "raysys")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (chart_namespace,) = [o for o in _everything_on() if o["kind"] == "Namespace"]
+    assert chart_namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def _restricted_violations(pod: dict[str, Any], extra_containers: list[dict[str, Any]]) -> list[str]:
+    """The Pod Security "restricted" profile's checks (Kubernetes 1.32) that a pod spec fails."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(key)
+    for volume in pod.get("volumes", []):
+        if not set(volume) - {"name"} <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}")
+    for container in pod.get("initContainers", []) + pod["containers"] + extra_containers:
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        if "ALL" not in context.get("capabilities", {}).get("drop", []):
+            problems.append(f"{name}: capabilities.drop ALL")
+        if set(context.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities.add")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            problems.append(f"{name}: runAsUser 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        if seccomp.get("type") not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: seccompProfile")
+    return problems
+
+
+@pytest.mark.parametrize(("where", "obj"), OBJECTS, ids=IDS)
+def test_pods_meet_pod_security_restricted(where, obj):
+    for name, pod in pod_specs(obj):
+        # The autoscaler sidecar joins the head pod with autoscalerOptions.securityContext.
+        sidecars = [{"name": "autoscaler", **c.get("autoscalerOptions", {})}
+                    for c in (ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else [])
+                    if name == "head" and c.get("enableInTreeAutoscaling")]
+        assert not _restricted_violations(pod, sidecars), f"{where} {name}"
+
+
+def test_image_digests_pin_every_container():
+    cpu, gpu = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    objects = _render(_merged(EVERYTHING_ON, {"image": {"repository": "ghcr.io/acme/raysys", "digest": cpu,
+                                                        "gpuDigest": gpu}}))
+    images = {container["image"] for obj in objects for _, container in containers(obj) if "image" in container}
+    assert images == {f"ghcr.io/acme/raysys@{cpu}", f"ghcr.io/acme/raysys@{gpu}"}
+    for obj in objects:
+        for cluster in ray_cluster_specs(obj) if obj["kind"] in RAY_KINDS else []:
+            gpu_group = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+            assert gpu_group["template"]["spec"]["containers"][0]["image"].endswith(gpu)
+        validate(obj)
+    # Without a digest, tags as before.
+    assert all("@" not in c["image"] for obj in _everything_on() for _, c in containers(obj) if "image" in c)
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "a" * 64, "latest"])
+def test_chart_rejects_a_malformed_digest(digest):
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError):
+        generate.render_chart({"image": {"digest": digest}})
+
+
+def test_rayservice_pods_outlast_serves_drain():
+    """terminationGracePeriodSeconds of the Serve pods exceeds HAProxy's draining period plus the replicas'
+    graceful_shutdown_timeout_s (raysys's default); the schema refuses anything not above that sum."""
+    import helm_python
+    from ray.serve._private import constants
+
+    drain = constants.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S + DeploymentSettings().graceful_shutdown_timeout_s
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    assert schema["properties"]["rayService"]["properties"]["terminationGracePeriodSeconds"]["exclusiveMinimum"] == drain
+    for obj in _everything_on():
+        for where, template in _pod_templates(obj):
+            grace = template["spec"].get("terminationGracePeriodSeconds")
+            if obj["kind"] == "RayService":
+                assert grace == 90 > drain, where
+            else:
+                assert grace is None, f"{obj['kind']} {where}"
+    with pytest.raises(helm_python.HelmValuesError):
+        generate.render_chart({"rayService": {"terminationGracePeriodSeconds": int(drain)}})
+
+
+def test_mlflow_runs_basic_auth_and_every_ray_container_gets_the_credentials(tmp_path, monkeypatch):
+    import configparser
+
+    from mlflow.server.auth.config import read_auth_config
+    from mlflow.server.auth.permissions import get_permission
+
+    objects = _everything_on()
+    deployment = _one(objects, "Deployment", "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert "--app-name=basic-auth" in server["args"]
+    env = _env(server)
+    for name, key in [("MLFLOW_AUTH_ADMIN_USERNAME", "username"), ("MLFLOW_AUTH_ADMIN_PASSWORD", "password"),
+                      ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key")]:
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "raysys-mlflow-auth", "key": key}
+    secret = _one(objects, "Secret", "raysys-mlflow-auth")
+    assert set(secret["data"]) == {"username", "password", "flask-secret-key"}
+    # basic_auth.ini is MLflow's format, on the mounted path, with its user database on MLflow's volume.
+    ini = _one(objects, "ConfigMap", "mlflow-auth")["data"]["basic_auth.ini"]
+    mounted = {m["mountPath"] for m in server["volumeMounts"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].rsplit("/", 1)[0] in mounted
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / "basic_auth.ini"))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "x" * 20)
+    config = read_auth_config()
+    get_permission(config.default_permission)
+    assert config.database_uri == "sqlite:////mlflow/basic_auth.db"
+    configparser.ConfigParser().read_string(ini)
+    # Every Ray container (and so every driver, Train worker and Serve replica) gets the credentials;
+    # the RayJobs' runtime_env carries none.
+    count = 0
+    for obj in objects:
+        if obj["kind"] not in RAY_KINDS:
+            continue
+        for where, container in _ray_containers(obj):
+            count += 1
+            env = _env(container)
+            assert env["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "raysys-mlflow-auth", "key": "username"}
+            assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "raysys-mlflow-auth", "key": "password"}
+        if obj["kind"] == "RayJob":
+            assert "MLFLOW_TRACKING_PASSWORD" not in obj["spec"]["runtimeEnvYAML"]
+    assert count == 12
+
+
+#: Each guard's switch -> a check that the guard is gone from the render.
+GUARDS_OFF = {
+    "rayAuth": ({"rayAuth": {"enabled": False}},
+                lambda objs: not [o for o in objs if o["kind"] == "Secret" and "ray-token" in o["metadata"]["name"]]
+                and all("authOptions" not in c for o in objs if o["kind"] in RAY_KINDS for c in ray_cluster_specs(o))),
+    "networkPolicy": ({"networkPolicy": {"enabled": False}},
+                      lambda objs: not [o for o in objs if o["kind"] == "NetworkPolicy"]),
+    "mlflow.auth": ({"mlflow": {"auth": {"enabled": False}}},
+                    lambda objs: not [o for o in objs if o["kind"] in {"Secret", "ConfigMap"} and "mlflow" in o["metadata"]["name"]]
+                    and "--app-name=basic-auth" not in _one(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+                    and all("MLFLOW_TRACKING_PASSWORD" not in _env(c) for o in objs if o["kind"] in RAY_KINDS
+                            for _, c in _ray_containers(o))),
+    "readOnlyRootFilesystem": ({"securityContext": {"readOnlyRootFilesystem": False}},
+                               lambda objs: all(c["securityContext"]["readOnlyRootFilesystem"] is False
+                                                for o in objs for _, c in containers(o))),
+    "podSecurity": ({"namespace": {"podSecurityEnforce": "baseline"}},
+                    lambda objs: _one(objs, "Namespace", "raysys")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"),
+}
+
+
+@pytest.mark.parametrize("guard", sorted(GUARDS_OFF))
+def test_each_guard_has_a_switch_that_turns_it_off(guard):
+    values, is_off = GUARDS_OFF[guard]
+    assert not is_off(list(_everything_on())), f"{guard} is not on by default"
+    objects = _render(_merged(EVERYTHING_ON, values))
+    assert is_off(objects)
+    for obj in objects:
+        try:
+            validate(obj)
+        except jsonschema.ValidationError as error:
+            pytest.fail(f"{guard} off: {obj['kind']} {obj['metadata']['name']}: {describe(error)}")
 
 
 # --------------------------------------------------------------------------- entrypoints
@@ -663,10 +1056,12 @@ SERVE_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
     "numCpus": (DeploymentSettings, "num_cpus"),
     "ingress": (ServeConfig, "ingress"),
     "throughputOptimized": (ServeConfig, "throughput_optimized"),
+    "retryOn": (ServeConfig, "retry_on"),
 }
 #: rayService keys with no raysys.serve.config counterpart: the chart's own switch, the model the
-#: RayService serves (``raysys serve`` has no default model), and per-replica GPUs (chart-only).
-CHART_ONLY_SETTINGS = {"enabled", "modelUri", "numGpus"}
+#: RayService serves (``raysys serve`` has no default model), per-replica GPUs and the pods' grace
+#: period (chart-only; test_rayservice_pods_outlast_serves_drain checks it against Serve's drain).
+CHART_ONLY_SETTINGS = {"enabled", "modelUri", "numGpus", "terminationGracePeriodSeconds"}
 #: annotated_types constraint -> JSON Schema keyword (draft-07 numbers).
 _BOUND_KEYWORDS = {
     annotated_types.Ge: ("ge", "minimum"),

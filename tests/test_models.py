@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from raysys.data import load_dataset
 from raysys.models import FAMILIES, VAEDetector, build_detector, load_detector
 
-FAST = {"ae": {"epochs": 4}, "vae": {"epochs": 4}, "lstm": {"epochs": 2, "window": 8, "stride": 2}}
+FAST = {"ae": {"epochs": 4}, "vae": {"epochs": 4}, "lstm": {"epochs": 2, "window": 8, "stride": 2},
+        "conv": {"epochs": 3, "window": 8, "stride": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,8 @@ def test_save_load_round_trip_gives_identical_scores(fitted, data, tmp_path):
     assert config["family"] == family and config["params"]["epochs"] == FAST[family]["epochs"]
     loaded = load_detector(path)
     assert type(loaded) is type(detector) and loaded is not detector
-    assert loaded.get_params() == {**detector.get_params(),
-                                   **({"hidden_dims": list(detector.hidden_dims)} if family != "lstm" else {})}
+    # list parameters (hidden_dims, channels) come back from JSON as lists
+    assert loaded.get_params() == {k: list(v) if isinstance(v, tuple) else v for k, v in detector.get_params().items()}
     assert loaded.threshold_ == detector.threshold_
     X = data.features("test")
     np.testing.assert_array_equal(loaded.decision_function(X), detector.decision_function(X))
@@ -119,6 +120,7 @@ def test_init_only_stores_parameters(family):
     ("ae", {"latent": 4}, "latent"),
     ("vae", {"beta": 1.0, "kl_weight": 2.0}, "kl_weight"),
     ("lstm", {"hidden_dims": [8]}, "hidden_dims"),
+    ("conv", {"hidden_size": 8}, "hidden_size"),
 ])
 def test_unknown_parameter_is_a_value_error_naming_it(family, params, bad):
     with pytest.raises(ValueError, match=f"unknown {family} parameter.*'{bad}'"):
@@ -144,6 +146,29 @@ def test_detectors_are_scikit_learn_estimators(family):
 def test_out_of_range_parameter_is_rejected_by_build_detector(params, match):
     with pytest.raises(ValueError, match=match):
         build_detector("ae", **params)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"kernel_size": 4}, "kernel_size must be an odd integer >= 1, got 4"),
+    ({"channels": []}, r"channels must be a non-empty list of positive integers, got \[\]"),
+    ({"channels": [16, 0]}, "channels must be a non-empty list"),
+    ({"window": 1}, "window must be >= 2, got 1"),
+])
+def test_conv_parameters_are_checked(params, match):
+    with pytest.raises(ValueError, match=match):
+        build_detector("conv", **params)
+
+
+@pytest.mark.parametrize("window", [2, 5, 8, 13, 16, 32])
+@pytest.mark.parametrize(("channels", "kernel_size"), [((16, 32), 3), ((8,), 5), ((8, 8, 16), 1)])
+def test_conv_reconstructs_windows_of_any_length(window, channels, kernel_size):
+    """Stride-2 layers round odd lengths up; the decoder's output padding brings every window back whole."""
+    detector = build_detector("conv", window=window, channels=list(channels), kernel_size=kernel_size)
+    module = detector.build_module(5).eval()
+    x = torch.randn(3, window, 5)
+    (recon,) = module(x)
+    assert recon.shape == x.shape
+    assert module.score(x, (recon,)).shape == (3,)
 
 
 def test_loading_never_unpickles_code(fitted, tmp_path):
@@ -185,8 +210,9 @@ def test_scoring_validates_input(fitted, X, match):
         detector.decision_function(X)
 
 
-def test_lstm_needs_a_full_window(data):
-    detector = build_detector("lstm", window=8, epochs=1)
+@pytest.mark.parametrize("family", ["lstm", "conv"])
+def test_sequence_detectors_need_a_full_window(family, data):
+    detector = build_detector(family, window=8, epochs=1)
     with pytest.raises(ValueError, match="at least 8 rows, got 5"):
         detector.fit(data.features("train")[:5])
 

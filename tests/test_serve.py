@@ -6,7 +6,12 @@ the last one moves the champion and redeploys.
 """
 
 import itertools
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -67,7 +72,8 @@ def ensembles(small_dataset, tmp_path_factory) -> Ensembles:
         detectors = {"ae": build_detector("ae", epochs=2, seed=seed).fit(X, y),
                      "lstm": build_detector("lstm", window=8, hidden_size=16, latent_dim=8, epochs=1,
                                             seed=seed).fit(X, y)}
-        out.builds.append(build_ensemble(detectors, dataset, tmp / f"v{seed}" / "ensemble", iforest=False))
+        out.builds.append(build_ensemble(detectors, dataset, tmp / f"v{seed}" / "ensemble", iforest=False,
+                                                  pca=False))
     registration = register_ensemble(out.builds[0], check_gates({}, {}), tracking_uri=out.tracking_uri)
     assert registration.version == "1"
     return out
@@ -209,6 +215,84 @@ def run_load(url: str, bodies: list[dict], clients: int, total: int, retries: in
 # -- tests ------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tiny_ensemble_dir(tmp_path_factory):
+    """A one-member ONNX ensemble (sum of squares of a row) that loads in well under a second."""
+    from onnx import TensorProto, helper, save
+
+    directory = tmp_path_factory.mktemp("tiny") / "ensemble"
+    directory.mkdir()
+    graph = helper.make_graph([helper.make_node("ReduceSumSquare", ["x"], ["score"], axes=[1], keepdims=0)], "dense",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+         str(directory / "dense.onnx"))
+    member = {"name": "dense", "file": "dense.onnx", "output": "score", "window": 1, "center": 0.0, "scale": 1.0,
+              "weight": 1.0}
+    (directory / "ensemble.json").write_text(json.dumps({
+        "format_version": 1, "name": "tiny", "sensors": ["a", "b"], "members": [member], "threshold": 10.0,
+        "combination": "weighted_mean"}))
+    return directory
+
+
+def serve_subprocess(model_dir, port: int, tmp_path) -> subprocess.Popen:
+    """``raysys serve`` on its own local Ray cluster, with HAProxy's other ports and files its own too."""
+    haproxy = tmp_path / "haproxy"
+    haproxy.mkdir(exist_ok=True)
+    env = {**os.environ, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_ADDRESS": ""}
+    return subprocess.Popen([sys.executable, "-m", "raysys.cli", "serve", "--model", str(model_dir), "--host",
+                             "127.0.0.1", "--port", str(port), "--num-replicas", "1", "--num-cpus", "0.1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_stops_raysys_serve_like_ctrl_c(tiny_ensemble_dir, tmp_path):
+    """SIGTERM (Kubernetes, on every rollout) drains, deletes the app, stops the local Ray and exits 0, with no
+    traceback or Ray "SIGTERM received" dump."""
+    port = free_port()
+    process = serve_subprocess(tiny_ensemble_dir, port, tmp_path)
+    try:
+        for line in process.stdout:
+            if "serving until Ctrl-C / SIGTERM" in line:
+                break
+        assert process.poll() is None, process.stderr.read()
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"readings": [{"a": 1, "b": 2}]},
+                          timeout=30).json()["predictions"][0]["score"] == 5.0
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=150)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert "stopping the 'raysys' application" in out
+    assert "Traceback" not in err and "SIGTERM received" not in err, err[-3000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=5)
+
+
+def test_a_held_port_fails_the_start_naming_port_and_holder(tiny_ensemble_dir, tmp_path):
+    """When another process holds Serve's port, ``raysys serve`` fails with the port and that process (pid and
+    name), not HAProxy's "Address already in use" inside a Ray traceback."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        process = serve_subprocess(tiny_ensemble_dir, port, tmp_path)
+        try:
+            out, err = process.communicate(timeout=150)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 1, (out, err[-3000:])
+    assert f"Serve's HTTP port 127.0.0.1:{port} is already in use by pid {os.getpid()} (python" in err, err[-3000:]
+    assert "Traceback" not in err
+
+
 def test_model_card_health_and_readiness(served, client, ensembles):
     url, _ = served
     assert client.get(f"{url}/healthz").json() == {"status": "ok"}
@@ -224,6 +308,102 @@ def test_model_card_health_and_readiness(served, client, ensembles):
     assert card["gates"]["passed"] is True and "roc_auc" in card["test_metrics"]
     assert card["serving"]["max_request_rows"] == MAX_ROWS and card["serving"]["replica"]
     assert card["serving"]["ingress"] == "haproxy" and card["serving"]["throughput_optimized"] is True
+    assert card["serving"]["retry_on"] == ServeConfig().retry_on
+    assert card["serving"]["max_body_bytes"] == UserConfig().max_body_bytes
+
+
+def strict_json(response):
+    """The response body parsed by a strict JSON parser: a NaN or Infinity token fails."""
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token} in {response.text[:200]}")
+
+    return json.loads(response.text, parse_constant=refuse)
+
+
+def test_extreme_readings_are_answered_and_flagged_not_rejected(served, client, ensembles, offline):
+    """Fail closed over HTTP: a reading far beyond the training range (and beyond float32) answers 200,
+    flagged out_of_range with its sensor, every number finite; NaN and Infinity stay 422."""
+    url, _ = served
+    assert ensembles.sensors == ["temperature", "pressure", "flow_rate", "level", "quality"]
+    body = {"readings": [{"temperature": 1e19, "pressure": 1, "flow_rate": 1, "level": 1, "quality": 1}]}
+    response = client.post(f"{url}/v1/predict", json=body)
+    assert response.status_code == 200, response.text
+    (prediction,) = strict_json(response)["predictions"]
+    assert prediction["is_anomaly"] is True and prediction["reason"] == "out_of_range"
+    assert prediction["sensors"] == ["temperature"]
+    usual = int(np.flatnonzero(offline.score(ensembles.rows[:50])["reason"] == "")[0])
+    normal = dict(zip(ensembles.sensors, map(float, ensembles.rows[usual])))
+    for value in (1e300, -1e300, 3.5e38, 1.7976931348623157e308):
+        readings = [normal, {**normal, "pressure": value}, {**normal, "level": value, "quality": -value}]
+        for form in (records, columns):
+            got = strict_json(client.post(f"{url}/v1/predict", json=form(ensembles.sensors, np.array(
+                [[r[s] for s in ensembles.sensors] for r in readings]))))
+            reasons = [p["reason"] for p in got["predictions"]] if "predictions" in got else got["reason"]
+            sensors = [p["sensors"] for p in got["predictions"]] if "predictions" in got else got["sensors"]
+            assert reasons[1:] == ["out_of_range", "out_of_range"], (value, got)
+            assert sensors[1:] == [["pressure"], ["level", "quality"]]
+    for token in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        bad = client.post(f"{url}/v1/predict", content=b'{"readings": [{"temperature": %s, "pressure": 1, '
+                          b'"flow_rate": 1, "level": 1, "quality": 1}]}' % token)
+        assert bad.status_code == 422 and "NaN and infinite" in strict_json(bad)["detail"]
+
+
+def test_served_answers_equal_raysys_predict_offline(served, client, ensembles, tmp_path):
+    """The same rows, some far out of range, through ``raysys predict`` (``predict_file``, offline) and through
+    HTTP: the same scores, flags, reasons and reason sensors."""
+    import pandas as pd
+
+    from raysys.ensemble.predict import predict_file
+
+    url, _ = served
+    sensors, rows = ensembles.sensors, ensembles.rows[:60].astype(np.float64).copy()
+    rows[5, 0], rows[17, 2], rows[30, 3:] = 1e19, -1e30, 1e6  # within float32, which the file path reads
+    pd.DataFrame(rows, columns=sensors).to_csv(tmp_path / "rows.csv", index=False)
+    offline = predict_file("models:/raysys-detector/1", tmp_path / "rows.csv", tmp_path / "scored.csv",
+                           tracking_uri=ensembles.tracking_uri)
+    got = strict_json(client.post(f"{url}/v1/predict", json=records(sensors, rows)))["predictions"]
+    np.testing.assert_allclose([p["score"] for p in got], offline["score"], rtol=1e-5, atol=1e-6)
+    assert [p["is_anomaly"] for p in got] == offline["is_anomaly"].tolist()
+    assert [p["reason"] or "" for p in got] == offline["reason"].tolist()
+    assert [",".join(p["sensors"]) for p in got] == offline["reason_sensors"].fillna("").tolist()
+    assert {i for i, p in enumerate(got) if p["reason"] == "out_of_range"} >= {5, 17, 30}
+
+
+def test_flagged_readings_are_counted_by_reason(served, client):
+    """``ray_raysys_readings_flagged_total{reason="out_of_range"}`` counts flagged readings (no per-asset labels)."""
+    url, _ = served
+    before = serve_metric(client, "ray_raysys_readings_flagged_total", "raysys", reason="out_of_range")
+    body = {"readings": [{"temperature": 1e19, "pressure": 1, "flow_rate": 1, "level": 1, "quality": 1}] * 3}
+    assert client.post(f"{url}/v1/predict", json=body).status_code == 200
+    wait_for(lambda: serve_metric(client, "ray_raysys_readings_flagged_total", "raysys",
+                                  reason="out_of_range") >= before + 3, 60, "the flagged counter", every_s=1)
+    lines = [line for line in metrics_text(client).splitlines() if line.startswith("ray_raysys_readings_flagged_total{")]
+    assert lines and all('reason="' in line and "asset" not in line for line in lines)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_read(served, client):
+    """A 60 MB ``Transfer-Encoding: chunked`` body (no Content-Length) gets 413 once it passes max_body_bytes,
+    before any parsing, and the replica keeps answering."""
+    url, _ = served
+    sent = []
+
+    def body():
+        chunk = b"[" + b"1.0," * 16383 + b"1]"
+        for _ in range(60 * 1024 * 1024 // len(chunk)):
+            sent.append(len(chunk))
+            yield chunk
+
+    started = time.monotonic()
+    try:
+        response = client.post(f"{url}/v1/predict", content=body(), headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text[:300]
+        assert "max_body_bytes" in strict_json(response)["detail"]
+    except httpx.WriteError:  # the server closed the connection on a body it would not read
+        pass
+    print(f"\nchunked body refused after {sum(sent) / 2**20:.1f} MiB sent in {time.monotonic() - started:.1f}s")
+    assert sum(sent) < 40 * 2**20
+    assert client.post(f"{url}/v1/predict", json={"readings": [dict.fromkeys(
+        ["temperature", "pressure", "flow_rate", "level", "quality"], 1.0)]}).status_code == 200
 
 
 def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offline):
@@ -240,6 +420,8 @@ def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offl
     for name in ("ae", "lstm"):
         np.testing.assert_allclose([p["members"][name] for p in got], expected["members"][name], rtol=1e-5, atol=1e-6)
     assert [p["is_anomaly"] for p in got] == expected["is_anomaly"].tolist()
+    assert [p["reason"] or "" for p in got] == expected["reason"].tolist()
+    assert [p["sensors"] for p in got] == expected["reason_sensors"]
 
     col = client.post(f"{url}/v1/predict", json=columns(sensors, rows)).json()
     np.testing.assert_allclose(col["score"], expected["score"], rtol=1e-5, atol=1e-6)
@@ -270,14 +452,20 @@ def lstm_weighted(ensembles, tmp_path_factory):
     return directory, EnsembleRuntime.load(directory)
 
 
-def serve_metric(client, name: str, application: str) -> float:
-    """The sum over replicas of the Prometheus sample ``name`` of ``application`` (0 if not exported yet)."""
+def metrics_text(client) -> str:
+    """The Prometheus text of the (only) Ray node's metrics export port."""
     import ray
 
     node = next(n for n in ray.nodes() if n["Alive"])
-    text = client.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and f'application="{application}"' in line)
+    return client.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics").text
+
+
+def serve_metric(client, name: str, application: str, **tags: str) -> float:
+    """The sum over replicas of the Prometheus sample ``name`` of ``application`` with ``tags`` (0 if not
+    exported yet)."""
+    wanted = [f'application="{application}"', *(f'{k}="{v}"' for k, v in tags.items())]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text(client).splitlines()
+               if line.startswith(name + "{") and all(w in line for w in wanted))
 
 
 def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, lstm_weighted):
@@ -380,6 +568,7 @@ def test_prometheus_metrics_cover_requests_latency_and_batches(served, client):
     wanted = {"ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_bucket",
               "ray_serve_actual_batch_size_bucket", "ray_serve_batch_wait_time_ms_bucket",
               "ray_raysys_readings_scored_total", "ray_raysys_requests_rejected_total",
+              "ray_raysys_readings_flagged_total",
               "ray_raysys_request_rows_bucket"}
 
     def exported():

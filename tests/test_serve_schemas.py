@@ -1,6 +1,7 @@
 """Request validation, settings and the CLI of ``raysys.serve``, without Ray."""
 
 import argparse
+import asyncio
 import json
 import re
 
@@ -16,6 +17,7 @@ from raysys.serve import (
     parse_predict_request,
     to_serve_config_v2,
 )
+from raysys.serve.schemas import predict_response, read_body, to_strict_json
 from raysys.serve.cli import add_parsers, config_from_args, handler
 
 SENSORS = ["flow", "ph", "temp"]
@@ -35,7 +37,7 @@ def test_records_and_columns_give_the_same_rows():
     rows = [reading(flow=float(i)) for i in range(5)]
     records = parse({"readings": rows})
     columns = parse({"columns": {s: [r[s] for r in rows] for s in reversed(SENSORS)}})
-    assert records.rows.dtype == np.float32 and records.rows.shape == (5, 3)
+    assert records.rows.dtype == np.float64 and records.rows.shape == (5, 3)
     np.testing.assert_array_equal(records.rows, columns.rows)
     assert not records.columnar and columns.columnar
     assert records.n_history == 0 and records.n_readings == 5
@@ -45,6 +47,15 @@ def test_history_rows_come_first_and_are_counted():
     parsed = parse({"readings": [reading(flow=9.0)], "history": [reading(flow=1.0), reading(flow=2.0)]})
     assert parsed.n_history == 2 and parsed.n_readings == 1
     np.testing.assert_array_equal(parsed.rows[:, 0], [1.0, 2.0, 9.0])
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 1e19, 5e-324, 2.0 ** 128, 10 ** 30])
+def test_readings_beyond_float32_stay_float64(value):
+    """Readings beyond float32 are finite numbers the runtime flags (out_of_range): parsed exactly, as float64,
+    never rejected and never turned into inf."""
+    for document in ({"readings": [reading(temp=value)]}, {"columns": {"flow": [1.0], "ph": [7.0], "temp": [value]}}):
+        parsed = parse(parse_json(json.dumps(document).encode()))
+        assert parsed.rows.dtype == np.float64 and parsed.rows[0, 2] == float(value)
 
 
 def test_integers_are_numbers():
@@ -66,7 +77,8 @@ def test_integers_are_numbers():
     ({"readings": [reading(ph=None)]}, 422, 'readings[0]["ph"]: expected a number, got null'),
     ({"readings": [reading(temp=float("nan"))]}, 422, 'readings[0]["temp"]: NaN and infinite'),
     ({"readings": [reading(temp=float("inf"))]}, 422, "NaN and infinite values are not allowed"),
-    ({"readings": [reading(temp=1e300)]}, 422, "out of float32 range"),
+    ({"readings": [reading(temp=10 ** 400)]}, 422, 'readings[0]["temp"]: integer of 401 digits is beyond float64'),
+    ({"readings": [reading(temp=-float("inf"))]}, 422, "NaN and infinite values are not allowed"),
     ({"readings": [[1.0, 7.0, 20.0]]}, 422, "readings[0]: expected an object"),
     ({"readings": {"flow": 1.0}}, 422, "readings: expected a list"),
     ({"columns": {"flow": [1.0], "ph": [7.0], "temp": [20.0, 21.0]}}, 422, "same number of values"),
@@ -95,6 +107,63 @@ def test_a_body_that_is_not_json_is_400(body):
     with pytest.raises(RequestError) as info:
         parse_json(body)
     assert info.value.status == 400 and "JSON" in info.value.message
+
+
+async def _chunks(sizes, delay_s=0.0, read=None):
+    for size in sizes:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if read is not None:
+            read.append(size)
+        yield b"x" * size
+
+
+def test_a_chunked_body_over_the_limit_is_413_before_the_rest_is_read():
+    read = []
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(_chunks([4096] * 1000, read=read), None, max_bytes=10_000, timeout_s=5))
+    assert info.value.status == 413 and "over the limit of 10000 bytes (max_body_bytes)" in info.value.message
+    assert len(read) == 3  # stopped at the chunk that passed the limit, not after 4 MB
+    assert info.value.headers() == {"Connection": "close"}
+
+
+def test_a_declared_length_over_the_limit_is_413_without_reading():
+    read = []
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(_chunks([10], read=read), "20001", max_bytes=20_000, timeout_s=5))
+    assert info.value.status == 413 and "20001 bytes" in info.value.message and read == []
+
+
+def test_a_body_within_the_limit_is_read_whole():
+    assert asyncio.run(read_body(_chunks([10, 20, 30]), "60", max_bytes=60, timeout_s=5)) == b"x" * 60
+
+
+def test_a_slow_body_is_408_and_a_missing_one_503():
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(_chunks([10] * 100, delay_s=0.05), None, max_bytes=10_000, timeout_s=0.3))
+    assert info.value.status == 408 and "body_timeout_s" in info.value.message
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_body(_chunks([10], delay_s=5), "10", max_bytes=10_000, timeout_s=0.2))
+    assert info.value.status == 503 and info.value.headers() == {"Retry-After": "1"}
+
+
+def strict_loads(text):
+    """``json.loads`` that fails on the NaN / Infinity tokens Python's parser accepts by default."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_the_encoder_refuses_nan_and_infinity(value):
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_strict_json({"predictions": [{"score": 1.0, "members": {"ae": value}}]})
+
+
+def test_the_encoder_keeps_strings_that_look_like_nan():
+    content = {"detail": "NaN", "sensors": ["Infinity", "-Infinity"], "score": 1e308, "tiny": 5e-324}
+    assert strict_loads(to_strict_json(content)) == content
 
 
 def test_nan_tokens_parse_then_fail_validation():
@@ -132,7 +201,8 @@ def test_serve_config_v2_round_trip(tmp_path):
     assert app["name"] == "raysys" and app["import_path"] == "raysys.serve.app:app_builder"
     deployment = app["deployments"][0]
     assert deployment["name"] == "AnomalyDetector"
-    assert set(deployment["user_config"]) == {"max_batch_size", "batch_wait_timeout_s", "max_request_rows"}
+    assert set(deployment["user_config"]) == {"max_batch_size", "batch_wait_timeout_s", "max_request_rows",
+                                              "max_body_bytes", "body_timeout_s"}
     assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
             "downscale_delay_s"} <= set(deployment["autoscaling_config"])
     path = tmp_path / "serve-config.yaml"
@@ -337,3 +407,36 @@ def test_coalesced_requests_score_as_each_request_alone(tiny_ensemble):
         early = slice(0, WINDOW - 1)
         np.testing.assert_allclose(got["score"][early], got["members"]["dense"][early], rtol=1e-6)
     assert any(r["is_anomaly"].any() for r in results) and not all(r["is_anomaly"].all() for r in results)
+
+
+def test_extreme_readings_are_answered_flagged_with_their_reason_and_sensors(tiny_ensemble, tmp_path):
+    """Fail closed, end to end without Ray: a reading far outside the training range (1e19, 1e300) is parsed as
+    float64, scored, flagged ``out_of_range`` naming its sensor, and answered as strict JSON; ordinary readings
+    get ``reason`` null and no sensors. Records and columnar forms agree."""
+    import shutil
+
+    from raysys.ensemble.runtime import EnsembleRuntime
+    from raysys.serve._internal.model import ModelSource, ServedModel
+
+    directory = tmp_path / "ensemble"
+    shutil.copytree(tiny_ensemble.directory, directory)
+    spec = json.loads((directory / "ensemble.json").read_text())
+    spec["input_range"] = {"min": [0.0, 6.0, 10.0], "max": [2.0, 8.0, 30.0], "factor": [3.0, 3.0, 3.0]}
+    (directory / "ensemble.json").write_text(json.dumps(spec))
+    model = ServedModel(EnsembleRuntime.load(directory), ModelSource("tiny", "tiny", None, "local-test"))
+    readings = [reading(), reading(temp=1e19), reading(flow=-1e300, ph=1e300), reading(ph=-7.0)]
+    for form in ("readings", "columns"):
+        document = {"readings": readings} if form == "readings" else \
+            {"columns": {s: [r[s] for r in readings] for s in SENSORS}}
+        parsed = parse(parse_json(json.dumps(document).encode()))
+        (result,) = model.score_many([parsed.rows])
+        answer = strict_loads(to_strict_json(predict_response(parsed, result, model.ref, model.threshold)))
+        if form == "readings":
+            got = answer["predictions"]
+        else:
+            got = [{"is_anomaly": a, "reason": r, "sensors": z, "score": s}
+                   for a, r, z, s in zip(answer["is_anomaly"], answer["reason"], answer["sensors"], answer["score"])]
+        assert [p["reason"] for p in got] == [None, "out_of_range", "out_of_range", "out_of_range"]
+        assert [p["sensors"] for p in got] == [[], ["temp"], ["flow", "ph"], ["ph"]]
+        assert [p["is_anomaly"] for p in got][1:] == [True, True, True]
+        assert all(np.isfinite(p["score"]) for p in got)

@@ -28,6 +28,7 @@ RUNS = {
     "ae": ("default_dataset", 8, {}),
     "vae": ("small_dataset", 2, {"latent_dim": 4}),
     "lstm": ("small_dataset", 2, {"window": 8, "stride": 2}),
+    "conv": ("small_dataset", 2, {"window": 8, "stride": 2}),
 }
 EXPECTED_PARAMS = {"data", "model", "num_workers", "use_gpu", "storage_path", "run_name",
                    "threshold_method", "percentile", "target_far", "max_failures", "experiment"}

@@ -6,6 +6,7 @@ import json
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from raysys.models import build_detector
@@ -23,11 +24,24 @@ def _write(tmp_path, data, name="sweep.yaml"):
 
 def test_packaged_default_config_loads_and_covers_every_family():
     config = load_sweep_config(default_config_path())
-    assert sorted(config.families) == ["ae", "lstm", "vae"]
+    assert sorted(config.families) == ["ae", "conv", "lstm", "vae"]
     assert config.scheduler == "asha" and config.mode == "max"
     lstm = config.family_space("lstm")
     assert isinstance(lstm["window"], Distribution) and isinstance(lstm["lr"], Distribution)  # common merged in
     assert "beta" in config.family_space("vae") and "beta" not in config.family_space("ae")
+
+
+def test_conv_space_draws_windows_channels_and_kernels():
+    conv = SweepConfig.default().family_space("conv")
+    assert conv["channels"] == Distribution("choice", ([8, 16], [16, 32], [16, 32, 64]))
+    assert conv["kernel_size"] == Distribution("choice", (3, 5)) and isinstance(conv["lr"], Distribution)
+    assert "hidden_size" not in conv and "window" in conv
+
+
+def test_quick_config_runs_one_trial_per_family():
+    config = SweepConfig.quick()
+    assert config.num_samples == len(config.families) == 4
+    assert (config.max_epochs, config.workers_per_trial, config.scheduler) == (2, 1, "asha_family")
 
 
 def test_quick_config_is_a_tiny_sweep_with_overrides():
@@ -76,6 +90,9 @@ def test_yaml_numbers_written_without_a_dot_are_accepted(tmp_path):
     ({"space": {"ae": {"dropout": 1.5}}}, "space.ae.dropout"),
     ({"space": {"ae": {"hidden_dims": {"choice": [[64, 32], [0]]}}}}, "space.ae.hidden_dims.choice[1]"),
     ({"space": {"lstm": {"window": {"randint": [1, 8]}}}}, "space.lstm.window.randint[0]"),
+    ({"space": {"conv": {"kernel_size": {"choice": [3, 4]}}}}, "space.conv.kernel_size.choice[1]"),
+    ({"space": {"conv": {"channels": {"choice": [[16, 32], []]}}}}, "space.conv.channels.choice[1]"),
+    ({"space": {"conv": {"hidden_size": 8}}}, "space.conv.hidden_size"),
     ({"space": {"common": {"epochs": 5}}}, "max_epochs"),
     ({"space": {"ae": {"lr": {"uniform": [1e-4, 1e-2], "log": True}}}}, "space.ae.lr"),
 ])
@@ -121,7 +138,7 @@ def test_space_draws_valid_detectors_round_robin_over_families(sampler):
     space = FamilySpace.from_config(config)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     families = []
-    for _ in range(9):
+    for _ in range(12):
         trial = study.ask()
         values = space(trial)
         # what OptunaSearch hands the trial: values nested by family
@@ -137,6 +154,10 @@ def test_space_draws_valid_detectors_round_robin_over_families(sampler):
             assert 3e-4 <= params["lr"] <= 1e-2
         if family == "lstm":
             assert params["window"] in (8, 16, 32) and "hidden_dims" not in params
+        if family == "conv":
+            assert params["channels"] in ([8, 16], [16, 32], [16, 32, 64]) and params["kernel_size"] in (3, 5)
+            detector = build_detector(family, **params)
+            assert detector.build_module(5)(torch.zeros(2, params["window"], 5))[0].shape == (2, params["window"], 5)
         families.append(family)
         study.tell(trial, 0.5)
     assert families == config.families * 3

@@ -7,9 +7,7 @@ Building side (imported on first use, as it needs torch): ``build_ensemble``, ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from raysys._lazy import lazy_exports
 from raysys.ensemble.runtime import EnsembleRuntime, load_runtime
 
 _LAZY = {
@@ -24,11 +22,7 @@ _LAZY = {
     "predict_file": "raysys.ensemble.predict",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["EnsembleRuntime", "load_runtime", *_LAZY]

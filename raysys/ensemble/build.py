@@ -1,6 +1,7 @@
 """Build an ensemble directory from fitted detectors, and measure it on the held-out test split.
 
-``build_ensemble`` fits the Isolation Forest, exports every member to ONNX (checked against its
+``build_ensemble`` fits the Isolation Forest and the PCA detector (members ``pca_t2`` and
+``pca_spe``), exports every member to ONNX (checked against its
 source), calibrates normalisation, weights and threshold on the validation split, writes
 ``ensemble.json`` last (a failed build never looks complete), then evaluates what it wrote through
 :class:`~raysys.ensemble.runtime.EnsembleRuntime`, exactly as production will run it.
@@ -22,13 +23,16 @@ from sklearn.ensemble import IsolationForest
 from raysys import __version__
 from raysys.data import SensorDataset
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
-from raysys.ensemble.export import OPSET, PARITY_RTOL, export_member, random_rows, source_scores
+from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, EnsembleRuntime, MemberSessions, combine,
                                      input_range, normalise)
 from raysys.layout import ENSEMBLE_SPEC
 from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, detection_metrics
+from raysys.models.pca import PCADetector
 
 IFOREST = "iforest"
+#: Name of the PCA member's file; its members are ``pca_t2`` and ``pca_spe``.
+PCA = "pca"
 ENSEMBLE = "ensemble"
 
 
@@ -70,6 +74,12 @@ def fit_isolation_forest(dataset: SensorDataset, n_estimators: int = 100, seed: 
     """An Isolation Forest on the raw sensor values of the normal training rows."""
     forest = IsolationForest(n_estimators=n_estimators, random_state=seed)
     return forest.fit(dataset.features("train", normal_only=True))
+
+
+def fit_pca(dataset: SensorDataset) -> PCADetector:
+    """A static PCA detector (``PCADetector`` defaults: components explaining 90% of the variance,
+    no lags) on the raw sensor values of the normal training rows."""
+    return PCADetector(lags=0).fit(dataset.features("train", normal_only=True))
 
 
 def source_ensemble_scores(models: Mapping[str, Any], spec: Mapping[str, Any], X: np.ndarray) -> np.ndarray:
@@ -132,7 +142,7 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, val_normalised: 
 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
                    threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
-                   iforest: bool = True, rounds: int = 10, seed: int = 0,
+                   iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0,
                    range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
                    intra_op_threads: int | None = 1) -> EnsembleBuild:
@@ -147,6 +157,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         target_far: False-alarm rate on validation normal rows for ``far``.
         percentile: Percentile of validation normal scores for ``percentile``.
         iforest: Add an Isolation Forest member fitted on the normal training rows.
+        pca: Add a PCA detector fitted on the normal training rows, as two members: ``pca_t2``
+            (Hotelling's T2) and ``pca_spe`` (squared prediction error).
         rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
         seed: Random state of the Isolation Forest and of the random parity inputs.
         range_factor: How far outside its normal training range (in spans of it) a sensor reading
@@ -160,13 +172,18 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: ensemble directory exists and is not empty")
-    if IFOREST in detectors and iforest:
-        raise ValueError(f"member name {IFOREST!r} is reserved for the Isolation Forest; rename that detector")
+    reserved = {**({IFOREST: "the Isolation Forest"} if iforest else {}),
+                **({name: "the PCA detector" for name in (PCA, f"{PCA}_{T2}", f"{PCA}_{SPE}")} if pca else {})}
+    for name in detectors:
+        if name in reserved:
+            raise ValueError(f"member name {name!r} is reserved for {reserved[name]}; rename that detector")
     models: dict[str, Any] = dict(detectors)
-    if not models and not iforest:
-        raise ValueError("no ensemble members: give at least one detector or keep the Isolation Forest")
+    if not models and not iforest and not pca:
+        raise ValueError("no ensemble members: give at least one detector or keep the Isolation Forest or PCA")
     if iforest:
         models[IFOREST] = fit_isolation_forest(dataset, seed=seed)
+    if pca:
+        models[PCA] = fit_pca(dataset)
     out.mkdir(parents=True, exist_ok=True)
 
     checks = {"validation": dataset.features("val"),

@@ -23,7 +23,8 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     result = run_ensemble(args.data, sweep=args.sweep, run_ids=args.run_id, detector_dirs=args.detector,
                           out_dir=args.out, name=args.name, gates=parse_gates(args.gate),
                           threshold_method=args.threshold_method, target_far=args.target_far,
-                          percentile=args.percentile, iforest=not args.no_iforest, register=not args.no_register,
+                          percentile=args.percentile, iforest=not args.no_iforest, pca=not args.no_pca,
+                          register=not args.no_register,
                           tracking_uri=args.mlflow_uri, experiment=args.experiment, seed=args.seed)
     console = Console()
     metrics = result.build.ensemble_metrics
@@ -57,9 +58,10 @@ def add_parsers(subparsers: Any) -> None:
     """Add ``ensemble`` and ``predict`` to ``subparsers`` (from ``add_subparsers()``)."""
     ens = subparsers.add_parser(
         "ensemble", help="export the best detectors to an ONNX ensemble, gate it and register it in MLflow",
-        description="Export members to ONNX, add an Isolation Forest, calibrate weights and threshold on the "
-                    "validation split, check the quality gates on the test split and, if all pass, register the "
-                    "ensemble in MLflow and move the alias 'champion' to it. Exits 1 when a gate fails.")
+        description="Export members to ONNX, add an Isolation Forest and a PCA detector (T2 and SPE), calibrate "
+                    "weights and threshold on the validation split, check the quality gates on the test split and, "
+                    "if all pass, register the ensemble in MLflow and move the alias 'champion' to it. Exits 1 "
+                    "when a gate fails.")
     ens.add_argument("--data", required=True, help="prepared dataset directory the members were trained on")
     source = ens.add_argument_group("members (at least one)")
     source.add_argument("--sweep", metavar="SWEEP_DIR", help="sweep directory with best.json")
@@ -76,6 +78,7 @@ def add_parsers(subparsers: Any) -> None:
                      help="override a quality gate, or NAME=off to drop it (repeatable); defaults: "
                           + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_GATES.items()))
     ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
+    ens.add_argument("--no-pca", action="store_true", help="leave the PCA members (pca_t2, pca_spe) out")
     ens.add_argument("--no-register", action="store_true", help="build and check the gates only")
     ens.add_argument("--out", help="work directory for ensemble/ and evaluation/ (default runs/ensemble/TIME)")
     ens.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")

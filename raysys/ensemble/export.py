@@ -3,7 +3,9 @@
 Deep detectors go through ``torch.onnx.export`` wrapped in :class:`ScoringGraph`, which folds the
 training scaler in (in float64, as scikit-learn applies it) and ends in the anomaly score; the VAE
 graph also outputs the Mahalanobis distance of the latent mean. The Isolation Forest goes through
-skl2onnx. Every file passes ``onnx.checker`` and matches its source on real and random inputs.
+skl2onnx. The PCA detector's T2 and SPE are a few ONNX ops written here (:func:`export_pca`): a
+fixed affine map, two matrix products and sums of squares, in float64. Every file passes
+``onnx.checker`` and matches its source on real and random inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from raysys.data.preprocessing import scaler_affine
 from raysys.ensemble.runtime import MemberSessions
 from raysys.models import BaseDeepDetector
+from raysys.models.pca import PCADetector
 
 #: ONNX opset of the exported graphs (recorded in each model and in ``ensemble.json``).
 OPSET = 17
@@ -32,6 +35,8 @@ PARITY_RTOL = 1e-4
 INPUT = "x"
 SCORE = "score"
 MAHALANOBIS = "mahalanobis"
+#: Output names of a PCA member: Hotelling's T2 and the squared prediction error.
+T2, SPE = "t2", "spe"
 
 
 class ExportParityError(ValueError):
@@ -44,7 +49,7 @@ class ExportedMember:
 
     Args:
         file: File name inside the ensemble directory.
-        family: ``ae``, ``vae``, ``lstm`` or ``iforest``.
+        family: A deep family (``ae``, ``vae``, ``lstm``, ``conv``), ``iforest`` or ``pca``.
         window: Rows per input sample (1 for row models).
         outputs: Member name to ONNX output name.
         parity: Output name to the largest relative error seen, per check (``validation``, ``random``).
@@ -83,7 +88,9 @@ class ScoringGraph(nn.Module):
 
 
 def detector_window(detector: Any) -> int:
-    """Rows per sample the detector scores (``window`` for sequence models, else 1)."""
+    """Rows per sample the detector scores (``window`` for sequence models, ``lags + 1`` for PCA, else 1)."""
+    if isinstance(detector, PCADetector):
+        return int(detector.lags) + 1
     return int(getattr(detector, "window", 1))
 
 
@@ -95,6 +102,8 @@ def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     """
     if isinstance(model, IsolationForest):
         return {SCORE: -model.score_samples(X)}
+    if isinstance(model, PCADetector):  # dynamic PCA pads its first rows' history as the runtime does
+        return {T2: model.t2(X), SPE: model.spe(X)}
     pad = detector_window(model) - 1
     padded = np.concatenate([np.repeat(X[:1], pad, axis=0), X])
     scores = {SCORE: model.decision_function(padded)[pad:]}
@@ -139,6 +148,60 @@ def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str |
     return [SCORE]
 
 
+def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
+    """Write ``detector``'s T2 and SPE as ONNX to ``path``; returns the output names ``[t2, spe]``.
+
+    skl2onnx converts scikit-learn's PCA projection only, so the graph is built here, in float64 as
+    :class:`~raysys.models.pca.PCADetector` computes (outputs float32)::
+
+        z   = (x - mean) / scale                      # x: (batch, sensors), or (batch, lags + 1, sensors)
+        t   = z @ P^T                                 # P: (k, features), the retained loadings
+        t2  = sum_j t_j**2 / lambda_j
+        spe = sum_i (z - t @ P)_i**2
+
+    With ``lags`` > 0 the input is a window of ``lags + 1`` rows, oldest first (the runtime's
+    history windows); the graph reverses it and flattens it to ``[x_t, x_t-1, ...]`` as
+    :func:`raysys.models.pca.lagged` stacks rows. ``smoothing`` is not part of the graph: the
+    outputs are the statistics before it, as ``PCADetector.t2`` and ``spe`` return them.
+    """
+    if not hasattr(detector, "components_"):
+        raise ValueError("the PCA detector is not fitted; call fit first")
+    window, n = detector_window(detector), detector.n_features_in_
+    double = onnx.TensorProto.DOUBLE
+    constants = {"mean": detector.mean_, "scale": detector.scale_, "loadings_t": detector.components_.T,
+                 "loadings": detector.components_, "eigenvalues": detector.explained_variance_}
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float64), k) for k, v in constants.items()]
+    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"))
+    nodes = [helper.make_node("Cast", [INPUT], ["x64"], to=double)]
+    stacked = "x64"
+    if window > 1:  # oldest-first window -> [x_t, x_t-1, ...] flattened per sample
+        initializers += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in
+                         {"rev_start": [-1], "rev_end": [-(2 ** 63)], "rev_axis": [1], "rev_step": [-1],
+                          "flat_shape": [0, window * n]}.items()]
+        nodes += [helper.make_node("Slice", ["x64", "rev_start", "rev_end", "rev_axis", "rev_step"], ["newest_first"]),
+                  helper.make_node("Reshape", ["newest_first", "flat_shape"], ["stacked"])]
+        stacked = "stacked"
+    nodes += [helper.make_node("Sub", [stacked, "mean"], ["centred"]),
+              helper.make_node("Div", ["centred", "scale"], ["z"]),
+              helper.make_node("MatMul", ["z", "loadings_t"], ["t"]),
+              helper.make_node("Mul", ["t", "t"], ["t_squared"]),
+              helper.make_node("Div", ["t_squared", "eigenvalues"], ["t2_terms"]),
+              helper.make_node("ReduceSum", ["t2_terms", "feature_axis"], ["t2_64"], keepdims=0),
+              helper.make_node("MatMul", ["t", "loadings"], ["reconstruction"]),
+              helper.make_node("Sub", ["z", "reconstruction"], ["residual"]),
+              helper.make_node("Mul", ["residual", "residual"], ["residual_squared"]),
+              helper.make_node("ReduceSum", ["residual_squared", "feature_axis"], ["spe_64"], keepdims=0),
+              helper.make_node("Cast", ["t2_64"], [T2], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Cast", ["spe_64"], [SPE], to=onnx.TensorProto.FLOAT)]
+    shape = ["batch", n] if window == 1 else ["batch", window, n]
+    graph = helper.make_graph(
+        nodes, "pca_t2_spe", [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch"]) for out in (T2, SPE)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="raysys")
+    onnx.save(model, str(path))
+    return [T2, SPE]
+
+
 def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """``max |actual - expected| / |expected|`` (denominator floored at 1e-12)."""
     expected = np.asarray(expected, dtype=np.float64)
@@ -174,10 +237,12 @@ def check_parity(model: Any, directory: Path, member: dict[str, Any], checks: di
 
 def export_member(name: str, model: Any, directory: str | os.PathLike, checks: dict[str, np.ndarray],
                   rtol: float = PARITY_RTOL) -> ExportedMember:
-    """Export ``model`` (a fitted raysys detector or IsolationForest) to ``directory/<name>.onnx`` and check it.
+    """Export ``model`` (a fitted raysys detector, IsolationForest or PCADetector) to ``directory/<name>.onnx``
+    and check it.
 
     Args:
-        name: Member name; a VAE also provides member ``<name>_mahalanobis``.
+        name: Member name; a VAE also provides member ``<name>_mahalanobis``; a PCA detector provides
+            ``<name>_t2`` and ``<name>_spe`` (no member ``<name>``).
         model: The fitted source model.
         directory: Ensemble directory to write into.
         checks: Named raw inputs (rows in time order) on which ONNX must match the source within ``rtol``.
@@ -188,6 +253,9 @@ def export_member(name: str, model: Any, directory: str | os.PathLike, checks: d
     if isinstance(model, IsolationForest):
         family, window = "iforest", 1
         outputs = export_isolation_forest(model, model.n_features_in_, path)
+    elif isinstance(model, PCADetector):
+        family, window = "pca", detector_window(model)
+        outputs = export_pca(model, path)
     else:
         family, window = model.family, detector_window(model)
         outputs = export_detector(model, path)

@@ -72,7 +72,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
                  detectors: Mapping[str, Any] | None = None, out_dir: str | os.PathLike | None = None,
                  name: str = DEFAULT_MODEL_NAME, gates: Mapping[str, float] | None = None,
                  threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
-                 iforest: bool = True, register: bool = True, tracking_uri: str | None = None,
+                 iforest: bool = True, pca: bool = True, register: bool = True, tracking_uri: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
                  seed: int = 0) -> EnsembleResult:
     """Build the ensemble from its members, check the gates, write the evaluation and register it if they pass.
@@ -102,7 +102,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
         found[key] = detector
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT / time.strftime("%Y%m%d-%H%M%S")
     build = build_ensemble(found, dataset, out / "ensemble", threshold_method=threshold_method,
-                           target_far=target_far, percentile=percentile, iforest=iforest, seed=seed, sources=sources)
+                           target_far=target_far, percentile=percentile, iforest=iforest, pca=pca, seed=seed,
+                           sources=sources)
     report = check_gates(gate_values(build), gates)
     evaluation_dir = write_evaluation(build, dataset, report, out / EVALUATION_DIR)
     registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir, parent_run_id)

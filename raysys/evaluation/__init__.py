@@ -1,14 +1,20 @@
-"""Detection metrics, threshold calibration and the plots every stage logs."""
+"""Detection metrics, threshold calibration and the plots every stage logs.
 
-from raysys.evaluation.metrics import (
-    THRESHOLD_METHODS,
-    best_f1_threshold,
-    calibrate_threshold,
-    detection_metrics,
-    far_threshold,
-    flat_metrics,
-    metrics_table,
-)
+The functions are imported on first use (they need scikit-learn), so command lines that only name
+:data:`THRESHOLD_METHODS` stay fast.
+"""
 
-__all__ = ["THRESHOLD_METHODS", "best_f1_threshold", "calibrate_threshold", "detection_metrics",
-           "far_threshold", "flat_metrics", "metrics_table"]
+from __future__ import annotations
+
+from raysys._lazy import lazy_exports
+#: How a decision threshold is chosen on validation data (``calibrate_threshold``).
+THRESHOLD_METHODS = ("best_f1", "percentile", "far")
+
+_LAZY = {name: "raysys.evaluation.metrics" for name in (
+    "best_f1_threshold", "calibrate_threshold", "detection_metrics", "far_threshold", "flat_metrics",
+    "metrics_table")}
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+
+__all__ = ["THRESHOLD_METHODS", *_LAZY]

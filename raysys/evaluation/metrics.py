@@ -16,8 +16,7 @@ from sklearn.metrics import (
 )
 
 from raysys.data.anomalies import NORMAL
-
-THRESHOLD_METHODS = ("best_f1", "percentile", "far")
+from raysys.evaluation import THRESHOLD_METHODS
 
 
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:

@@ -1,5 +1,5 @@
-"""Detectors: dense autoencoder, VAE and LSTM autoencoder (the deep families, trained with Ray
-Train), and the classical PCA T2 / SPE detector, each a scikit-learn estimator.
+"""Detectors: dense autoencoder, VAE, LSTM and 1-D convolutional autoencoders (the deep families,
+trained with Ray Train), and the classical PCA T2 / SPE detector, each a scikit-learn estimator.
 
 The family names and parameter rules (:mod:`raysys.models.params`) import without torch; the
 estimators (``FAMILIES``, ``build_detector``, ``load_detector``, the classes) are imported on
@@ -8,9 +8,7 @@ first use, so a command line that only parses arguments stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from raysys._lazy import lazy_exports
 from raysys.layout import DETECTOR_DIR
 from raysys.models.params import FAMILY_NAMES, PARAM_RULES, check_param, check_params, with_spellings
 
@@ -19,6 +17,8 @@ _LAZY = {
     "build_detector": "raysys.models.families",
     "load_detector": "raysys.models.families",
     "BaseDeepDetector": "raysys.models.base",
+    "ConvAutoEncoder": "raysys.models.conv",
+    "ConvDetector": "raysys.models.conv",
     "AutoEncoderDetector": "raysys.models.autoencoder",
     "DenseAutoEncoder": "raysys.models.autoencoder",
     "LSTMDetector": "raysys.models.lstm",
@@ -28,11 +28,7 @@ _LAZY = {
     "VariationalAutoEncoder": "raysys.models.vae",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["DETECTOR_DIR", "FAMILY_NAMES", "PARAM_RULES", "check_param", "check_params", "with_spellings", *_LAZY]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from raysys.data.preprocessing import fit_scaler, scaler_from_dict, scaler_to_dict
 from raysys.layout import DETECTOR_CONFIG, DETECTOR_SCALER, DETECTOR_WEIGHTS
 from raysys.models._training import EVAL_BATCH_SIZE, make_optimizer, run_epochs, score_batches, split_validation
-from raysys.models.params import check_params
+from raysys.models.params import check_params, check_rows
 
 #: ``threshold_method`` of a threshold ``fit`` set from ``contamination`` (the train stage replaces it).
 CONTAMINATION = "contamination"
@@ -92,16 +92,7 @@ class BaseDeepDetector(BaseEstimator, ABC):
 
     # -- fitting -----------------------------------------------------------------
     def _validate(self, X: np.ndarray, fitted: bool) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows, sensors), got shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or infinite values")
-        if fitted and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} sensors, expected {self.n_features_in_} as in fit")
-        if len(X) < self.min_rows():
-            raise ValueError(f"X needs at least {self.min_rows()} rows, got {len(X)}")
-        return X
+        return check_rows(X, np.float32, self.n_features_in_ if fitted else None, self.min_rows())
 
     def normal_samples(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """Scaled training samples that hold no known anomaly (``y == 1``)."""

@@ -10,6 +10,7 @@ from typing import Any
 from raysys.layout import DETECTOR_CONFIG
 from raysys.models.autoencoder import AutoEncoderDetector
 from raysys.models.base import BaseDeepDetector, restore
+from raysys.models.conv import ConvDetector
 from raysys.models.lstm import LSTMDetector
 from raysys.models.params import FAMILY_NAMES, check_params
 from raysys.models.vae import VAEDetector
@@ -18,12 +19,13 @@ FAMILIES: dict[str, type[BaseDeepDetector]] = {
     "ae": AutoEncoderDetector,
     "vae": VAEDetector,
     "lstm": LSTMDetector,
+    "conv": ConvDetector,
 }
 assert sorted(FAMILIES) == sorted(FAMILY_NAMES), "raysys.models.params.FAMILY_NAMES must list every family"
 
 
 def build_detector(family: str, **params: Any) -> BaseDeepDetector:
-    """An unfitted detector of ``family`` (``ae``, ``vae`` or ``lstm``) with ``params``.
+    """An unfitted detector of ``family`` (``ae``, ``vae``, ``lstm`` or ``conv``) with ``params``.
 
     Unknown parameters and values out of a parameter's domain raise ``ValueError`` naming them.
     """

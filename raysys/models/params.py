@@ -1,4 +1,4 @@
-"""The detector families' names and the domain of every detector parameter (no torch).
+"""The detector families' names, the domain of every detector parameter and of their input (no torch).
 
 ``build_detector`` checks parameters against these rules before anything trains, and the sweep
 config checks its search space with the same rules, so ``raysys train --param dropout=2`` and a
@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 #: Detector families (``raysys.models.FAMILIES`` maps each to its estimator class).
-FAMILY_NAMES = ("ae", "lstm", "vae")
+FAMILY_NAMES = ("ae", "conv", "lstm", "vae")
 #: The scalers a detector may fit on its training rows.
 SCALER_NAMES = ("minmax", "standard")
 
@@ -24,7 +26,7 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
-def _hidden_dims(v: Any) -> bool:
+def _int_list(v: Any) -> bool:
     return (isinstance(v, (list, tuple)) and len(v) > 0
             and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v))
 
@@ -47,7 +49,9 @@ PARAM_RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
     "window": (int, lambda v: v >= 2, ">= 2"),
     "stride": (int, _positive, ">= 1"),
     "seed": (int, _non_negative, ">= 0"),
-    "hidden_dims": (None, _hidden_dims, "a non-empty list of positive integers"),
+    "kernel_size": (int, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "hidden_dims": (None, _int_list, "a non-empty list of positive integers"),
+    "channels": (None, _int_list, "a non-empty list of positive integers"),
     "scaler": (str, lambda v: v in SCALER_NAMES, " or ".join(repr(s) for s in SCALER_NAMES)),
 }
 
@@ -119,3 +123,20 @@ def check_params(family: str, params: Mapping[str, Any], known: list[str]) -> di
     if unknown:
         raise ValueError(f"unknown {family} parameter(s) {unknown}; expected some of {sorted(known)}")
     return {name: check_param(name, value, f"{family} parameter") for name, value in params.items()}
+
+
+def check_rows(X: Any, dtype: type, n_features: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """``X`` as a 2-D ``dtype`` array of finite sensor rows; ``ValueError`` naming what is wrong.
+
+    ``n_features``: the sensors the detector was fitted on (None before ``fit``).
+    """
+    X = np.asarray(X, dtype=dtype)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (rows, sensors), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[1]} sensors, expected {n_features} as in fit")
+    if len(X) < min_rows:
+        raise ValueError(f"X needs at least {min_rows} rows, got {len(X)}")
+    return X

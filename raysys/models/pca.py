@@ -26,6 +26,8 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from raysys.models.params import check_rows
+
 #: Values of ``PCADetector.score``.
 PCA_SCORES = ("t2", "spe", "combined")
 
@@ -89,16 +91,7 @@ class PCADetector(BaseEstimator):
             raise ValueError(f"smoothing must be an int >= 1, got {self.smoothing!r}")
 
     def _validate(self, X: np.ndarray, fitted: bool) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows, sensors), got shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or infinite values")
-        if fitted and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} sensors, expected {self.n_features_in_} as in fit")
-        if len(X) < 1:
-            raise ValueError("X has no rows")
-        return X
+        return check_rows(X, np.float64, self.n_features_in_ if fitted else None)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "components_"):

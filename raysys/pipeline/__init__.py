@@ -1,8 +1,22 @@
-"""The end-to-end pipeline: data, sweep, ensemble, gates, registry, report."""
+"""The end-to-end pipeline: data, sweep, ensemble, gates, registry, report.
 
-from raysys.pipeline.config import PipelineConfig, load_pipeline_config
-from raysys.pipeline.runner import PipelineResult, run_pipeline, summary_lines
-from raysys.pipeline.state import PipelineState, StageError
+Imported on first use, so ``raysys pipeline --help`` stays fast.
+"""
 
-__all__ = ["PipelineConfig", "PipelineResult", "PipelineState", "StageError", "load_pipeline_config",
-           "run_pipeline", "summary_lines"]
+from __future__ import annotations
+
+from raysys._lazy import lazy_exports
+_LAZY = {
+    "PipelineConfig": "raysys.pipeline.config",
+    "load_pipeline_config": "raysys.pipeline.config",
+    "PipelineResult": "raysys.pipeline.runner",
+    "run_pipeline": "raysys.pipeline.runner",
+    "summary_lines": "raysys.pipeline.runner",
+    "PipelineState": "raysys.pipeline.state",
+    "StageError": "raysys.pipeline.state",
+}
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+
+__all__ = list(_LAZY)

@@ -1,9 +1,23 @@
-"""Distributed training with Ray Train: the worker function, the driver, evaluation."""
+"""Distributed training with Ray Train: the worker function, the driver, evaluation.
 
-from raysys.train.config import TrainConfig
-from raysys.train.driver import MlflowEpochLogger, TrainResult, build_trainer, train
-from raysys.train.evaluate import Evaluation, evaluate_detector
-from raysys.train.worker import DETECTOR_DIR, train_fn_per_worker
+Imported on first use (they need Ray, torch and MLflow), so ``raysys train --help`` stays fast.
+"""
 
-__all__ = ["DETECTOR_DIR", "Evaluation", "MlflowEpochLogger", "TrainConfig", "TrainResult", "build_trainer",
-           "evaluate_detector", "train", "train_fn_per_worker"]
+from __future__ import annotations
+
+from raysys._lazy import lazy_exports
+_LAZY = {
+    "TrainConfig": "raysys.train.config",
+    "MlflowEpochLogger": "raysys.train.driver",
+    "TrainResult": "raysys.train.driver",
+    "build_trainer": "raysys.train.driver",
+    "train": "raysys.train.driver",
+    "Evaluation": "raysys.train.evaluate",
+    "evaluate_detector": "raysys.train.evaluate",
+    "train_fn_per_worker": "raysys.train.worker",
+}
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+
+__all__ = list(_LAZY)

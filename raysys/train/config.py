@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raysys.evaluation import THRESHOLD_METHODS
-from raysys.models import FAMILY_NAMES, build_detector
+from raysys.models import FAMILY_NAMES
 
 
 @dataclass
@@ -66,6 +66,8 @@ class TrainConfig:
 
     def detector(self):
         """The unfitted detector this run trains (its parameters validated)."""
+        from raysys.models import build_detector  # torch: only when a config is built, not for --help
+
         return build_detector(self.model, **self.params)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -12,11 +13,12 @@ from typing import Any, Callable
 
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from rich.console import Console
 
+from raysys.cluster import train_log_level
 from raysys.data import load_dataset
 from raysys.evaluation import flat_metrics, metrics_table
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
@@ -29,6 +31,10 @@ from raysys.train.evaluate import Evaluation, evaluate_detector, write_evaluatio
 from raysys.train.worker import train_fn_per_worker
 
 logger = logging.getLogger(__name__)
+#: How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's report waits for
+#: the controller to collect the previous one, so the default caps a run at one epoch per 2 s; raysys's
+#: epochs are often shorter (docs/benchmarks.md). Set the variable yourself to override it.
+HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.1
 EPOCH_METRICS = ("train_loss", "val_loss", "lr", "val_pr_auc")
 
 
@@ -61,6 +67,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
     """
     loop_config = {"data": str(Path(cfg.data).resolve()), "model": cfg.model, "params": cfg.params,
                    **(extra_loop_config or {})}
+    os.environ.setdefault(HEALTH_CHECK_ENV, str(HEALTH_CHECK_INTERVAL_S))  # Ray Train passes it to its actors
     return TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
@@ -72,6 +79,7 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            logging_config=LoggingConfig(log_level=train_log_level()),
         ),
     )
 

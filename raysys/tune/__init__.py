@@ -1,9 +1,23 @@
-"""Hyperparameter sweeps with Ray Tune: every trial a Ray Train run, every trial in MLflow."""
+"""Hyperparameter sweeps with Ray Tune: every trial a Ray Train run, every trial in MLflow.
 
-from raysys.tune.config import SweepConfig, default_config_path, load_sweep_config
-from raysys.tune.export import materialize_detector
-from raysys.tune.sweep import SweepResult, finalize_sweep, run_sweep
-from raysys.tune.trial import train_driver_fn
+Imported on first use (they need Ray, MLflow and Optuna), so ``raysys tune --help`` stays fast.
+"""
 
-__all__ = ["SweepConfig", "SweepResult", "default_config_path", "finalize_sweep", "load_sweep_config",
-           "materialize_detector", "run_sweep", "train_driver_fn"]
+from __future__ import annotations
+
+from raysys._lazy import lazy_exports
+_LAZY = {
+    "SweepConfig": "raysys.tune.config",
+    "default_config_path": "raysys.tune.config",
+    "load_sweep_config": "raysys.tune.config",
+    "materialize_detector": "raysys.tune.export",
+    "SweepResult": "raysys.tune.sweep",
+    "finalize_sweep": "raysys.tune.sweep",
+    "run_sweep": "raysys.tune.sweep",
+    "train_driver_fn": "raysys.tune.trial",
+}
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+
+__all__ = list(_LAZY)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from raysys.models import FAMILY_NAMES, PARAM_RULES, build_detector, check_param
+from raysys.models import FAMILY_NAMES, PARAM_RULES, check_param
 from raysys.models.params import SPELLINGS, as_number
 
 #: Distributions a parameter may be drawn from: ``{kind: arguments}``.
@@ -43,7 +43,7 @@ COMMON = "common"
 RESERVED_PARAMS = {param: setting for setting, param in SPELLINGS.items()}
 #: What ``--quick`` / :meth:`SweepConfig.quick` change: one trial per family, 2 epochs, 1 worker each,
 #: ASHA within each family (with one trial per family, every trial runs its 2 epochs).
-QUICK = {"num_samples": 3, "max_epochs": 2, "patience": 2, "grace_period": 1, "max_concurrent": 2,
+QUICK = {"num_samples": len(FAMILY_NAMES), "max_epochs": 2, "patience": 2, "grace_period": 1, "max_concurrent": 2,
          "workers_per_trial": 1, "n_startup_trials": 3, "scheduler": "asha_family"}
 
 
@@ -254,7 +254,7 @@ class SweepConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "SweepConfig":
-        """A tiny sweep for smoke runs and ``--quick``: 3 trials (one per family), 2 epochs,
+        """A tiny sweep for smoke runs and ``--quick``: one trial per family (4), 2 epochs,
         1 worker per trial, 2 at a time, ASHA within each family; the default search space."""
         return cls.default(**{**QUICK, **overrides})
 
@@ -265,6 +265,8 @@ class SweepConfig:
 
 def parse_space(space: Any, families: list[str]) -> dict[str, dict[str, Any]]:
     """Validate ``space``; returns family -> parameter -> constant or :class:`Distribution`."""
+    from raysys.models import build_detector  # torch: only when a config is parsed, not for --help
+
     if space is None:
         space = {}
     if not isinstance(space, Mapping):

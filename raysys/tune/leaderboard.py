@@ -25,7 +25,7 @@ from raysys.tune.trial import TRAIN_DONE, read_record  # noqa: E402
 COMPLETED, STOPPED, ERROR, UNFINISHED = "completed", "stopped", "error", "unfinished"
 COLUMNS = ["trial", "trial_id", "family", "status", "epochs", "epochs_run", "val_pr_auc", "val_loss",
            "best_val_loss", "run_id", "checkpoint_path", "latest_checkpoint", "params"]
-FAMILY_COLORS = {"ae": "tab:blue", "vae": "tab:orange", "lstm": "tab:green"}
+FAMILY_COLORS = {"ae": "tab:blue", "vae": "tab:orange", "lstm": "tab:green", "conv": "tab:purple"}
 
 
 def _float(value: Any) -> float:

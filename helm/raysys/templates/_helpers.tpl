@@ -54,12 +54,67 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The CPU image: repository@digest when image.digest is set, else repository:tag. */}}
 {{- define "raysys.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end }}
+{{- end }}
 
+{{/* The GPU image: repository@gpuDigest when image.gpuDigest is set, else repository:gpuTag. */}}
 {{- define "raysys.gpuImage" -}}
+{{- if .Values.image.gpuDigest -}}
+{{ .Values.image.repository }}@{{ .Values.image.gpuDigest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.gpuTag }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding the Ray token (key "auth_token"). */}}
+{{- define "raysys.rayTokenSecretName" -}}
+{{ .Values.rayAuth.existingSecret | default (printf "%s-ray-token" (include "raysys.fullname" .)) }}
+{{- end }}
+
+{{/* Name of the Secret holding MLflow's admin credentials (keys username, password, flask-secret-key). */}}
+{{- define "raysys.mlflowAuthSecretName" -}}
+{{ .Values.mlflow.auth.existingSecret | default (printf "%s-mlflow-auth" (include "raysys.fullname" .)) }}
+{{- end }}
+
+{{/* "true" when MLflow clients get credentials: auth on, and a server this chart runs or an existing Secret. */}}
+{{- define "raysys.mlflowClientAuth" -}}
+{{- if and .Values.mlflow.auth.enabled (or .Values.mlflow.enabled .Values.mlflow.auth.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* MLFLOW_TRACKING_USERNAME / _PASSWORD from the MLflow auth Secret (env entries, no "env:" key). */}}
+{{- define "raysys.mlflowClientEnv" -}}
+# MLflow basic-auth credentials (read by the mlflow client), from the Secret; never in runtime_env.
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "raysys.mlflowAuthSecretName" . }}
+      key: username
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "raysys.mlflowAuthSecretName" . }}
+      key: password
+{{- end }}
+
+{{/*
+A random secret value that survives upgrades: the value already stored under .key in the Secret
+.name (found with `lookup` on install/upgrade), else a new random string. `helm template` and
+manifests/ cannot look up, so they get a new value each time (manifests/ uses existing Secrets).
+Call with (dict "root" $ "name" "<secret>" "key" "<key>" "length" 48).
+*/}}
+{{- define "raysys.stableRandom" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{ index $existing.data .key | b64dec }}
+{{- else -}}
+{{ randAlphaNum (int .length) }}
+{{- end }}
 {{- end }}
 
 {{/* Where `python jobs/<name>.py` lives inside the image (Dockerfile: APP_DIR). */}}
@@ -89,13 +144,18 @@ securityContext:
     type: RuntimeDefault
 {{- end }}
 
-{{/* Container-level security context of every container. */}}
+{{/* Container-level security context of every container (Pod Security "restricted"). */}}
 {{- define "raysys.containerSecurityContext" -}}
-# No privilege escalation and no Linux capabilities.
+# No privilege escalation, no Linux capabilities, the image's files read-only
+# (writable paths are emptyDirs: see securityContext in values.yaml).
 securityContext:
+  runAsNonRoot: true
   allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: {{ .Values.securityContext.readOnlyRootFilesystem }}
   capabilities:
     drop: ["ALL"]
+  seccompProfile:
+    type: RuntimeDefault
 {{- end }}
 
 {{- define "raysys.imagePullSecrets" -}}
@@ -115,6 +175,12 @@ env:
   # Every job logs to MLflow here (read by mlflow and raysys).
   - name: MLFLOW_TRACKING_URI
     value: {{ include "raysys.trackingUri" $root | quote }}
+  {{- if include "raysys.mlflowClientAuth" $root }}
+  {{- include "raysys.mlflowClientEnv" $root | nindent 2 }}
+  {{- end }}
+  # matplotlib's config and cache in the writable cache emptyDir (the image's files are read-only).
+  - name: MPLCONFIGDIR
+    value: /home/ray/.cache/matplotlib
   {{- if .serve }}
   # Serve's ingress on port 8000: HAProxy forwarding straight to the replicas ("1") or the Python proxy ("0").
   - name: RAY_SERVE_ENABLE_HA_PROXY
@@ -122,26 +188,58 @@ env:
   # Serve's throughput-optimized request path in the replicas ("1") or the default one ("0").
   - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
     value: {{ ternary "1" "0" $root.Values.rayService.throughputOptimized | quote }}
+  # HAProxy's retry-on for every Serve backend (space-separated keywords; "none": never retry).
+  - name: RAY_SERVE_HAPROXY_RETRY_ON
+    value: {{ $root.Values.rayService.retryOn | quote }}
   {{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . | indent 2 }}
 {{- end }}
 {{- end }}
 
-{{/* Volume mounts of every Ray container. */}}
+{{/* Mounts of the writable scratch emptyDirs (/tmp and ~/.cache) of every container; no "volumeMounts:" key. */}}
+{{- define "raysys.scratchVolumeMounts" -}}
+# Temporary files (Python's tempfile, torch, mlflow downloads).
+- name: tmp
+  mountPath: /tmp
+# pip, torch and matplotlib caches (MPLCONFIGDIR=/home/ray/.cache/matplotlib).
+- name: cache
+  mountPath: /home/ray/.cache
+{{- end }}
+
+{{/* The scratch emptyDirs of every pod; no "volumes:" key. */}}
+{{- define "raysys.scratchVolumes" -}}
+# Writable scratch space on the node's disk, gone with the pod.
+- name: tmp
+  emptyDir: {}
+- name: cache
+  emptyDir: {}
+{{- end }}
+
+{{/* Volume mounts of every Ray container; call with (dict "root" $ "serve" true) in the RayService's cluster. */}}
 {{- define "raysys.rayVolumeMounts" -}}
 volumeMounts:
   # Ray's object store lives in shared memory.
   - name: shm
     mountPath: /dev/shm
-{{- if .Values.sharedStorage.enabled }}
+  # Ray's session directory (logs, sockets, runtime_env files); KubeRay mounts the same
+  # "ray-logs" volume into the autoscaler sidecar.
+  - name: ray-logs
+    mountPath: /tmp/ray
+  {{- if .serve }}
+  # Serve's HAProxy config, admin/metrics sockets and server state (RAY_SERVE_HAPROXY_*).
+  - name: haproxy
+    mountPath: /tmp/haproxy-serve
+  {{- end }}
+  {{- include "raysys.scratchVolumeMounts" .root | nindent 2 }}
+{{- if .root.Values.sharedStorage.enabled }}
   # Data sets and Ray Train/Tune results, seen by every pod.
   - name: shared
-    mountPath: {{ .Values.sharedStorage.mountPath }}
+    mountPath: {{ .root.Values.sharedStorage.mountPath }}
 {{- end }}
 {{- end }}
 
-{{/* Volumes of every Ray pod; call with (dict "root" $ "shmSize" "2Gi"). */}}
+{{/* Volumes of every Ray pod; call with (dict "root" $ "shmSize" "2Gi" "serve" false). */}}
 {{- define "raysys.rayVolumes" -}}
 volumes:
   # Shared memory for the object store, in RAM up to sizeLimit.
@@ -149,6 +247,15 @@ volumes:
     emptyDir:
       medium: Memory
       sizeLimit: {{ .shmSize }}
+  # Ray's /tmp/ray (the name KubeRay uses for it).
+  - name: ray-logs
+    emptyDir: {}
+  {{- if .serve }}
+  # HAProxy's /tmp/haproxy-serve.
+  - name: haproxy
+    emptyDir: {}
+  {{- end }}
+  {{- include "raysys.scratchVolumes" .root | nindent 2 }}
 {{- if .root.Values.sharedStorage.enabled }}
   # The ReadWriteMany claim of shared-storage.yaml.
   - name: shared
@@ -181,6 +288,9 @@ autoscalerOptions:
       cpu: {{ .Values.autoscaler.cpu | quote }}
       memory: {{ .Values.autoscaler.memory }}
   {{- include "raysys.containerSecurityContext" . | nindent 2 }}
+  # Writable /tmp and ~/.cache of the head pod (KubeRay adds /tmp/ray, the "ray-logs" volume).
+  volumeMounts:
+    {{- include "raysys.scratchVolumeMounts" . | nindent 4 }}
 {{- end }}
 {{- end }}
 
@@ -194,7 +304,8 @@ headGroupSpec:
   rayStartParams:
     # No Ray tasks or actors on the head; job drivers still run here.
     num-cpus: "0"
-    # Listen on all interfaces so the dashboard Service and port-forward reach it.
+    # Listen on all interfaces so the dashboard Service and port-forward reach it; who may connect
+    # is limited by the token (rayAuth) and the NetworkPolicy (networkPolicy).
     dashboard-host: "0.0.0.0"
     {{- with $head.rayStartParams }}
     {{- toYaml . | nindent 4 }}
@@ -207,6 +318,11 @@ headGroupSpec:
     spec:
       # Bound by the KubeRay operator to the autoscaler's Role (see rbac.yaml).
       serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
+      # Only the autoscaler sidecar calls the Kubernetes API: no token without it.
+      automountServiceAccountToken: {{ $root.Values.autoscaler.enabled }}
+      {{- if .serve }}
+      {{- include "raysys.serveGracePeriod" . | nindent 6 }}
+      {{- end }}
       {{- include "raysys.podSecurityContext" $root | nindent 6 }}
       {{- if $root.Values.image.pullSecrets }}
       {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
@@ -256,8 +372,8 @@ headGroupSpec:
               cpu: {{ $head.cpu | quote }}
               memory: {{ $head.memory }}
           {{- include "raysys.containerSecurityContext" $root | nindent 10 }}
-          {{- include "raysys.rayVolumeMounts" $root | nindent 10 }}
-      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $head.shmSize) | nindent 6 }}
+          {{- include "raysys.rayVolumeMounts" . | nindent 10 }}
+      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $head.shmSize "serve" .serve) | nindent 6 }}
 {{- end }}
 
 {{/* One worker group; call with (dict "root" $ "name" "cpu" "group" .Values.workers.cpu "gpu" false "serve" false). */}}
@@ -281,6 +397,9 @@ headGroupSpec:
       serviceAccountName: {{ include "raysys.rayServiceAccountName" $root }}
       # Workers never call the Kubernetes API.
       automountServiceAccountToken: false
+      {{- if .serve }}
+      {{- include "raysys.serveGracePeriod" . | nindent 6 }}
+      {{- end }}
       {{- include "raysys.podSecurityContext" $root | nindent 6 }}
       {{- if $root.Values.image.pullSecrets }}
       {{- include "raysys.imagePullSecrets" $root | nindent 6 }}
@@ -332,23 +451,25 @@ headGroupSpec:
               nvidia.com/gpu: {{ $g.gpus }}
               {{- end }}
           {{- include "raysys.containerSecurityContext" $root | nindent 10 }}
-          {{- include "raysys.rayVolumeMounts" $root | nindent 10 }}
-      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $g.shmSize) | nindent 6 }}
+          {{- include "raysys.rayVolumeMounts" . | nindent 10 }}
+      {{- include "raysys.rayVolumes" (dict "root" $root "shmSize" $g.shmSize "serve" .serve) | nindent 6 }}
 {{- end }}
 
 {{/* The body of a RayCluster spec; call with (dict "root" $ "serve" false). */}}
 {{- define "raysys.rayClusterSpec" -}}
 {{- $root := .root -}}
+{{- if hasKey $root.Values.rayAuth "secretName" }}
+{{- fail "rayAuth.secretName was renamed rayAuth.existingSecret (a Secret with the key auth_token)" }}
+{{- end -}}
 # Ray version in every container; equals the image tag's Ray version and pyproject's ray pin.
 rayVersion: {{ $root.Values.rayVersion | quote }}
 {{- if $root.Values.rayAuth.enabled }}
-# Token authentication for the dashboard / Job API and Ray's RPCs.
+# Token authentication of the dashboard / Job API and Ray's RPCs: KubeRay sets RAY_AUTH_MODE=token
+# and RAY_AUTH_TOKEN (from the Secret's key "auth_token") in every Ray container and the
+# RayJob submitter.
 authOptions:
   mode: token
-  {{- with $root.Values.rayAuth.secretName }}
-  # Secret with the token under the key "auth_token".
-  secretName: {{ . }}
-  {{- end }}
+  secretName: {{ include "raysys.rayTokenSecretName" $root }}
 {{- end }}
 {{ include "raysys.autoscaling" $root }}
 {{ include "raysys.headGroupSpec" . }}
@@ -360,6 +481,13 @@ workerGroupSpecs:
   # GPU workers: created only when a job asks for GPUs (or minReplicas > 0).
   {{- include "raysys.workerGroup" (dict "root" $root "name" "gpu" "group" $root.Values.workers.gpu "gpu" true "serve" .serve) | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds of the RayService's pods; call with (dict "root" $). */}}
+{{- define "raysys.serveGracePeriod" -}}
+# Longer than Serve's drain: HAProxy's draining period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+# 30 s) plus the replicas' graceful_shutdown_timeout_s (20 s), so in-flight requests finish.
+terminationGracePeriodSeconds: {{ .root.Values.rayService.terminationGracePeriodSeconds }}
 {{- end }}
 
 {{/* runtimeEnvYAML of the RayJobs: settings go to the scripts through env_vars. */}}
@@ -385,6 +513,8 @@ submitterPodTemplate:
     {{- if .Values.image.pullSecrets }}
     {{- include "raysys.imagePullSecrets" . | nindent 4 }}
     {{- end }}
+    volumes:
+      {{- include "raysys.scratchVolumes" . | nindent 6 }}
     containers:
       - name: ray-job-submitter
         # Same image as the head, so the Ray CLI versions match.
@@ -398,4 +528,34 @@ submitterPodTemplate:
             cpu: "1"
             memory: 1Gi
         {{- include "raysys.containerSecurityContext" . | nindent 8 }}
+        volumeMounts:
+          {{- include "raysys.scratchVolumeMounts" . | nindent 10 }}
+{{- end }}
+
+{{/* Label selector of every Ray head and worker pod of the release (no "podSelector:" key). */}}
+{{- define "raysys.rayPodSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: {{ include "raysys.name" . }}
+  app.kubernetes.io/instance: {{ .Release.Name }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: ["ray-head", "ray-worker", "ray-worker-gpu"]
+{{- end }}
+
+{{/* NetworkPolicyPeers of the clients of the Ray head and MLflow: the release's pods, pods with
+networkPolicy.clientPodLabels, networkPolicy.extraClientPeers. */}}
+{{- define "raysys.clientPeers" -}}
+# Every pod of this release (Ray pods, RayJob submitters, MLflow, helm test).
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "raysys.name" . }}
+      app.kubernetes.io/instance: {{ .Release.Name }}
+# Client pods in the release namespace (notebooks, CI) carrying networkPolicy.clientPodLabels.
+- podSelector:
+    matchLabels:
+      {{- toYaml .Values.networkPolicy.clientPodLabels | nindent 6 }}
+{{- with .Values.networkPolicy.extraClientPeers }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
