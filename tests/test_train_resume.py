@@ -88,3 +88,33 @@ def test_killed_training_resumes_from_its_checkpoint(ray_cluster, small_dataset,
     assert final["epoch"] == EPOCHS
     assert [h["epoch"] for h in final["history"]] == list(range(1, EPOCHS + 1))
     assert (run_dir / f"epoch-{EPOCHS:04d}" / "detector" / "model.pt").exists()
+
+
+def test_sigterm_marks_the_run_interrupted_and_keeps_its_checkpoints(ray_cluster, small_dataset, tmp_path):
+    """Kubernetes stops a RayJob's driver with SIGTERM: it is handled like Ctrl-C, so the run ends
+    KILLED and tagged interrupted (never FINISHED), its checkpoints stay, and the exit code is 130."""
+    storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = storage / "T"
+    log = tmp_path / "sigterm.log"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [RAYSYS, "train", "--data", str(small_dataset), "--storage-path", str(storage), "--mlflow-uri", uri,
+             "--model", "ae", "--num-workers", "1", "--max-epochs", "500", "--patience", "500",
+             "--param", "batch_size=32", "--run-name", "T"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(lambda: (run_dir / "epoch-0001").exists() or proc.poll() is not None, "epoch-0001", log)
+            assert proc.poll() is None, f"training ended before it could be stopped\n{log.read_text()}"
+            proc.send_signal(signal.SIGTERM)
+            _wait_for(lambda: proc.poll() is not None, "the driver to exit after SIGTERM", log)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, log.read_text()
+    assert "raysys train: interrupted" in log.read_text()
+    _wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= 2, "the stopped run's workers to exit")
+    run = MlflowClient(uri).get_run(json.loads((run_dir / "raysys_run.json").read_text())["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["raysys.status"] == "interrupted"
+    assert _complete_checkpoints(run_dir), "the checkpoints written before SIGTERM are kept"

@@ -15,7 +15,7 @@ class TrainConfig:
 
     Args:
         data: A prepared dataset directory (``raysys generate`` / ``raysys prepare``).
-        model: Detector family: ``ae``, ``vae`` or ``lstm``.
+        model: Detector family (``raysys.models.FAMILY_NAMES``: ``ae``, ``vae``, ``lstm``, ``conv``).
         params: Detector parameters (architecture, lr, ``epochs``, ``patience``, ``batch_size`` (the
             global batch, split across workers), ...; see ``raysys.models``). The one place a
             training knob is set: ``raysys train --max-epochs`` / ``--patience`` write into it.

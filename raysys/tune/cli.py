@@ -52,7 +52,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tu = subparsers.add_parser(
-        "tune", help="hyperparameter sweep over ae / vae / lstm with Ray Tune (each trial a Ray Train run)",
+        "tune", help="hyperparameter sweep over ae / vae / lstm / conv with Ray Tune (each trial a Ray Train run)",
         description="Ray Tune sweep; each trial is a Ray Train run tracked as an MLflow child run. Writes "
                     "leaderboard.csv, leaderboard.png and best.json (best trial per family) into the sweep directory.")
     tu.add_argument("--data", help="prepared dataset directory")
