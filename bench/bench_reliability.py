@@ -305,12 +305,12 @@ def markdown(result: dict) -> str:
     for k in result["kill"]:
         lines.append(f"| {k['replicas']} | {k['requests']} | {k['ok']} | {k['failed']} | {k['failures'] or '-'} | "
                      f"{k['killed_after']} |")
-    m = result["memory"]
+    big, slow = result["memory"]["oversized"], result["memory"]["slow"]
     lines += ["", "| bodies | status | replica RSS before | peak | seconds |", "|---|---|---|---|---|",
-              f"| {m['oversized']['bodies']} x 60 MB chunked | {m['oversized']['status']} | "
-              f"{m['oversized']['rss_before_mb']} MB | {m['oversized']['rss_peak_mb']} MB | {m['oversized']['seconds']} |",
-              f"| {m['slow']['bodies']} slow (never finished) | {m['slow']['status']} | {m['slow']['rss_before_mb']} MB "
-              f"| {m['slow']['rss_peak_mb']} MB | {m['slow']['seconds']} |", "",
+              f"| {big['bodies']} x 60 MB chunked | {big['status']} | {big['rss_before_mb']} MB | "
+              f"{big['rss_peak_mb']} MB | {big['seconds']} |",
+              f"| {slow['bodies']} slow (never finished) | {slow['status']} | {slow['rss_before_mb']} MB | "
+              f"{slow['rss_peak_mb']} MB | {slow['seconds']} |", "",
               "| probe | tried | passed |", "|---|---|---|"]
     p = result["probes"]
     lines += [f"| malformed requests | {p['malformed']['tried']} | {p['malformed']['passed']} |",

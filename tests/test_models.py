@@ -141,7 +141,7 @@ def test_detectors_are_scikit_learn_estimators(family):
     ({"dropout": 2}, r"dropout must be in \[0, 1\), got 2"),
     ({"epochs": 0}, "epochs must be >= 1, got 0"),
     ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
-    ({"scaler": "robustish"}, "scaler must be 'minmax' or 'standard', got 'robustish'"),
+    ({"scaler": "robustish"}, "scaler must be 'minmax' or 'robust' or 'standard', got 'robustish'"),
 ])
 def test_out_of_range_parameter_is_rejected_by_build_detector(params, match):
     with pytest.raises(ValueError, match=match):
@@ -237,3 +237,16 @@ def test_known_anomalies_are_left_out_of_training(data):
     assert samples.shape == ((~touched).sum(), 8, X.shape[1])
     dense = build_detector("ae").init_fit(X, y)
     assert dense.shape == ((y == 0).sum(), X.shape[1])
+
+
+@pytest.mark.parametrize("scaler", ["standard", "minmax", "robust"])
+def test_every_scaler_saves_as_json_and_folds_into_an_affine_map(scaler, data, tmp_path):
+    from raysys.data.preprocessing import scaler_affine
+
+    detector = build_detector("ae", scaler=scaler, epochs=1).fit(data.features("train"), data.labels("train"))
+    X = data.features("test")[:50]
+    loaded = load_detector(detector.save(tmp_path / scaler))
+    np.testing.assert_array_equal(loaded.scaler_.transform(X), detector.scaler_.transform(X))
+    np.testing.assert_allclose(loaded.decision_function(X), detector.decision_function(X), rtol=1e-6)
+    scale, offset = scaler_affine(detector.scaler_)
+    np.testing.assert_allclose(X * scale + offset, detector.scaler_.transform(X), rtol=1e-5, atol=1e-6)

@@ -251,6 +251,13 @@ def serve_subprocess(model_dir, port: int, tmp_path) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _post_or_none(url: str, body: dict):
+    try:
+        return httpx.post(url, json=body, timeout=10).json()
+    except httpx.HTTPError:
+        return None
+
+
 def test_sigterm_stops_raysys_serve_like_ctrl_c(tiny_ensemble_dir, tmp_path):
     """SIGTERM (Kubernetes, on every rollout) drains, deletes the app, stops the local Ray and exits 0, with no
     traceback or Ray "SIGTERM received" dump."""
@@ -261,8 +268,9 @@ def test_sigterm_stops_raysys_serve_like_ctrl_c(tiny_ensemble_dir, tmp_path):
             if "serving until Ctrl-C / SIGTERM" in line:
                 break
         assert process.poll() is None, process.stderr.read()
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"readings": [{"a": 1, "b": 2}]},
-                          timeout=30).json()["predictions"][0]["score"] == 5.0
+        url = f"http://127.0.0.1:{port}/v1/predict"
+        answer = wait_for(lambda: _post_or_none(url, {"readings": [{"a": 1, "b": 2}]}), 30, "the subprocess's Serve")
+        assert answer["predictions"][0]["score"] == 5.0
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=150)
     finally:
@@ -377,7 +385,8 @@ def test_flagged_readings_are_counted_by_reason(served, client):
     assert client.post(f"{url}/v1/predict", json=body).status_code == 200
     wait_for(lambda: serve_metric(client, "ray_raysys_readings_flagged_total", "raysys",
                                   reason="out_of_range") >= before + 3, 60, "the flagged counter", every_s=1)
-    lines = [line for line in metrics_text(client).splitlines() if line.startswith("ray_raysys_readings_flagged_total{")]
+    lines = [line for line in metrics_text(client).splitlines()
+             if line.startswith("ray_raysys_readings_flagged_total{")]
     assert lines and all('reason="' in line and "asset" not in line for line in lines)
 
 

@@ -105,7 +105,8 @@ def _readings_of(document) -> list[dict] | None:
     return [{s: float(columns[s][i]) for s in SENSORS} for i in range(len(columns[SENSORS[0]]))]
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
 @given(document=body())
 def test_fuzzed_bodies_never_5xx_and_fail_closed(served, client, limits, document):
     url, _ = served

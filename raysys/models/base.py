@@ -57,7 +57,8 @@ class BaseDeepDetector(BaseEstimator, ABC):
         epochs: Maximum training epochs.
         patience: Epochs without validation improvement before early stopping.
         grad_clip: Max gradient norm (0 disables clipping).
-        scaler: ``"standard"`` or ``"minmax"``, fitted on the training rows.
+        scaler: ``"standard"``, ``"minmax"`` or ``"robust"`` (median / interquartile range, for
+            "normal" data that carries outliers or drift), fitted on the normal training rows.
         contamination: Share of training rows above ``threshold_`` after ``fit``.
         validation_fraction: Tail of the training samples held out for early stopping, in
             ``fit`` and under Ray Train alike (the dataset's validation split stays unseen by

@@ -15,7 +15,7 @@ import numpy as np
 #: Detector families (``raysys.models.FAMILIES`` maps each to its estimator class).
 FAMILY_NAMES = ("ae", "conv", "lstm", "vae")
 #: The scalers a detector may fit on its training rows.
-SCALER_NAMES = ("minmax", "standard")
+SCALER_NAMES = ("minmax", "robust", "standard")
 
 
 def _positive(v: Any) -> bool:

@@ -6,7 +6,8 @@ Wired into the main CLI by ``raysys.cli`` with :func:`add_parsers`::
 
 Running it again with a new model (or after the alias moved) is a rolling update that fails no
 in-flight request. SIGTERM (what Kubernetes sends on every rollout) stops it like Ctrl-C: the application
-drains and is deleted, the local Ray cluster it started is stopped, and it exits 0. Settings come from ``--config`` (YAML), then flags; ``--print-config`` writes the
+drains and is deleted, the local Ray cluster it started is stopped, and it exits 0. Settings come from
+``--config`` (YAML), then flags; ``--print-config`` writes the
 result as a Serve config / KubeRay ``serveConfigV2`` document instead of deploying.
 """
 
