@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import onnx
 import pandas as pd
