@@ -36,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,11 +61,16 @@ def build(workdir: Path, rows: int):
 
 
 def replica_processes() -> dict[str, int]:
-    """Alive AnomalyDetector replica actors: name -> pid."""
-    from ray.util.state import list_actors
+    """Alive AnomalyDetector replica processes on this machine: process title -> pid (Ray titles a replica's
+    worker ``ray::ServeReplica:raysys:AnomalyDetector``; the state API would need the dashboard)."""
+    import psutil
 
-    return {a.name: a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if a.name and a.name.startswith("SERVE_REPLICA::raysys#AnomalyDetector#")}
+    found = {}
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith("ray::ServeReplica:raysys:AnomalyDetector") and process.status() != psutil.STATUS_ZOMBIE:
+            found[f"{title.split()[0]}#{process.info['pid']}"] = process.info["pid"]
+    return found
 
 
 def wait_replicas(n: int, timeout_s: float = 120) -> dict[str, int]:

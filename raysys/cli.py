@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ensemble": ("raysys.ensemble.cli",
                  "export the best detectors to an ONNX ensemble, gate it and register it in MLflow"),
     "predict": ("raysys.ensemble.cli", "score a CSV/Parquet file with an ensemble (batch inference)"),
+    "recalibrate": ("raysys.ensemble.cli",
+                    "move a registered ensemble's threshold to new normal data, without retraining"),
     "serve": ("raysys.serve.cli", "serve the ensemble over HTTP with Ray Serve (autoscaling, dynamic batching)"),
     "pipeline": ("raysys.pipeline.cli", "end to end: data, sweep, ensemble, gates, registry, report"),
     "submit": ("raysys.jobs.cli", "submit a job to a Ray cluster and follow its logs"),

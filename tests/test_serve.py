@@ -12,11 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,9 +238,9 @@ def tiny_ensemble_dir(tmp_path_factory):
 
 
 def serve_subprocess(model_dir, port: int, tmp_path) -> subprocess.Popen:
-    """``raysys serve`` on its own local Ray cluster, with HAProxy's other ports and files its own too."""
-    haproxy = tmp_path / "haproxy"
-    haproxy.mkdir(exist_ok=True)
+    """``raysys serve`` on its own local Ray cluster, with HAProxy's other ports and files its own too (in a
+    short directory: HAProxy's admin socket path must fit in 108 bytes)."""
+    haproxy = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp"))
     env = {**os.environ, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),

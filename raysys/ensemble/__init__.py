@@ -20,6 +20,7 @@ _LAZY = {
     "DEFAULT_GATES": "raysys.ensemble.gates",
     "check_gates": "raysys.ensemble.gates",
     "predict_file": "raysys.ensemble.predict",
+    "recalibrate": "raysys.ensemble.recalibrate",
 }
 
 __getattr__ = lazy_exports(__name__, _LAZY)

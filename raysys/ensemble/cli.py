@@ -1,4 +1,5 @@
-"""``raysys ensemble`` (build, gate, register) and ``raysys predict`` (offline batch scoring)."""
+"""``raysys ensemble`` (build, gate, register), ``raysys predict`` (offline batch scoring) and
+``raysys recalibrate`` (a new threshold on new normal data, registered as a new version)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,19 @@ def run_predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_recalibrate_command(args: argparse.Namespace) -> int:
+    from raysys.ensemble.recalibrate import recalibrate
+
+    result = recalibrate(args.model, args.data, args.input, target_far=args.target_far, name=args.name,
+                         tracking_uri=args.mlflow_uri, experiment=args.experiment, force=args.force)
+    print(result.summary())
+    print(f"registered {result.name} version {result.version} as @champion (models:/{result.name}@champion); "
+          f"the version it left keeps @previous. MLflow run {result.run_id}")
+    return 0
+
+
 def add_parsers(subparsers: Any) -> None:
-    """Add ``ensemble`` and ``predict`` to ``subparsers`` (from ``add_subparsers()``)."""
+    """Add ``ensemble``, ``predict`` and ``recalibrate`` to ``subparsers`` (from ``add_subparsers()``)."""
     ens = subparsers.add_parser(
         "ensemble", help="export the best detectors to an ONNX ensemble, gate it and register it in MLflow",
         description="Export members to ONNX, add an Isolation Forest and a PCA detector (T2 and SPE), calibrate "
@@ -94,3 +106,25 @@ def add_parsers(subparsers: Any) -> None:
     pred.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
     pred.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
     pred.set_defaults(func=run_predict_command)
+
+    from raysys.ensemble.recalibrate import GATE_FACTOR, HOLDOUT_FRACTION
+
+    rec = subparsers.add_parser(
+        "recalibrate", help="move a registered ensemble's threshold to new normal data, without retraining",
+        description="Score new normal data with a registered ensemble, set the threshold for a false-alarm rate on "
+                    f"it, and register the result as a new version (ONNX files unchanged) that becomes 'champion'. "
+                    f"The threshold comes from the first {1 - HOLDOUT_FRACTION:.0%} of the rows in time order; the "
+                    f"false-alarm rate is measured on the last {HOLDOUT_FRACTION:.0%}, and above {GATE_FACTOR:g} x "
+                    "--target-far nothing is registered (exit 2) unless --force.")
+    rec.add_argument("--model", required=True, metavar="URI",
+                     help="registered model, e.g. models:/raysys-detector@champion or models:/raysys-detector/3")
+    data = rec.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", metavar="DIR", help="prepared dataset directory: its rows not labelled anomalous")
+    data.add_argument("--input", metavar="FILE", help="CSV or Parquet file of normal operation, in time order")
+    rec.add_argument("--target-far", type=float, default=0.01, help="false-alarm rate asked for (default %(default)s)")
+    rec.add_argument("--name", help="registered model name of the new version (default: the source model's)")
+    rec.add_argument("--force", action="store_true",
+                     help=f"register even when the held-out false-alarm rate exceeds {GATE_FACTOR:g} x --target-far")
+    rec.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    rec.add_argument("--experiment", default="raysys", help="MLflow experiment")
+    rec.set_defaults(func=run_recalibrate_command)

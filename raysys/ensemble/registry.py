@@ -5,6 +5,8 @@ recall per anomaly type, latency, the gate report and the plots. Only when every
 ensemble logged as a pyfunc model (artifact ``model``; the ensemble directory is inside it at
 ``artifacts/ensemble``), registered as a new version of ``name`` and given the alias ``champion``.
 The version that held ``champion`` before gets the alias ``previous``, and stays loadable.
+:func:`register_directory` registers an ensemble that needs no gate report (``raysys recalibrate``'s)
+the same way.
 """
 
 from __future__ import annotations
@@ -97,6 +99,19 @@ def _promote(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+def log_model(directory: str | os.PathLike, spec: dict[str, Any], example: pd.DataFrame, name: str) -> str:
+    """In the active run, log the ensemble ``directory`` as the pyfunc model and register it as a new
+    version of ``name``; returns the version (aliases untouched: see :func:`_promote`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # MLflow keeps an artifact directory's own name: stage it as artifacts/ensemble
+        staged = shutil.copytree(directory, Path(tmp) / ENSEMBLE_MODEL_ARTIFACT)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={ENSEMBLE_MODEL_ARTIFACT: str(staged)},
+            signature=signature(spec), input_example=example, pip_requirements=pip_requirements(),
+            registered_model_name=name)
+    return str(info.registered_model_version)
+
+
 def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFAULT_MODEL_NAME,
                       tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
                       evaluation_dir: str | os.PathLike | None = None, parent_run_id: str | None = None
@@ -127,16 +142,35 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
         if not report.passed:
             logger.warning("ensemble not registered:\n%s", report.summary())
             return Registration(run.info.run_id, name, None, None)
-        with tempfile.TemporaryDirectory() as tmp:
-            # MLflow keeps an artifact directory's own name: stage it as artifacts/ensemble
-            staged = shutil.copytree(build.directory, Path(tmp) / ENSEMBLE_MODEL_ARTIFACT)
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE), artifacts={ENSEMBLE_MODEL_ARTIFACT: str(staged)},
-                signature=signature(build.spec), input_example=pd.DataFrame(build.example),
-                pip_requirements=pip_requirements(), registered_model_name=name)
-    version = str(info.registered_model_version)
+        version = log_model(build.directory, build.spec, pd.DataFrame(build.example), name)
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "raysys.gates", "passed")
     client.set_model_version_tag(name, version, "test_f1", f"{build.ensemble_metrics['f1']:.4f}")
+    _promote(client, name, version)
+    return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")
+
+
+def register_directory(directory: str | os.PathLike, spec: dict[str, Any], example: pd.DataFrame,
+                       name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
+                       experiment: str = DEFAULT_EXPERIMENT, run_name: str = "recalibrate",
+                       params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+                       tags: dict[str, str] | None = None) -> Registration:
+    """Register an ensemble directory that needs no gate report (e.g. a recalibrated one) as champion.
+
+    One run (``run_name``, tag ``raysys.stage=<run_name>``) logs ``params``, ``metrics``, the
+    ``ensemble.json`` and the pyfunc model; the new version gets ``tags`` and the alias ``champion``,
+    and the version it left keeps ``previous``, as :func:`register_ensemble` does.
+    """
+    uri = use_tracking(tracking_uri, experiment)
+    with mlflow.start_run(run_name=run_name, nested=True) as run:
+        mlflow.set_tags({"raysys.stage": run_name})
+        mlflow.log_params({**(params or {}), "registered_model_name": name})
+        if metrics:
+            mlflow.log_metrics(metrics)
+        mlflow.log_dict(spec, "ensemble.json")
+        version = log_model(directory, spec, example, name)
+    client = MlflowClient(uri)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
     _promote(client, name, version)
     return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")
