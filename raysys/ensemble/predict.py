@@ -32,6 +32,8 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
         raise ValueError(f"{output}: output must end in one of {OUTPUT_SUFFIXES}, got {output.suffix!r}")
     runtime = load_runtime(model, tracking_uri, intra_op_threads)
     frame = read_table(input_path)
+    if frame.empty:
+        raise ValueError(f"{input_path}: no rows to score")
     if TIMESTAMP in frame.columns:
         keep = [c for c in (TIMESTAMP, *runtime.sensors) if c in frame.columns]
         frame = validate_table(frame[keep], str(input_path), label_col=None, min_rows=1).frame

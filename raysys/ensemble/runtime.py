@@ -315,11 +315,12 @@ class EnsembleRuntime:
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
-        """The sensor columns of ``frame`` as float32, in schema order; other columns are ignored."""
+        """The sensor columns of ``frame`` as float64 (so a reading beyond float32 is flagged out of range,
+        not turned into infinity), in schema order; other columns are ignored."""
         missing = [s for s in self.sensors if s not in frame.columns]
         if missing:
             raise ValueError(f"input is missing sensor column(s) {missing}; the model needs {self.sensors}")
-        return frame[self.sensors].to_numpy(dtype=np.float32)
+        return frame[self.sensors].to_numpy(dtype=np.float64)
 
     def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Score a DataFrame with sensor columns: ``score``, ``is_anomaly``, ``reason``, ``reason_sensors``
