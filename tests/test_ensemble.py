@@ -204,6 +204,14 @@ def test_unsupported_ensemble_format_names_its_version(built, tmp_path):
         EnsembleRuntime.load(future)
 
 
+def test_predict_refuses_an_input_without_rows(built, tmp_path):
+    empty = tmp_path / "header-only.csv"
+    empty.write_text(",".join(EnsembleRuntime.load(built.directory).sensors) + "\n")
+    with pytest.raises(ValueError, match="header-only.csv: no rows to score"):
+        predict_file(built.directory, empty, tmp_path / "scores.parquet")
+    assert not (tmp_path / "scores.parquet").exists()
+
+
 def test_runtime_imports_neither_torch_nor_training_code():
     code = ("import sys, raysys.ensemble.runtime, raysys.ensemble.pyfunc; "
             "bad = [m for m in ('torch', 'raysys.models', 'raysys.train') if m in sys.modules]; "
