@@ -30,8 +30,7 @@ class PortInUseError(OSError):
 
 def port_holder(port: int) -> str:
     """Who listens on TCP ``port`` on this machine: ``pid 123 (haproxy: /usr/bin/haproxy -f ...)``, or why
-    that is unknown (psutil, which Ray ships, sees other users' processes only as root)."""
-    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    that is unknown (psutil sees other users' processes only as root)."""
     import psutil
 
     try:
