@@ -57,7 +57,10 @@ def _snapshot(trial_dir: Path) -> dict[str, float]:
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, small_dataset, mlflow_uri, tmp_path):
     storage = tmp_path / "runs"
-    config = SweepConfig.quick(name="resumable", num_samples=3, max_epochs=4, patience=5, scheduler="fifo",
+    # enough epochs that a trial seen part-way is still part-way once its actors stop after the kill
+    # (they outlive the killed driver by a second or two; an epoch takes a fraction of one), and a
+    # patience no run reaches, so every trial trains all of them
+    config = SweepConfig.quick(name="resumable", num_samples=3, max_epochs=16, patience=16, scheduler="fifo",
                                max_concurrent=2, storage_path=str(storage), tracking_uri=mlflow_uri,
                                time_budget_s=900)
     config_path = tmp_path / "sweep.yaml"
