@@ -22,7 +22,8 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from raysys.data.preprocessing import fit_scaler, scaler_from_dict, scaler_to_dict
+from raysys.data.preprocessing import (fit_scaler, scaler_from_dict, scaler_to_dict, sliding_windows,
+                                       window_scores_to_rows)
 from raysys.layout import DETECTOR_CONFIG, DETECTOR_SCALER, DETECTOR_WEIGHTS
 from raysys.models._training import EVAL_BATCH_SIZE, make_optimizer, run_epochs, score_batches, split_validation
 from raysys.models.params import check_params, check_rows
@@ -195,6 +196,23 @@ class BaseDeepDetector(BaseEstimator, ABC):
         torch.save({"module": self.module_.state_dict(), "extra": self._extra_state()}, out / DETECTOR_WEIGHTS)
         (out / DETECTOR_SCALER).write_text(json.dumps(scaler_to_dict(self.scaler_)))
         return out
+
+
+class SequenceDetector(BaseDeepDetector):
+    """A detector over sliding windows of ``self.window`` consecutive rows (training windows every
+    ``self.stride`` rows, scoring windows every row); each row is scored by the window ending at it."""
+
+    def min_rows(self) -> int:
+        return self.window
+
+    def to_samples(self, Z: np.ndarray) -> np.ndarray:
+        return sliding_windows(Z, self.window, 1)
+
+    def training_samples(self, Z: np.ndarray) -> np.ndarray:
+        return sliding_windows(Z, self.window, self.stride)
+
+    def rows_from_scores(self, scores: np.ndarray, n_rows: int) -> np.ndarray:
+        return window_scores_to_rows(scores, n_rows, self.window)
 
 
 #: The pickled scaler of detectors saved before raysys 0.2 (refused: a pickle can run code).

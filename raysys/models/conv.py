@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from raysys.data.preprocessing import sliding_windows, window_scores_to_rows
 from raysys.models.autoencoder import row_mse
-from raysys.models.base import BaseDeepDetector, store_params
+from raysys.models.base import SequenceDetector, store_params
 from raysys.models.lstm import LSTMAutoEncoder
 
 #: Each encoder layer halves the window (rounding up); the decoder's transposed convolutions double it back.
@@ -68,7 +66,7 @@ class ConvAutoEncoder(nn.Module):
     score = LSTMAutoEncoder.score
 
 
-class ConvDetector(BaseDeepDetector):
+class ConvDetector(SequenceDetector):
     """1-D convolutional autoencoder detector; each row is scored by the window that ends at it.
 
     Args:
@@ -96,15 +94,3 @@ class ConvDetector(BaseDeepDetector):
     def build_module(self, n_features: int) -> nn.Module:
         return ConvAutoEncoder(n_features, self.window, tuple(self.channels), self.kernel_size, self.latent_dim,
                                self.dropout)
-
-    def min_rows(self) -> int:
-        return self.window
-
-    def to_samples(self, Z: np.ndarray) -> np.ndarray:
-        return sliding_windows(Z, self.window, 1)
-
-    def training_samples(self, Z: np.ndarray) -> np.ndarray:
-        return sliding_windows(Z, self.window, self.stride)
-
-    def rows_from_scores(self, scores: np.ndarray, n_rows: int) -> np.ndarray:
-        return window_scores_to_rows(scores, n_rows, self.window)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from raysys.data.preprocessing import sliding_windows, window_scores_to_rows
 from raysys.models.autoencoder import row_mse
-from raysys.models.base import BaseDeepDetector, store_params
+from raysys.models.base import SequenceDetector, store_params
 
 
 class LSTMAutoEncoder(nn.Module):
@@ -37,7 +35,7 @@ class LSTMAutoEncoder(nn.Module):
         return 0.5 * err.mean(dim=(1, 2)) + 0.5 * err[:, -1, :].mean(dim=1)
 
 
-class LSTMDetector(BaseDeepDetector):
+class LSTMDetector(SequenceDetector):
     """LSTM autoencoder detector; each row is scored by the window that ends at it.
 
     Args:
@@ -61,15 +59,3 @@ class LSTMDetector(BaseDeepDetector):
 
     def build_module(self, n_features: int) -> nn.Module:
         return LSTMAutoEncoder(n_features, self.hidden_size, self.latent_dim, self.num_layers)
-
-    def min_rows(self) -> int:
-        return self.window
-
-    def to_samples(self, Z: np.ndarray) -> np.ndarray:
-        return sliding_windows(Z, self.window, 1)
-
-    def training_samples(self, Z: np.ndarray) -> np.ndarray:
-        return sliding_windows(Z, self.window, self.stride)
-
-    def rows_from_scores(self, scores: np.ndarray, n_rows: int) -> np.ndarray:
-        return window_scores_to_rows(scores, n_rows, self.window)
