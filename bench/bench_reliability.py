@@ -36,7 +36,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
