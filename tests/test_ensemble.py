@@ -17,18 +17,19 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysys.data import load_dataset
+from raysys.data import ANOMALY_TYPE, LABEL, load_dataset
 from raysys.ensemble import cli as ensemble_cli
 from raysys.ensemble.build import ENSEMBLE, build_ensemble, source_ensemble_scores
 from raysys.ensemble.calibrate import normalisation_stats, objective, select_weights
 from raysys.ensemble.export import (ExportParityError, check_parity, export_member, max_relative_error, random_rows,
                                     source_scores)
-from raysys.ensemble.gates import DEFAULT_GATES, check_gates, parse_gates
+from raysys.ensemble.gates import DEFAULT_GATES, LABELLED_GATES, check_gates, parse_gates
 from raysys.ensemble.members import load_members
 from raysys.ensemble.predict import predict_file
 from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
 from raysys.ensemble.runtime import EnsembleRuntime, combine, history_windows, input_range, load_runtime, normalise
-from raysys.ensemble.workflow import gate_values, run_ensemble
+from raysys.ensemble.workflow import gate_report, run_ensemble
+from raysys.evaluation.calibration import HOLDOUT_FRACTION, tail_threshold
 from raysys.layout import SWEEP_BEST
 from raysys.models import build_detector
 from raysys.models.pca import PCADetector
@@ -343,8 +344,66 @@ def test_far_threshold_keeps_the_false_alarm_budget_on_validation(detectors, dat
                            target_far=0.02, iforest=False)
     runtime = EnsembleRuntime.load(build.directory)
     normal = runtime.score(dataset.features("val"))["is_anomaly"][dataset.labels("val") == 0]
-    assert normal.mean() <= 0.02 + 1 / len(normal)  # raysys.evaluation.far_threshold interpolates the quantile
+    assert normal.mean() <= 0.02 + 1 / len(normal)  # tail_threshold takes an observed score as the threshold
     assert build.spec["threshold_method"] == "far" and build.spec["target_far"] == 0.02
+
+
+# -- without labels ---------------------------------------------------------------------------------
+
+def _unlabelled(dataset):
+    """The same splits with the label columns dropped."""
+    from dataclasses import replace
+
+    def drop(frame):
+        return frame.drop(columns=[LABEL, ANOMALY_TYPE])
+
+    return replace(dataset, train=drop(dataset.train), val=drop(dataset.val), test=drop(dataset.test))
+
+
+@pytest.fixture(scope="module")
+def built_without_labels(detectors, dataset, tmp_path_factory):
+    return build_ensemble({"ae": detectors["ae"], "lstm": detectors["lstm"]}, _unlabelled(dataset),
+                          tmp_path_factory.mktemp("unlabelled") / "onnx", target_far=0.05)
+
+
+def test_without_labels_weights_are_equal_and_the_threshold_comes_from_the_first_rows(built_without_labels,
+                                                                                      dataset):
+    spec = built_without_labels.spec
+    assert spec["threshold_method"] == "far" and spec["target_far"] == 0.05
+    cal = spec["calibration"]
+    assert cal["labels"] is False and cal["weights"] == "equal (no labels)"
+    assert [m["weight"] for m in spec["members"]] == pytest.approx([1 / len(spec["members"])] * len(spec["members"]))
+    assert cal["rows"] == len(dataset.val) - spec["history"] == cal["calibration_rows"] + cal["holdout_rows"]
+    assert cal["holdout_rows"] == round(cal["rows"] * HOLDOUT_FRACTION)
+    runtime = EnsembleRuntime.load(built_without_labels.directory)
+    val = runtime.score(dataset.features("val"))
+    scores, forced = val["score"][spec["history"]:], (val["reason"] != "")[spec["history"]:]
+    assert spec["threshold"] == tail_threshold(scores[:cal["calibration_rows"]][~forced[:cal["calibration_rows"]]],
+                                               0.05)
+    tail = slice(cal["calibration_rows"], None)
+    measured = built_without_labels.ensemble_metrics
+    assert measured["labelled"] is False and measured["far_asked"] == 0.05
+    assert measured["heldout_false_alarm_rate"] == pytest.approx(np.mean((scores[tail] > spec["threshold"])
+                                                                         | forced[tail]))
+    assert measured["heldout_far_ratio"] == pytest.approx(measured["heldout_false_alarm_rate"] / 0.05)
+    assert measured["alarm_rate"] == pytest.approx(runtime.score(dataset.features("test"))["is_anomaly"].mean())
+
+
+def test_without_labels_label_gates_are_skipped_and_the_held_out_gate_applies(built_without_labels, built):
+    report = gate_report(built_without_labels)
+    assert dict(report.skipped) == {name: "the test split has no labels"
+                                    for name in DEFAULT_GATES if name in LABELLED_GATES}
+    assert {r.name for r in report.results} == {"heldout_far_ratio", "latency_ms"}
+    assert "skipped, the test split has no labels" in report.summary()
+    labelled = gate_report(built)
+    assert [name for name, _ in labelled.skipped] == ["heldout_far_ratio"]
+    assert {r.name for r in labelled.results} == set(DEFAULT_GATES) - {"heldout_far_ratio"}
+
+
+def test_without_labels_best_f1_is_refused_by_name(detectors, dataset, tmp_path):
+    with pytest.raises(ValueError, match="'best_f1' needs labelled validation rows.*use 'far'"):
+        build_ensemble({"ae": detectors["ae"]}, _unlabelled(dataset), tmp_path / "x", threshold_method="best_f1",
+                       iforest=False, pca=False)
 
 
 # -- gates ------------------------------------------------------------------------------------------
@@ -371,7 +430,7 @@ def test_gate_report_says_which_gate_failed_by_how_much():
 # -- registry ---------------------------------------------------------------------------------------
 
 def test_gate_failure_registers_nothing(built, mlflow_uri):
-    report = check_gates(gate_values(built), parse_gates(["roc_auc=0.9999"]))
+    report = gate_report(built, parse_gates(["roc_auc=0.9999"]))
     assert not report.passed and "roc_auc" in report.summary() and "FAIL by" in report.summary()
     client = MlflowClient(mlflow_uri)
     parent = client.create_run(client.create_experiment("pipeline")).info.run_id
@@ -396,7 +455,7 @@ print(json.dumps({{"loaded": loaded, "columns": list(out.columns), "flags": int(
 
 
 def test_pass_registers_moves_champion_and_loads_in_a_fresh_process(built, dataset, mlflow_uri, tmp_path):
-    report = check_gates(gate_values(built))
+    report = gate_report(built)
     assert report.passed, report.summary()
     first = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)
     second = register_ensemble(built, report, NAME, tracking_uri=mlflow_uri)

@@ -23,7 +23,7 @@ def quick_run(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = PipelineConfig(rows=6000, seed=3, quick=True, output_dir=str(root / "runs"), tracking_uri=uri,
-                         sweep={"max_concurrent": 1, "max_epochs": 2},
+                         sweep={"max_epochs": 2},
                          gates={"latency_ms": 1000.0})  # the shared CI machine's latency is not what is tested here
     return run_pipeline(cfg), uri
 
@@ -79,6 +79,48 @@ def test_same_seed_gives_the_same_data(quick_run, tmp_path):
     again = load_dataset(generate_dataset(tmp_path / "again", rows=6000, seed=3))
     first = load_dataset(result.run_dir / "data")
     assert first.train.equals(again.train) and first.test.equals(again.test)
+
+
+def _without_labels(root: Path) -> Path:
+    """Normal generated data (no anomalies injected) with the label columns dropped from every split."""
+    import pandas as pd
+
+    from raysys.data import generate_dataset
+
+    data = generate_dataset(root, "power_plant", rows=6000, seed=0, anomaly_rate=0.0)
+    for split in data.glob("*.parquet"):
+        pd.read_parquet(split).drop(columns=["is_anomaly", "anomaly_type"]).to_parquet(split)
+    return data
+
+
+def test_quick_pipeline_without_labels_registers_a_champion(ray_cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = PipelineConfig(data=str(_without_labels(tmp_path / "data")), quick=True, target_far=0.05,
+                         output_dir=str(tmp_path / "runs"), tracking_uri=uri,
+                         sweep={"families": ["ae", "lstm"], "num_samples": 2, "max_epochs": 2},
+                         gates={"latency_ms": 1000.0})
+    result = run_pipeline(cfg)
+    assert result.model_uri == "models:/raysys-detector@champion"
+    # trials were ranked without labels: by validation loss, within each family
+    assert result.sweep.config.metric == "val_loss" and result.sweep.config.scheduler == "asha_family"
+    assert set(result.sweep.best) == {"ae", "lstm"}
+    spec = result.ensemble.build.spec
+    assert spec["threshold_method"] == "far" and spec["calibration"]["labels"] is False
+    weights = [m["weight"] for m in spec["members"]]
+    assert weights == pytest.approx([1 / len(weights)] * len(weights))  # the label-free rule: equal weights
+    gates = result.ensemble.gates
+    assert {name for name, _ in gates.skipped} == {"roc_auc", "precision", "recall", "false_alarm_rate"}
+    measured = {g.name: g for g in gates.results}
+    assert set(measured) == {"heldout_far_ratio", "latency_ms"} and measured["heldout_far_ratio"].passed
+    metrics = result.ensemble.metrics["ensemble"]
+    assert metrics["far_asked"] == 0.05 and metrics["heldout_rows"] == spec["calibration"]["holdout_rows"] > 0
+    summary = "\n".join(summary_lines(result, uri))
+    assert "no labels" in summary and "(asked 0.05)" in summary and "skipped" in summary
+    html = result.report.read_text()
+    assert "false alarms on held-out normal rows" in html and "the test split has no labels" in html
+    version = MlflowClient(uri).get_model_version_by_alias("raysys-detector", "champion")
+    assert float(version.tags["heldout_false_alarm_rate"]) == pytest.approx(metrics["heldout_false_alarm_rate"],
+                                                                           abs=5e-5)
 
 
 def _corrupt_dataset(small_dataset: Path, tmp_path: Path) -> Path:

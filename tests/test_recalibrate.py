@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from raysys.cli import main
 from raysys.data import generate_dataset, load_dataset
 from raysys.data.synthetic import TIMESTAMP
-from raysys.ensemble.recalibrate import GATE_FACTOR, HOLDOUT_FRACTION, recalibrate
+from raysys.ensemble.recalibrate import recalibrate
+from raysys.evaluation.calibration import GATE_FACTOR, HOLDOUT_FRACTION
 from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
 from raysys.ensemble.runtime import load_runtime
 from raysys.ensemble.workflow import run_ensemble

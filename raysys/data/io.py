@@ -378,11 +378,20 @@ class SensorDataset:
             frame = frame[frame[LABEL] == 0]
         return frame[self.sensors].to_numpy(dtype=np.float32)
 
+    def labelled(self, name: str) -> bool:
+        """Whether split ``name`` has a label column (raysys works without one: see docs/detection.md)."""
+        return LABEL in self.split(name).columns
+
     def labels(self, name: str) -> np.ndarray:
+        """The split's 0/1 labels; ``DataValidationError`` when it has none (see :meth:`known_labels`)."""
         frame = self.split(name)
         if LABEL not in frame.columns:
             raise DataValidationError(f"{self.path}/{name}.parquet: no {LABEL!r} column; labels are needed here")
         return frame[LABEL].to_numpy(dtype=np.int64)
+
+    def known_labels(self, name: str) -> np.ndarray | None:
+        """The split's labels, or None when it has no label column (every row is taken as normal)."""
+        return self.labels(name) if self.labelled(name) else None
 
     def anomaly_types(self, name: str) -> np.ndarray:
         return self.split(name)[ANOMALY_TYPE].to_numpy(dtype=str)

@@ -24,10 +24,11 @@ from raysys import __version__
 from raysys.data import SensorDataset
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
 from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
-from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, EnsembleRuntime, MemberSessions, combine,
-                                     input_range, normalise)
+from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
+                                     combine, input_range, normalise)
 from raysys.layout import ENSEMBLE_SPEC
-from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, detection_metrics
+from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, default_threshold_method, detection_metrics
+from raysys.evaluation.calibration import label_free_metrics, label_free_threshold
 from raysys.models.pca import PCADetector
 
 IFOREST = "iforest"
@@ -105,43 +106,96 @@ def single_row_latency(runtime: EnsembleRuntime, X: np.ndarray, repeats: int = 2
 
 @dataclass
 class _Calibration:
-    """What the validation split decided, and the normalised member scores it decided on."""
+    """What the validation split decided, and the normalised member scores it decided on.
+
+    ``labelled``: whether the validation split had labels; without them the weights are equal and
+    the threshold comes from the label-free rule (``holdout``: its split of the validation rows).
+    """
 
     center: np.ndarray
     scale: np.ndarray
     weights: np.ndarray
     threshold: float
     normalised: np.ndarray
+    labelled: bool
+    holdout: dict[str, Any] | None = None
 
 
 def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDataset, method: str,
                options: dict[str, Any], rounds: int) -> _Calibration:
-    """Normalisation centre and scale, weights and threshold from the validation split."""
-    y_val = dataset.labels("val")
+    """Normalisation centre and scale, weights and threshold from the validation split.
+
+    With labels: greedy weights and the threshold method on labelled rows. Without: every row is
+    taken as normal, the weights are equal (the label-free rule, docs/ensemble.md) and the threshold
+    is the label-free one (:func:`raysys.evaluation.calibration.label_free_threshold`).
+    """
+    y_val = dataset.known_labels("val")
     raw = sessions.raw_scores(dataset.features("val")).astype(np.float64)
-    center, scale = normalisation_stats(raw[y_val == 0])
+    center, scale = normalisation_stats(raw if y_val is None else raw[y_val == 0])
     normalised = normalise(raw, center, scale)
+    if y_val is None:
+        weights = np.full(normalised.shape[1], 1.0 / normalised.shape[1])
+        skip = int(windows.max()) - 1  # rows whose windows rest on padding
+        threshold, holdout = label_free_threshold(combine(normalised, weights, windows)[skip:], method, **options)
+        return _Calibration(center, scale, weights, threshold, normalised, False, holdout)
     weights = select_weights(normalised, y_val, method, rounds, windows, **options)
     threshold = calibrate_threshold(method, y_val, combine(normalised, weights, windows), **options)
-    return _Calibration(center, scale, weights, threshold, normalised)
+    return _Calibration(center, scale, weights, threshold, normalised, True)
 
 
-def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, val_normalised: np.ndarray, method: str,
+def _calibration_record(calibration: _Calibration) -> dict[str, Any]:
+    """``ensemble.json``'s ``calibration``: which rule set the weights and threshold, on which rows."""
+    if calibration.labelled:
+        return {"labels": True, "weights": "greedy selection on labelled validation rows"}
+    record: dict[str, Any] = {"labels": False, "weights": "equal (no labels)"}
+    if calibration.holdout:
+        record.update({k: calibration.holdout[k] for k in ("rows", "calibration_rows", "holdout_rows")},
+                      rule="tail threshold of the first rows in time order, false-alarm rate measured on the rest")
+    return record
+
+
+def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Calibration, method: str,
               options: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Test metrics and scores of the ensemble and of each member alone (thresholded on validation)."""
+    """Test metrics and scores of the ensemble and of each member alone (thresholded on validation
+    the same way as the ensemble): detection metrics with test labels; without validation labels, also
+    :func:`raysys.evaluation.calibration.label_free_metrics` on the held-out validation tail."""
     test = runtime.score(dataset.features("test"))
-    y_val, y_test, types = dataset.labels("val"), dataset.labels("test"), dataset.anomaly_types("test")
-    metrics = {ENSEMBLE: detection_metrics(y_test, test["score"], runtime.threshold, types)}
-    scores = {ENSEMBLE: test["score"]}
-    for j, name in enumerate(runtime.members):
-        threshold = calibrate_threshold(method, y_val, val_normalised[:, j], **options)
-        metrics[name] = detection_metrics(y_test, test["members"][name], threshold, types)
-        scores[name] = test["members"][name]
+    scores = {ENSEMBLE: test["score"], **{name: test["members"][name] for name in runtime.members}}
+    target_far = options["target_far"] if method == "far" else None
+    y_test = dataset.known_labels("test")
+    forced = test["reason"] != NO_REASON
+    if calibration.labelled:
+        thresholds = {ENSEMBLE: runtime.threshold, **{
+            name: calibrate_threshold(method, dataset.labels("val"), calibration.normalised[:, j], **options)
+            for j, name in enumerate(runtime.members)}}
+        holdouts: dict[str, dict[str, Any] | None] = {}
+    else:
+        skip = runtime.history
+        val = runtime.score(dataset.features("val"))
+        val_forced = (val["reason"] != NO_REASON)[skip:]
+        thresholds, holdouts = {ENSEMBLE: runtime.threshold}, {ENSEMBLE: calibration.holdout}
+        val_scores = {ENSEMBLE: val["score"][skip:]}
+        for j, name in enumerate(runtime.members):
+            thresholds[name], holdouts[name] = label_free_threshold(calibration.normalised[skip:, j], method, **options)
+            val_scores[name] = val["members"][name][skip:]
+    metrics = {}
+    for name, threshold in thresholds.items():
+        if y_test is not None:
+            metrics[name] = {**detection_metrics(y_test, scores[name], threshold, dataset.anomaly_types("test")),
+                             "labelled": True, "far_asked": target_far}
+        else:
+            metrics[name] = {}
+        if not calibration.labelled:
+            holdout = holdouts[name]
+            tail = slice(len(val_forced) - holdout["holdout_rows"], None) if holdout and holdout["holdout_rows"] else None
+            metrics[name].update(label_free_metrics(
+                threshold, (scores[name] > threshold) | forced,
+                None if tail is None else (val_scores[name][tail] > threshold) | val_forced[tail], target_far))
     return metrics, scores
 
 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
-                   threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
+                   threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
                    iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0,
                    range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
@@ -153,7 +207,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         dataset: Supplies the sensor schema, the validation split (calibration and parity checks)
             and the test split (metrics).
         out_dir: Ensemble directory to write; must be empty or missing.
-        threshold_method: ``best_f1``, ``far`` or ``percentile`` (``raysys.evaluation``).
+        threshold_method: ``best_f1``, ``far`` or ``percentile`` (``raysys.evaluation``); None:
+            ``best_f1`` when the validation split has labels, else ``far``.
         target_far: False-alarm rate on validation normal rows for ``far``.
         percentile: Percentile of validation normal scores for ``percentile``.
         iforest: Add an Isolation Forest member fitted on the normal training rows.
@@ -167,6 +222,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         parity_rtol: Largest relative error allowed between ONNX and the source model.
         intra_op_threads: onnxruntime threads used for calibration and evaluation.
     """
+    threshold_method = threshold_method or default_threshold_method(dataset.labelled("val"))
     if threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
     out = Path(out_dir)
@@ -213,6 +269,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "threshold_method": threshold_method,
         "target_far": target_far if threshold_method == "far" else None,
         "percentile": percentile if threshold_method == "percentile" else None,
+        "calibration": _calibration_record(calibration),
         "members": members,
         "files": {e.file: {"family": e.family, "window": e.window, "opset": OPSET, "parity_max_rel_error": e.parity,
                            "source": dict((sources or {}).get(Path(e.file).stem, {"kind": "fitted"}))}
@@ -223,7 +280,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     (out / ENSEMBLE_SPEC).write_text(json.dumps(spec, indent=2, default=str))
 
     runtime = EnsembleRuntime.load(out, intra_op_threads)
-    metrics, scores = _evaluate(runtime, dataset, calibration.normalised, threshold_method, options)
+    metrics, scores = _evaluate(runtime, dataset, calibration, threshold_method, options)
     latency = single_row_latency(runtime, dataset.features("test"))
     example = dataset.val[sensors].head(5).to_dict(orient="list")
     return EnsembleBuild(out, spec, metrics, latency, scores, models, example)

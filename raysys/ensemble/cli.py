@@ -30,8 +30,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     console = Console()
     metrics = result.build.ensemble_metrics
     console.print(metrics_table(metrics, "Ensemble test metrics"))
-    member, f1 = result.best_member
-    console.print(f"ensemble test F1 {metrics['f1']:.4f}; best member alone: {member} {f1:.4f}")
+    console.print(f"ensemble test: {result.summary()}", markup=False)
     console.print(f"latency (one row): p50 {result.build.latency_ms['p50']:.2f} ms, "
                   f"p95 {result.build.latency_ms['p95']:.2f} ms")
     console.print(f"ensemble: {result.ensemble_dir}\nevaluation: {result.evaluation_dir}")
@@ -82,8 +81,9 @@ def add_parsers(subparsers: Any) -> None:
     source.add_argument("--detector", action="append", default=[], metavar="DIR",
                         help="saved detector directory (repeatable)")
     ens.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name (default %(default)s)")
-    ens.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="best_f1",
-                     help="threshold on validation: best F1, a false-alarm rate, or a percentile of normal scores")
+    ens.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default=None,
+                     help="threshold on validation: best F1, a false-alarm rate, or a percentile of normal scores "
+                          "(default: best_f1 with labels, far without)")
     ens.add_argument("--target-far", type=float, default=0.01, help="false-alarm rate for --threshold-method far")
     ens.add_argument("--percentile", type=float, default=99.0, help="for --threshold-method percentile")
     ens.add_argument("--gate", action="append", default=[], metavar="NAME=LIMIT",
@@ -107,7 +107,7 @@ def add_parsers(subparsers: Any) -> None:
     pred.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
     pred.set_defaults(func=run_predict_command)
 
-    from raysys.ensemble.recalibrate import GATE_FACTOR, HOLDOUT_FRACTION
+    from raysys.evaluation.calibration import GATE_FACTOR, HOLDOUT_FRACTION
 
     rec = subparsers.add_parser(
         "recalibrate", help="move a registered ensemble's threshold to new normal data, without retraining",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -33,21 +32,14 @@ import pandas as pd
 from raysys.data.io import LABEL, read_table, validate_table
 from raysys.data.synthetic import TIMESTAMP
 from raysys.ensemble.runtime import NO_REASON, EnsembleRuntime, load_runtime
-from raysys.evaluation.calibration import tail_threshold
+from raysys.evaluation.calibration import GATE_FACTOR, HOLDOUT_FRACTION, holdout_calibration
 from raysys.layout import DATASET_METADATA, ENSEMBLE_SPEC, SPLITS, split_file
 from raysys.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-#: The share of the newest rows held out to measure the recalibrated false-alarm rate.
-HOLDOUT_FRACTION = 0.3
-#: Label-free gate: refuse when the held-out false-alarm rate exceeds this many times the asked rate.
-GATE_FACTOR = 2.0
 #: Fewest normal rows (after the first ``history`` rows, whose windows rest on padding) to recalibrate on.
 MIN_ROWS = 200
-#: A held-out tail is measured (and gated) only when the asked rate expects at least this many
-#: false alarms on it; fewer rows calibrate on everything and skip the gate (with a warning).
-MIN_HOLDOUT_ALARMS = 5
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -161,24 +153,14 @@ def _check_sensors(frame: pd.DataFrame, sensors: list[str], source: str | os.Pat
     return frame
 
 
-def false_alarm_rate(scores: np.ndarray, forced: np.ndarray, threshold: float) -> float:
-    """Share of (normal) rows flagged: above ``threshold``, or flagged whatever the score (``forced``)."""
-    return float(np.mean((scores > threshold) | forced)) if len(scores) else math.nan
-
-
 def calibrate(runtime: EnsembleRuntime, X: np.ndarray, normal: np.ndarray, target_far: float,
               holdout_fraction: float = HOLDOUT_FRACTION) -> dict[str, Any]:
-    """Score ``X`` (one series in time order) and calibrate a threshold on its ``normal`` rows.
+    """Score ``X`` (one series in time order) and calibrate a threshold on its ``normal`` rows
+    (:func:`raysys.evaluation.calibration.holdout_calibration`).
 
-    The first ``runtime.history`` rows are left out (their windows rest on padding). With enough rows
-    (see :data:`MIN_HOLDOUT_ALARMS`) the threshold comes from the first ``1 - holdout_fraction`` of the
-    normal rows and the false-alarm rate is also measured on the rest. Rows the runtime flags whatever
-    their score (out of range) count as false alarms.
+    The first ``runtime.history`` rows are left out (their windows rest on padding). Rows the runtime
+    flags whatever their score (out of range) count as false alarms.
     """
-    if not 0.0 < target_far < 1.0:
-        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_far}")
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"held-out fraction must be in (0, 1), got {holdout_fraction}")
     usable = normal.copy()
     usable[:runtime.history] = False
     n = int(usable.sum())
@@ -186,19 +168,12 @@ def calibrate(runtime: EnsembleRuntime, X: np.ndarray, normal: np.ndarray, targe
         raise ValueError(f"too few normal rows to recalibrate: {n} (of {len(X)} rows; the first {runtime.history} "
                          f"are left out for history), need at least {MIN_ROWS}")
     out = runtime.score(X)
-    scores, forced = out["score"][usable], (out["reason"] != NO_REASON)[usable]
-    holdout = round(n * holdout_fraction)
-    if holdout * target_far < MIN_HOLDOUT_ALARMS:
-        logger.warning("only %d normal rows: no held-out check (a held-out %d rows would expect %.1f false "
-                       "alarms at %g, fewer than %d); calibrating on all of them", n, holdout,
-                       holdout * target_far, target_far, MIN_HOLDOUT_ALARMS)
-        holdout = 0
-    cut = n - holdout
-    threshold = tail_threshold(scores[:cut][~forced[:cut]], target_far)
-    return {"threshold": threshold, "rows": n, "calibration_rows": cut, "holdout_rows": holdout,
-            "calibration_far": false_alarm_rate(scores[:cut], forced[:cut], threshold),
-            "holdout_far": false_alarm_rate(scores[cut:], forced[cut:], threshold) if holdout else None,
-            "out_of_range_rows": int(forced.sum())}
+    forced = (out["reason"] != NO_REASON)[usable]
+    measured = holdout_calibration(out["score"][usable], target_far, forced, holdout_fraction)
+    if not measured["holdout_rows"]:
+        logger.warning("only %d normal rows: no held-out check (too few for %g false alarms to be measured); "
+                       "calibrating on all of them", n, target_far)
+    return {**measured, "out_of_range_rows": int(forced.sum())}
 
 
 def recalibrated_spec(spec: dict[str, Any], measured: dict[str, Any], target_far: float,

@@ -145,7 +145,12 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
         version = log_model(build.directory, build.spec, pd.DataFrame(build.example), name)
     client = MlflowClient(uri)
     client.set_model_version_tag(name, version, "raysys.gates", "passed")
-    client.set_model_version_tag(name, version, "test_f1", f"{build.ensemble_metrics['f1']:.4f}")
+    metrics = build.ensemble_metrics
+    if metrics.get("labelled"):
+        client.set_model_version_tag(name, version, "test_f1", f"{metrics['f1']:.4f}")
+    if metrics.get("heldout_false_alarm_rate") is not None:
+        client.set_model_version_tag(name, version, "heldout_false_alarm_rate",
+                                     f"{metrics['heldout_false_alarm_rate']:.4f}")
     _promote(client, name, version)
     return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")
 

@@ -10,11 +10,12 @@ from typing import Any, Iterable, Mapping
 
 from raysys.data import SensorDataset, load_dataset
 from raysys.ensemble.build import EnsembleBuild, build_ensemble
-from raysys.ensemble.gates import GateReport, check_gates
+from raysys.ensemble.gates import LABELLED_GATES, GateReport, check_gates
 from raysys.ensemble.members import load_members
 from raysys.ensemble.registry import DEFAULT_MODEL_NAME, Registration, register_ensemble
 from raysys.ensemble.report import write_evaluation
-from raysys.evaluation import flat_metrics
+from raysys.evaluation import flat_metrics, headline
+from raysys.evaluation.calibration import HOLDOUT_FRACTION, MIN_HOLDOUT_ALARMS
 from raysys.layout import EVALUATION_DIR
 from raysys.tracking import DEFAULT_EXPERIMENT
 
@@ -53,11 +54,19 @@ class EnsembleResult:
         return self.registration.version if self.registration else None
 
     @property
-    def best_member(self) -> tuple[str, float]:
-        """The member with the best test F1 alone, and that F1."""
+    def best_member(self) -> tuple[str, float] | None:
+        """The member with the best test F1 alone, and that F1 (None without test labels)."""
         members = self.build.member_metrics
+        if not members or not self.build.ensemble_metrics.get("labelled"):
+            return None
         name = max(members, key=lambda n: members[n]["f1"])
         return name, members[name]["f1"]
+
+    def summary(self) -> str:
+        """The test metrics in one line, with the best member alone when there are labels."""
+        line = headline(self.build.ensemble_metrics)
+        best = self.best_member
+        return line + (f" (best member alone: {best[0]}, F1 {best[1]:.4f})" if best else "")
 
 
 def gate_values(build: EnsembleBuild) -> dict[str, float]:
@@ -67,11 +76,34 @@ def gate_values(build: EnsembleBuild) -> dict[str, float]:
             "latency_ms_p95": build.latency_ms["p95"]}
 
 
+def unmeasured_gates(build: EnsembleBuild) -> dict[str, str]:
+    """Gates this build cannot measure, with why: the labelled ones without test labels; the label-free
+    ``heldout_far_ratio`` when the threshold came from labels, from no asked rate, or from too few rows."""
+    out = {}
+    if not build.ensemble_metrics.get("labelled"):
+        out.update({name: "the test split has no labels" for name in sorted(LABELLED_GATES)})
+    if "heldout_far_ratio" not in build.ensemble_metrics:
+        calibration = build.spec["calibration"]
+        out["heldout_far_ratio"] = (
+            "the threshold was calibrated on labelled validation rows (the test split's false-alarm rate is gated)"
+            if calibration["labels"] else
+            "no false-alarm rate was asked for (threshold method far)" if build.spec["threshold_method"] != "far" else
+            f"too few validation rows to hold some out ({calibration.get('rows')} rows; at the asked rate fewer than "
+            f"{MIN_HOLDOUT_ALARMS} false alarms would be expected on a held-out {HOLDOUT_FRACTION:.0%})")
+    return out
+
+
+def gate_report(build: EnsembleBuild, gates: Mapping[str, float] | None = None) -> GateReport:
+    """Check ``gates`` (default :data:`raysys.ensemble.gates.DEFAULT_GATES`) on a build: what it
+    measured (:func:`gate_values`), skipping what it cannot (:func:`unmeasured_gates`)."""
+    return check_gates(gate_values(build), gates, unmeasured_gates(build))
+
+
 def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.PathLike | None = None,
                  run_ids: Iterable[str] = (), detector_dirs: Iterable[str | os.PathLike] = (),
                  detectors: Mapping[str, Any] | None = None, out_dir: str | os.PathLike | None = None,
                  name: str = DEFAULT_MODEL_NAME, gates: Mapping[str, float] | None = None,
-                 threshold_method: str = "best_f1", target_far: float = 0.01, percentile: float = 99.0,
+                 threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
                  iforest: bool = True, pca: bool = True, register: bool = True, tracking_uri: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
                  seed: int = 0) -> EnsembleResult:
@@ -84,7 +116,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
         data: The prepared dataset (or its directory) the members were trained on.
         out_dir: Work directory; gets ``ensemble/`` and ``evaluation/`` (default ``runs/ensemble/<time>``).
         name: Registered model name.
-        gates: Gate name to limit (default :data:`raysys.ensemble.gates.DEFAULT_GATES`).
+        gates: Gate name to limit (default :data:`raysys.ensemble.gates.DEFAULT_GATES`); gates the
+            data cannot measure (:func:`unmeasured_gates`) are skipped and listed in the report.
         register: Log to MLflow and register when the gates pass; False only builds and checks.
         Other arguments: see :func:`raysys.ensemble.build.build_ensemble` and
             :func:`raysys.ensemble.registry.register_ensemble`.
@@ -104,7 +137,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     build = build_ensemble(found, dataset, out / "ensemble", threshold_method=threshold_method,
                            target_far=target_far, percentile=percentile, iforest=iforest, pca=pca, seed=seed,
                            sources=sources)
-    report = check_gates(gate_values(build), gates)
+    report = gate_report(build, gates)
     evaluation_dir = write_evaluation(build, dataset, report, out / EVALUATION_DIR)
     registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir, parent_run_id)
                     if register else None)

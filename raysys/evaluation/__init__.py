@@ -11,8 +11,8 @@ from raysys._lazy import lazy_exports
 THRESHOLD_METHODS = ("best_f1", "percentile", "far")
 
 _LAZY = {name: "raysys.evaluation.metrics" for name in (
-    "best_f1_threshold", "calibrate_threshold", "detection_metrics", "far_threshold", "flat_metrics",
-    "metrics_table")}
+    "best_f1_threshold", "calibrate_threshold", "default_threshold_method", "detection_metrics", "flat_metrics",
+    "headline", "metrics_table")}
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 

@@ -10,6 +10,11 @@ rests on 5 points). So:
   empirical quantile when enough scores lie above it, else a peaks-over-threshold estimate, a
   generalised Pareto distribution fitted to the excesses over a high quantile (Siffer et al.,
   "Anomaly Detection in Streams with Extreme Value Theory", KDD 2017).
+- :func:`holdout_calibration` is the label-free rule every stage uses on normal rows in time order
+  (the ensemble without labels, ``raysys recalibrate``): the threshold comes from the first
+  ``1 - HOLDOUT_FRACTION`` of the rows and its false-alarm rate is measured on the newest
+  ``HOLDOUT_FRACTION``, rows the model never saw and the threshold was not set on. The label-free
+  gate asks that measured rate to stay within :data:`GATE_FACTOR` times the asked one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ from sklearn.base import clone
 MIN_EXCEEDANCES = 20
 #: Share of the highest normal scores the tail model is fitted on.
 TAIL_FRACTION = 0.1
+#: The share of the newest normal rows held out to measure a label-free threshold's false-alarm rate.
+HOLDOUT_FRACTION = 0.3
+#: Label-free gate: the held-out false-alarm rate may be at most this many times the asked rate.
+#: 2 leaves room for the binomial spread of a held-out count (at 1% of 3,000 rows, 30 alarms expected,
+#: the 99th percentile is about 44, 1.45x) and for slow drift, and still catches a threshold that
+#: does not transfer (a shifted regime measures 5-20x).
+GATE_FACTOR = 2.0
+#: A held-out tail is measured only when the asked rate expects at least this many false alarms on
+#: it; fewer rows calibrate on everything, and the gate cannot be applied.
+MIN_HOLDOUT_ALARMS = 5
 
 
 def tail_threshold(normal_scores: np.ndarray, target_far: float, min_exceedances: int = MIN_EXCEEDANCES,
@@ -85,3 +100,75 @@ def cross_fit_scores(estimator: Any, X: np.ndarray, y: np.ndarray | None = None,
         model.fit(X[keep], None if y is None else np.asarray(y)[keep])
         out[a:b] = model.decision_function(X[a:b])
     return out
+
+
+def false_alarm_rate(scores: np.ndarray, threshold: float, forced: np.ndarray | None = None) -> float:
+    """Share of (normal) rows flagged: above ``threshold``, or flagged whatever the score (``forced``)."""
+    flagged = np.asarray(scores) > threshold
+    if forced is not None:
+        flagged |= np.asarray(forced, dtype=bool)
+    return float(flagged.mean()) if len(flagged) else math.nan
+
+
+def holdout_calibration(scores: np.ndarray, target_far: float, forced: np.ndarray | None = None,
+                        holdout_fraction: float = HOLDOUT_FRACTION) -> dict[str, Any]:
+    """The label-free threshold for ``target_far`` from normal ``scores`` in time order, and its
+    false-alarm rate measured on rows it was not set on.
+
+    With enough rows (see :data:`MIN_HOLDOUT_ALARMS`) the threshold is :func:`tail_threshold` of the
+    first ``1 - holdout_fraction`` of the rows, and the rate is also measured on the rest (the newest).
+    ``forced`` rows (flagged whatever their score, e.g. out of range) are left out of the tail and
+    counted as false alarms.
+
+    Returns:
+        ``threshold``, ``target_far``, ``rows``, ``calibration_rows``, ``holdout_rows`` (0: no held-out
+        check), ``calibration_far``, ``holdout_far`` (None without a held-out tail) and
+        ``holdout_far_ratio`` (``holdout_far / target_far``, None without one).
+    """
+    if not 0.0 < target_far < 1.0:
+        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_far}")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in (0, 1), got {holdout_fraction}")
+    scores = np.asarray(scores, dtype=np.float64)
+    forced = np.zeros(len(scores), dtype=bool) if forced is None else np.asarray(forced, dtype=bool)
+    n = len(scores)
+    holdout = round(n * holdout_fraction)
+    if holdout * target_far < MIN_HOLDOUT_ALARMS:
+        holdout = 0
+    cut = n - holdout
+    threshold = tail_threshold(scores[:cut][~forced[:cut]], target_far)
+    holdout_far = false_alarm_rate(scores[cut:], threshold, forced[cut:]) if holdout else None
+    return {"threshold": threshold, "target_far": float(target_far), "rows": n, "calibration_rows": cut,
+            "holdout_rows": holdout, "calibration_far": false_alarm_rate(scores[:cut], threshold, forced[:cut]),
+            "holdout_far": holdout_far,
+            "holdout_far_ratio": None if holdout_far is None else holdout_far / target_far}
+
+
+def label_free_metrics(threshold: float, test_flagged: np.ndarray, holdout_flagged: np.ndarray | None,
+                       target_far: float | None) -> dict[str, Any]:
+    """What an evaluation without labels reports: the share of test rows flagged (``alarm_rate``) and
+    the false-alarm rate measured on the held-out normal rows beside the asked one.
+
+    ``holdout_flagged``: which held-out rows were flagged (None: no held-out rows). On unlabelled data
+    the held-out rows are taken as normal, so anomalies among them count as false alarms (the measured
+    rate is an upper bound).
+    """
+    out: dict[str, Any] = {"labelled": False, "threshold": float(threshold),
+                           "alarm_rate": float(np.mean(test_flagged)), "far_asked": target_far}
+    if holdout_flagged is not None and len(holdout_flagged):
+        far = float(np.mean(holdout_flagged))
+        out.update(heldout_false_alarm_rate=far, heldout_rows=len(holdout_flagged),
+                   heldout_far_ratio=None if not target_far else far / target_far)
+    return out
+
+
+def label_free_threshold(scores: np.ndarray, method: str, target_far: float = 0.01, percentile: float = 99.0
+                         ) -> tuple[float, dict[str, Any] | None]:
+    """The threshold of unlabelled validation ``scores`` (in time order, all taken as normal) and, for
+    ``far``, the :func:`holdout_calibration` it came from (None for ``percentile``)."""
+    from raysys.evaluation.metrics import calibrate_threshold
+
+    if method == "far":
+        measured = holdout_calibration(scores, target_far)
+        return measured["threshold"], measured
+    return calibrate_threshold(method, None, scores, percentile, target_far), None

@@ -31,31 +31,34 @@ def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float((thresholds[best] + lower.max()) / 2) if len(lower) else float(np.nextafter(thresholds[best], -np.inf))
 
 
-def far_threshold(normal_scores: np.ndarray, target_far: float) -> float:
-    """The threshold that flags about ``target_far`` of normal rows (a false-alarm budget)."""
-    if not 0.0 < target_far < 1.0:
-        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_far}")
-    # "higher" picks an observed score, so no more than target_far of normal rows lie above it
-    return float(np.quantile(normal_scores, 1.0 - target_far, method="higher"))
-
-
-def calibrate_threshold(method: str, y_true: np.ndarray, scores: np.ndarray, percentile: float = 99.0,
+def calibrate_threshold(method: str, y_true: np.ndarray | None, scores: np.ndarray, percentile: float = 99.0,
                         target_far: float = 0.01) -> float:
     """Pick a threshold on validation data by ``method``.
 
-    ``best_f1``: the best-F1 threshold; ``percentile``: the given percentile of normal
-    scores; ``far``: the threshold meeting a target false-alarm rate on normal rows.
+    ``best_f1``: the best-F1 threshold (needs labels); ``percentile``: the given percentile of normal
+    scores; ``far``: the threshold keeping a false-alarm rate on normal rows
+    (:func:`raysys.evaluation.calibration.tail_threshold`). ``y_true`` None: every row is normal.
     """
     if method == "best_f1":
+        if y_true is None:
+            raise ValueError("threshold method 'best_f1' needs labelled validation rows, and the data has no "
+                             "labels; use 'far' (a false-alarm rate asked for) or 'percentile'")
         return best_f1_threshold(y_true, scores)
-    normal = scores[np.asarray(y_true) == 0]
+    normal = scores if y_true is None else scores[np.asarray(y_true) == 0]
     if method == "percentile":
         if not 0.0 < percentile < 100.0:
             raise ValueError(f"percentile must be in (0, 100), got {percentile}")
         return float(np.percentile(normal, percentile))
     if method == "far":
-        return far_threshold(normal, target_far)
+        from raysys.evaluation.calibration import tail_threshold
+
+        return tail_threshold(normal, target_far)
     raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
+
+
+def default_threshold_method(labelled: bool) -> str:
+    """The threshold method used when none is asked for: ``best_f1`` on labelled data, else ``far``."""
+    return "best_f1" if labelled else "far"
 
 
 def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float,
@@ -87,20 +90,42 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     for key, value in metrics.items():
         if isinstance(value, dict):
             flat.update(flat_metrics(value, f"{prefix}{key}_"))
-        elif isinstance(value, (int, float, np.number)) and np.isfinite(value):
+        elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
             flat[f"{prefix}{key}"] = float(value)
     return flat
 
 
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Table:
-    """A rich table of the headline metrics and the recall per anomaly type."""
+    """A rich table of the headline metrics and the recall per anomaly type; without labels
+    (``labelled`` False), the test alarm rate and the held-out false-alarm rate beside the asked one."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "threshold"):
-        table.add_row(key, f"{metrics[key]:.4f}")
+    if not metrics.get("labelled", True):
+        for key in ("alarm_rate", "heldout_false_alarm_rate", "far_asked", "heldout_far_ratio", "threshold"):
+            table.add_row(key, _fmt(metrics.get(key)))
+        return table
+    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "far_asked", "threshold"):
+        table.add_row(key, _fmt(metrics.get(key)))
     for kind, value in metrics.get("recall_by_type", {}).items():
         table.add_row(escape(f"recall[{kind}]"), f"{value:.4f}")  # unescaped, rich reads [kind] as markup
     cm = metrics["confusion_matrix"]
     table.add_row("confusion (tn fp fn tp)", f"{cm['tn']} {cm['fp']} {cm['fn']} {cm['tp']}")
     return table
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One line of the metrics that matter, the measured false-alarm rate beside the asked one."""
+    asked = metrics.get("far_asked")
+    if not metrics.get("labelled", True):
+        far = metrics.get("heldout_false_alarm_rate")
+        held = ("not measured (too few held-out rows)" if far is None else
+                f"{far:.4f}" + (f" (asked {asked:g})" if asked is not None else ""))
+        return f"no labels: test alarm rate {metrics['alarm_rate']:.4f}; false alarms on held-out normal rows {held}"
+    far = f"false alarms {metrics['false_alarm_rate']:.4f}" + (f" (asked {asked:g})" if asked is not None else "")
+    return (f"ROC AUC {metrics['roc_auc']:.4f}  PR AUC {metrics['pr_auc']:.4f}  precision {metrics['precision']:.4f}"
+            f"  recall {metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  {far}")

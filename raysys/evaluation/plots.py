@@ -41,9 +41,9 @@ def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
     return save_figure(fig, path)
 
 
-def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float, path: str | os.PathLike,
+def score_distribution(scores: np.ndarray, y_true: np.ndarray | None, threshold: float, path: str | os.PathLike,
                        title: str = "Anomaly score distribution") -> Path:
-    """Histograms of normal vs anomalous scores with the decision threshold."""
+    """Histograms of normal vs anomalous scores (all rows without labels) with the decision threshold."""
     fig, ax = plt.subplots(figsize=(7, 4))
     # scores span orders of magnitude: log bins, or symmetric-log ones when scores can be negative
     positive = bool((scores > 0).all())
@@ -51,8 +51,11 @@ def score_distribution(scores: np.ndarray, y_true: np.ndarray, threshold: float,
         bins = np.logspace(np.log10(scores.min()), np.log10(scores.max()), 60)
     else:
         bins = np.sinh(np.linspace(np.arcsinh(scores.min()), np.arcsinh(scores.max()), 60))
-    ax.hist(scores[y_true == 0], bins=bins, alpha=0.6, label="normal", density=True)
-    ax.hist(scores[y_true == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
+    if y_true is None:
+        ax.hist(scores, bins=bins, alpha=0.6, label="all rows (no labels)", density=True)
+    else:
+        ax.hist(scores[y_true == 0], bins=bins, alpha=0.6, label="normal", density=True)
+        ax.hist(scores[y_true == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     ax.set_xscale("log" if positive else "symlog", **({} if positive else {"linthresh": 1.0}))
     ax.set(xlabel="anomaly score", ylabel="density", title=title)
@@ -103,11 +106,12 @@ def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title:
 
 
 def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: np.ndarray, threshold: float,
-             y_true: np.ndarray, path: str | os.PathLike, title: str = "Test split timeline") -> Path:
-    """Sensor traces above the ensemble score, true anomalies shaded, flags marked: what was caught."""
+             y_true: np.ndarray | None, path: str | os.PathLike, title: str = "Test split timeline") -> Path:
+    """Sensor traces above the ensemble score, true anomalies shaded (when labelled), flags marked:
+    what was caught."""
     n = len(sensors)
     fig, axes = plt.subplots(n + 1, 1, figsize=(13, 1.6 * (n + 1) + 0.8), sharex=True)
-    spans = _runs(np.asarray(y_true).astype(bool))
+    spans = [] if y_true is None else _runs(np.asarray(y_true).astype(bool))
     for ax, (name, values) in zip(axes, sensors.items()):
         ax.plot(timestamps, values, linewidth=0.6, color="tab:blue")
         ax.set_ylabel(name, fontsize=8)
@@ -125,8 +129,9 @@ def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: 
         for start, stop in spans:
             ax.axvspan(timestamps[start], timestamps[stop - 1], color="tab:orange", alpha=0.25, linewidth=0)
     handles, labels = score_ax.get_legend_handles_labels()
-    handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:orange", alpha=0.25))
-    labels.append("true anomaly")
+    if y_true is not None:
+        handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:orange", alpha=0.25))
+        labels.append("true anomaly")
     score_ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=4)
     axes[0].set_title(title)
     return save_figure(fig, path)

@@ -26,9 +26,10 @@ class PipelineConfig:
         sweep_config: A sweep YAML (``raysys tune --config``); default: the packaged sweep.
         sweep: Overrides of sweep settings (e.g. ``num_samples``, ``max_epochs``).
         model_name: Registered MLflow model name.
-        threshold_method: Ensemble threshold on validation: ``best_f1``, ``percentile`` or ``far``.
+        threshold_method: Ensemble threshold on validation: ``best_f1``, ``percentile`` or ``far``
+            (None: ``best_f1`` on labelled data, ``far`` without labels).
         target_far: False-alarm rate when ``threshold_method`` is ``far``.
-        gates: Quality gate overrides (gate name to limit).
+        gates: Quality gate overrides over :data:`raysys.ensemble.gates.DEFAULT_GATES` (gate name to limit).
         output_dir: Parent directory of pipeline run directories.
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
         experiment: MLflow experiment.
@@ -44,7 +45,7 @@ class PipelineConfig:
     sweep_config: str | None = None
     sweep: dict[str, Any] = field(default_factory=dict)
     model_name: str = "raysys-detector"
-    threshold_method: str = "best_f1"
+    threshold_method: str | None = None
     target_far: float = 0.01
     gates: dict[str, float] = field(default_factory=dict)
     output_dir: str = "runs/pipeline"
@@ -56,7 +57,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
-        if self.threshold_method not in THRESHOLD_METHODS:
+        if self.threshold_method is not None and self.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
         if self.rows < 500:
             raise ValueError(f"rows must be >= 500, got {self.rows}")

@@ -16,6 +16,9 @@ from raysys.train.driver import epoch_history
 from raysys.layout import LEADERBOARD_PLOT
 
 LEADERBOARD_COLUMNS = ["trial", "family", "status", "epochs", "val_pr_auc", "val_loss", "params"]
+#: Per-detector columns of the detection table, with test labels and without.
+DETECTION_COLUMNS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "far_asked")
+LABEL_FREE_COLUMNS = ("alarm_rate", "heldout_false_alarm_rate", "far_asked", "heldout_far_ratio", "threshold")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -58,7 +61,9 @@ def write_report(path: str | os.PathLike, title: str, summary: Mapping[str, str]
 
 def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, client, model_name: str) -> Path:
     """The pipeline's report: sweep leaderboard, winners' loss curves, ROC/PR of members and ensemble,
-    confusion matrix, recall per anomaly type and a timeline of the test split. Returns the HTML path."""
+    confusion matrix, recall per anomaly type (with labels; without them, the held-out false-alarm
+    rates beside the asked one), the gates (skipped ones with why) and a timeline of the test split.
+    Returns the HTML path."""
 
     out = Path(out_dir)
     figures = out / "figures"
@@ -71,34 +76,46 @@ def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, 
     sweep_plot = shutil.copy(Path(sweep.sweep_dir) / LEADERBOARD_PLOT, figures / "sweep_metric_vs_trial.png")
     test = dataset.test
     spec = ensemble.build.spec
+    labelled = bool(ensemble.metrics["ensemble"].get("labelled"))
     plots.timeline(test["timestamp"].to_numpy(), {s: test[s].to_numpy() for s in dataset.sensors},
-                   ensemble.build.test_scores["ensemble"], spec["threshold"], dataset.labels("test"),
-                   figures / "test_timeline.png", "Test split: sensors, ensemble score, threshold, true anomalies")
-    members = pd.DataFrame([{"detector": name, **{k: m[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1",
-                                                                     "false_alarm_rate")}}
-                            for name, m in ensemble.metrics.items()])
-    recall = pd.DataFrame([{"anomaly type": k, "recall": v}
-                           for k, v in ensemble.metrics["ensemble"]["recall_by_type"].items()])
-    gates = pd.DataFrame([g.to_dict() for g in ensemble.gates.results])
+                   ensemble.build.test_scores["ensemble"], spec["threshold"], dataset.known_labels("test"),
+                   figures / "test_timeline.png", "Test split: sensors, ensemble score, threshold"
+                   + (", true anomalies" if labelled else " (no labels)"))
+    columns = DETECTION_COLUMNS if labelled else LABEL_FREE_COLUMNS
+    members = pd.DataFrame([{"detector": name, **{k: m.get(k) for k in columns}} for name, m in ensemble.metrics.items()])
+    gates = pd.DataFrame([g.to_dict() for g in ensemble.gates.results]
+                         + [{"name": name, "passed": "skipped", "reason": why} for name, why in ensemble.gates.skipped])
     summary = {
         "model": f"models:/{model_name}@champion (version {ensemble.version})" if ensemble.version
         else "not registered: a quality gate failed",
-        "dataset": f"{dataset.path} ({dataset.metadata['rows']} rows, {len(dataset.sensors)} sensors)",
+        "dataset": f"{dataset.path} ({dataset.metadata['rows']} rows, {len(dataset.sensors)} sensors"
+                   + ("" if labelled else ", no labels") + ")",
         "sweep": str(sweep.sweep_dir),
         "ensemble": str(ensemble.ensemble_dir),
-        "members": ", ".join(m["name"] for m in spec["members"]),
-        "threshold": f"{spec['threshold']:.4g} ({spec['threshold_method']})",
+        "members": ", ".join(f"{m['name']} ({m['weight']:.2f})" for m in spec["members"]),
+        "threshold": f"{spec['threshold']:.4g} ({spec['threshold_method']}"
+                     + (f", asked false-alarm rate {spec['target_far']:g}" if spec.get("target_far") else "") + ")",
+        "test": ensemble.summary(),
     }
+    if labelled:
+        recall = pd.DataFrame([{"anomaly type": k, "recall": v}
+                               for k, v in ensemble.metrics["ensemble"]["recall_by_type"].items()])
+        detection = [
+            ("Detection on the held-out test split", [
+                members, ("ROC and precision-recall curves: every member and the ensemble", figures / "roc_pr.png"),
+                ("Ensemble confusion matrix", figures / "confusion_matrix.png"),
+                ("Ensemble score distribution", figures / "score_distribution.png")]),
+            ("Recall per anomaly type", [recall, ("Ensemble recall per anomaly type", figures / "recall_by_type.png")])]
+    else:
+        detection = [("Without labels: false alarms on held-out normal rows, alarms on the test split", [
+            members, ("Ensemble score distribution (test, no labels)", figures / "score_distribution.png")])]
     return write_report(out / "report.html", "raysys pipeline report", summary, [
         ("Sweep", [sweep.leaderboard[LEADERBOARD_COLUMNS].head(20),
                    (f"{sweep.config.metric} of each trial and the epochs it trained", Path(sweep_plot))]),
         ("Winners", [("Loss curves of the best trial per family", figures / "winners_loss_curves.png")]),
-        ("Detection on the held-out test split", [
-            members, ("ROC and precision-recall curves: every member and the ensemble", figures / "roc_pr.png"),
-            ("Ensemble confusion matrix", figures / "confusion_matrix.png"),
-            ("Ensemble score distribution", figures / "score_distribution.png")]),
-        ("Recall per anomaly type", [recall, ("Ensemble recall per anomaly type", figures / "recall_by_type.png")]),
+        *detection,
         ("Quality gates", [gates]),
-        ("What was caught and what was missed",
-         [("Test split timeline (orange: true anomalies, red: flagged)", figures / "test_timeline.png")]),
+        ("What was caught and what was missed" if labelled else "What was flagged",
+         [("Test split timeline" + (" (orange: true anomalies, red: flagged)" if labelled else " (red: flagged)"),
+           figures / "test_timeline.png")]),
     ])

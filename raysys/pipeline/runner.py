@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from raysys.data import generate_dataset, load_dataset
+from raysys.ensemble.gates import DEFAULT_GATES
 from raysys.ensemble.workflow import EnsembleResult, run_ensemble
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
 from raysys.pipeline.config import PipelineConfig
@@ -114,7 +115,7 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
     console.rule("[bold]3/4 ensemble")
     with state.stage("ensemble") as out:
         ensemble = run_ensemble(dataset, sweep=sweep.sweep_dir, out_dir=run_dir / "ensemble", name=cfg.model_name,
-                                gates=cfg.gates or None, threshold_method=cfg.threshold_method,
+                                gates={**DEFAULT_GATES, **cfg.gates}, threshold_method=cfg.threshold_method,
                                 target_far=cfg.target_far, tracking_uri=uri, experiment=cfg.experiment,
                                 seed=cfg.seed, parent_run_id=parent)
         console.print(ensemble.gates.summary())
@@ -162,16 +163,15 @@ def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str
 
 def summary_lines(result: PipelineResult, tracking_uri: str) -> list[str]:
     """What the user needs next: where things are and how to look at them."""
-    ens = result.ensemble.metrics["ensemble"]
-    best, best_f1 = result.ensemble.best_member
     lines = [
         f"run directory : {result.run_dir}",
         f"report        : {result.report}",
         f"MLflow        : parent run {result.parent_run_id} (browse: mlflow ui --backend-store-uri {tracking_uri})",
         f"sweep         : {result.sweep.sweep_dir} (best per family: {', '.join(sorted(result.sweep.best))})",
-        f"ensemble test : ROC AUC {ens['roc_auc']:.4f}  PR AUC {ens['pr_auc']:.4f}  precision {ens['precision']:.4f}"
-        f"  recall {ens['recall']:.4f}  F1 {ens['f1']:.4f} (best member {best}: F1 {best_f1:.4f})",
-        f"quality gates : {'passed' if result.ensemble.gates.passed else 'FAILED'}",
+        f"ensemble test : {result.ensemble.summary()}",
+        f"quality gates : {'passed' if result.ensemble.gates.passed else 'FAILED'}"
+        + (f" ({len(result.ensemble.gates.skipped)} skipped: {', '.join(n for n, _ in result.ensemble.gates.skipped)})"
+           if result.ensemble.gates.skipped else ""),
         f"model         : {result.model_uri or 'not registered (gate failed)'}"
         + (f" (version {result.ensemble.version})" if result.ensemble.version else ""),
     ]

@@ -50,8 +50,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _threshold_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="best_f1",
-                        help="threshold on validation: best F1, a percentile of normal scores, or a false-alarm rate")
+    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default=None,
+                        help="threshold on validation: best F1, a percentile of normal scores, or a false-alarm rate "
+                             "(default: best_f1 with labels, far without)")
     parser.add_argument("--percentile", type=float, default=99.0)
     parser.add_argument("--target-far", type=float, default=0.01)
 

@@ -23,7 +23,8 @@ class TrainConfig:
         use_gpu: One GPU per worker.
         storage_path: Where Ray Train keeps runs and checkpoints (shared storage on a cluster).
         run_name: Ray Train run name; reusing it resumes that run from its latest checkpoint.
-        threshold_method: ``best_f1``, ``percentile`` or ``far`` on the validation split.
+        threshold_method: ``best_f1``, ``percentile`` or ``far`` on the validation split (None:
+            ``best_f1`` with validation labels, ``far`` without).
         percentile: Percentile of validation normal scores for ``percentile``.
         target_far: False-alarm rate for ``far``.
         max_failures: Worker-group restarts Ray Train attempts before giving up.
@@ -38,7 +39,7 @@ class TrainConfig:
     use_gpu: bool = False
     storage_path: str = "runs/train"
     run_name: str | None = None
-    threshold_method: str = "best_f1"
+    threshold_method: str | None = None
     percentile: float = 99.0
     target_far: float = 0.01
     max_failures: int = 1
@@ -50,7 +51,7 @@ class TrainConfig:
             raise ValueError(f"model must be one of {sorted(FAMILY_NAMES)}, got {self.model!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.threshold_method not in THRESHOLD_METHODS:
+        if self.threshold_method is not None and self.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {self.percentile!r}")

@@ -12,7 +12,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from raysys.data import SensorDataset
-from raysys.evaluation import calibrate_threshold, detection_metrics
+from raysys.evaluation import calibrate_threshold, default_threshold_method, detection_metrics
+from raysys.evaluation.calibration import label_free_metrics, label_free_threshold
 from raysys.evaluation import plots
 from raysys.layout import METRICS_FILE
 from raysys.models import BaseDeepDetector
@@ -39,18 +40,38 @@ class Evaluation:
     extra_scores: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate_detector(detector: BaseDeepDetector, dataset: SensorDataset, threshold_method: str = "best_f1",
+def evaluate_detector(detector: BaseDeepDetector, dataset: SensorDataset, threshold_method: str | None = None,
                       percentile: float = 99.0, target_far: float = 0.01) -> Evaluation:
-    """Calibrate a threshold on validation, then measure on the held-out test split."""
+    """Calibrate a threshold on validation, then measure on the held-out test split.
+
+    ``threshold_method`` None: ``best_f1`` on labelled data, ``far`` without labels. Without
+    validation labels every validation row is taken as normal and the threshold is
+    :func:`raysys.evaluation.calibration.label_free_threshold` (the first rows of a windowed detector,
+    scored on padding, left out); the metrics then include the false-alarm rate on the held-out rows
+    beside the asked one (:func:`raysys.evaluation.calibration.label_free_metrics`).
+    """
+    method = threshold_method or default_threshold_method(dataset.labelled("val"))
     val_scores = detector.decision_function(dataset.features("val"))
-    threshold = calibrate_threshold(threshold_method, dataset.labels("val"), val_scores, percentile, target_far)
     test_scores = detector.decision_function(dataset.features("test"))
-    metrics = detection_metrics(dataset.labels("test"), test_scores, threshold, dataset.anomaly_types("test"))
+    y_val, y_test = dataset.known_labels("val"), dataset.known_labels("test")
+    asked = target_far if method == "far" else None
+    metrics: dict[str, Any] = {}
+    if y_val is None:
+        skip = getattr(detector, "window", 1) - 1
+        threshold, holdout = label_free_threshold(val_scores[skip:], method, target_far, percentile)
+        rows = holdout["holdout_rows"] if holdout else 0
+        metrics.update(label_free_metrics(threshold, test_scores > threshold,
+                                          val_scores[len(val_scores) - rows:] > threshold if rows else None, asked))
+    else:
+        threshold = calibrate_threshold(method, y_val, val_scores, percentile, target_far)
     extra: dict[str, float] = {}
-    if hasattr(detector, "latent_scores"):
-        for name, scores in detector.latent_scores(dataset.features("test")).items():
-            extra[f"{name}_roc_auc"] = float(roc_auc_score(dataset.labels("test"), scores))
-    return Evaluation(threshold, threshold_method, metrics, val_scores, test_scores, extra)
+    if y_test is not None:
+        metrics.update(detection_metrics(y_test, test_scores, threshold, dataset.anomaly_types("test")),
+                       labelled=True, far_asked=asked)
+        if hasattr(detector, "latent_scores"):
+            for name, scores in detector.latent_scores(dataset.features("test")).items():
+                extra[f"{name}_roc_auc"] = float(roc_auc_score(y_test, scores))
+    return Evaluation(threshold, method, metrics, val_scores, test_scores, extra)
 
 
 def write_evaluation(evaluation: Evaluation, dataset: SensorDataset, history: list[dict[str, float]],
@@ -61,12 +82,13 @@ def write_evaluation(evaluation: Evaluation, dataset: SensorDataset, history: li
     (out / "threshold.json").write_text(json.dumps(
         {"threshold": evaluation.threshold, "method": evaluation.threshold_method}, indent=2))
     (out / METRICS_FILE).write_text(json.dumps({**evaluation.metrics, **evaluation.extra_scores}, indent=2))
-    y_test = dataset.labels("test")
+    y_test = dataset.known_labels("test")
     if history:
         plots.loss_curves({name: history}, out / "plots" / "loss_curves.png")
     plots.score_distribution(evaluation.test_scores, y_test, evaluation.threshold,
                              out / "plots" / "score_distribution.png", f"{name}: test scores")
-    plots.roc_pr_curves({name: (y_test, evaluation.test_scores)}, out / "plots" / "roc_pr.png")
-    plots.confusion_matrix_plot(evaluation.metrics["confusion_matrix"], out / "plots" / "confusion_matrix.png")
-    plots.recall_by_type(evaluation.metrics["recall_by_type"], out / "plots" / "recall_by_type.png")
+    if y_test is not None:
+        plots.roc_pr_curves({name: (y_test, evaluation.test_scores)}, out / "plots" / "roc_pr.png")
+        plots.confusion_matrix_plot(evaluation.metrics["confusion_matrix"], out / "plots" / "confusion_matrix.png")
+        plots.recall_by_type(evaluation.metrics["recall_by_type"], out / "plots" / "recall_by_type.png")
     return out

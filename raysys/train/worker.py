@@ -43,19 +43,19 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     Config keys: ``data``, ``model``, ``params`` (the detector's parameters: ``epochs``,
     ``patience`` and ``batch_size``, the global batch, come from there), optional
-    ``detection_metric`` (also report validation PR AUC), ``diagnostics_dir`` (each rank
+    ``detection_metric`` (also report validation PR AUC, when the validation split has labels), ``diagnostics_dir`` (each rank
     writes which samples it trained on and a checksum of its final weights) and ``resume_from``
     (a checkpoint directory to continue from when Ray Train has none registered, or an older one).
     """
     data_dir = config["data"]
     detector = build_detector(config["model"], **config.get("params", {}))
-    detection_metric = bool(config.get("detection_metric", False))
     diagnostics_dir = config.get("diagnostics_dir")
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     dataset = load_dataset(data_dir)
-    X_train, y_train = dataset.features("train"), dataset.labels("train")
+    detection_metric = bool(config.get("detection_metric", False)) and dataset.labelled("val")
+    X_train, y_train = dataset.features("train"), dataset.known_labels("train")
     train_samples, val_samples = split_validation(torch.from_numpy(detector.init_fit(X_train, y_train)),
                                                   detector.validation_fraction)
 

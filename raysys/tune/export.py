@@ -43,7 +43,7 @@ def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params:
         raise FileNotFoundError(f"{checkpoint_dir}: neither {DETECTOR_DIR}/ nor {TRAIN_STATE}; not a raysys checkpoint")
     state = load_weights(state_path)
     dataset = load_dataset(data_dir)
-    X, y = dataset.features("train"), dataset.labels("train")
+    X, y = dataset.features("train"), dataset.known_labels("train")
     detector = build_detector(family, **params)
     detector.init_fit(X, y)
     best = state["best_module"] if state.get("best_module") is not None else state["module"]

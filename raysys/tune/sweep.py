@@ -158,10 +158,24 @@ def read_sweep_record(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClient) -> tuple[Path, dict[str, Any]]:
+def label_free(config: SweepConfig, console: Console) -> SweepConfig:
+    """The sweep on data whose validation split has no labels: PR AUC cannot rank trials, so each
+    trial is ranked by its validation loss against its own family only (ASHA with per-family rungs;
+    losses of different families are not comparable). The ensemble then takes every family's best."""
+    if config.metric != "val_pr_auc":
+        return config
+    scheduler = "asha_family" if config.scheduler == "asha" else config.scheduler
+    console.print(f"no labels in the validation split: trials are ranked by val_loss within each family "
+                  f"(scheduler {scheduler})")
+    return config.replace(metric="val_loss", scheduler=scheduler)
+
+
+def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClient,
+           console: Console) -> tuple[Path, dict[str, Any]]:
     """Create the sweep directory, its MLflow parent run and its record."""
     data = str(Path(data_dir).resolve())
-    load_dataset(data)  # a bad dataset fails here, before any Ray work
+    if not load_dataset(data).labelled("val"):  # a bad dataset fails here, before any Ray work
+        config = label_free(config, console)
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     config = config.replace(name=name, storage_path=str(Path(config.storage_path).resolve()))
     sweep_dir = Path(config.storage_path) / name
@@ -212,7 +226,7 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
         if config is None or data_dir is None:
             raise ValueError("a new sweep needs a config and a data directory")
         client = MlflowClient(resolve_tracking_uri(config.tracking_uri))
-        sweep_dir, record = _start(config, data_dir, client)
+        sweep_dir, record = _start(config, data_dir, client, console)
         config = SweepConfig.from_dict(record["config"])
     console.print(f"sweep {config.name}: {sweep_dir} (MLflow parent run {record['parent_run_id']})")
 
