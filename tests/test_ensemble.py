@@ -526,3 +526,18 @@ def test_cli_gate_failure_exits_1_and_predict_writes_scores(default_dataset, det
     scored = pd.read_parquet(tmp_path / "scores.parquet")
     assert len(scored) == 3000 and {"timestamp", "score", "is_anomaly", "score_ae"} <= set(scored.columns)
     np.testing.assert_allclose(scored["score"], built.test_scores[ENSEMBLE], rtol=1e-6, atol=1e-6)
+
+
+def test_label_free_estimator_scores_as_the_built_ensemble_without_labels(small_dataset, tmp_path):
+    """``LabelFreeEnsemble`` (the benchmark's ``ensemble`` entry) is the pipeline's label-free rule:
+    members fitted on the older rows, normalised on the newer ones, equal weights."""
+    from raysys.ensemble.estimator import LabelFreeEnsemble
+
+    data = _unlabelled(load_dataset(small_dataset))
+    X = np.concatenate([data.features("train"), data.features("val")])
+    estimator = LabelFreeEnsemble(families=("ae",), seed=3, validation_fraction=len(data.val) / len(X)).fit(X)
+    build = build_ensemble({"ae": estimator.models_["ae"]}, data, tmp_path / "free", seed=3)
+    assert [m["name"] for m in build.spec["members"]] == ["ae", "iforest", "pca_t2", "pca_spe"]
+    runtime = EnsembleRuntime.load(build.directory)
+    test = data.features("test")
+    np.testing.assert_allclose(estimator.decision_function(test), runtime.score(test)["score"], rtol=1e-4, atol=1e-5)

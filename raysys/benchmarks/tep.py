@@ -104,6 +104,12 @@ def _deep(family: str, **params: Any) -> Callable[[int], BaseEstimator]:
     return build
 
 
+def _label_free_ensemble(seed: int) -> BaseEstimator:
+    from raysys.ensemble.estimator import LabelFreeEnsemble
+
+    return LabelFreeEnsemble(seed=seed)
+
+
 #: Name -> (what it is, builder taking the seed). Baselines first, then raysys's deep families.
 DETECTORS: dict[str, tuple[str, Callable[[int], BaseEstimator]]] = {
     "pca_t2": ("PCA, Hotelling's T2 (standardised, 90% variance)", lambda seed: PCADetector(score="t2")),
@@ -115,6 +121,8 @@ DETECTORS: dict[str, tuple[str, Callable[[int], BaseEstimator]]] = {
     "lstm": ("raysys LSTM autoencoder (defaults, window 16)", _deep("lstm")),
     "dpca_combined_w10": ("dynamic PCA, 2 lags, combined T2+SPE index, 10-sample trailing mean",
                           lambda seed: PCADetector(lags=2, score="combined", smoothing=10)),
+    "ensemble": ("the pipeline's ensemble without labels: ae, vae, lstm, conv, Isolation Forest, PCA T2 and SPE, "
+                 "robust-normalised on the newest 30% of d00.dat, equal weights", _label_free_ensemble),
 }
 #: What raysys deploys on a plant like this one. The rule is fixed, not a selection on any result:
 #: dynamic PCA (2 lags, the order Ku et al. 1995 found for this process) with the combined index
