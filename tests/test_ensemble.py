@@ -201,7 +201,7 @@ def test_unsupported_ensemble_format_names_its_version(built, tmp_path):
     shutil.copytree(built.directory, future)
     spec = json.loads((future / "ensemble.json").read_text())
     (future / "ensemble.json").write_text(json.dumps({**spec, "format_version": 99}))
-    with pytest.raises(ValueError, match=r"format_version 99 is not supported.*reads versions \[1\]"):
+    with pytest.raises(ValueError, match=r"format_version 99 is not supported.*reads versions \[1, 2\]"):
         EnsembleRuntime.load(future)
 
 
@@ -339,6 +339,21 @@ def test_select_weights_prefers_the_informative_member():
         select_weights(scores, np.zeros(2000, dtype=int))
 
 
+def test_smoothing_is_calibrated_on_and_served_as_the_smoothed_score(detectors, dataset, tmp_path):
+    from raysys.evaluation import calibrate_threshold
+
+    build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "smooth", smoothing=4, pca=False)
+    runtime = EnsembleRuntime.load(build.directory)
+    assert build.spec["smoothing"] == runtime.smoothing == 4 and runtime.history == build.spec["history"] == 3
+    val = dataset.features("val")
+    scores = runtime.score(val)["score"]
+    np.testing.assert_allclose(source_ensemble_scores(build.models, build.spec, val), scores, rtol=1e-4, atol=1e-5)
+    assert build.spec["threshold"] == pytest.approx(calibrate_threshold("best_f1", dataset.labels("val"), scores),
+                                                    rel=1e-6)
+    with pytest.raises(ValueError, match="smoothing must be an int >= 1"):
+        build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "bad", smoothing=0)
+
+
 def test_far_threshold_keeps_the_false_alarm_budget_on_validation(detectors, dataset, tmp_path):
     build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "far", threshold_method="far",
                            target_far=0.02, iforest=False)
@@ -363,13 +378,14 @@ def _unlabelled(dataset):
 @pytest.fixture(scope="module")
 def built_without_labels(detectors, dataset, tmp_path_factory):
     return build_ensemble({"ae": detectors["ae"], "lstm": detectors["lstm"]}, _unlabelled(dataset),
-                          tmp_path_factory.mktemp("unlabelled") / "onnx", target_far=0.05)
+                          tmp_path_factory.mktemp("unlabelled") / "onnx", target_far=0.05, smoothing=3)
 
 
 def test_without_labels_weights_are_equal_and_the_threshold_comes_from_the_first_rows(built_without_labels,
                                                                                       dataset):
     spec = built_without_labels.spec
     assert spec["threshold_method"] == "far" and spec["target_far"] == 0.05
+    assert spec["smoothing"] == 3 and spec["history"] == max(m["window"] for m in spec["members"]) - 1 + 2
     cal = spec["calibration"]
     assert cal["labels"] is False and cal["weights"] == "equal (no labels)"
     assert [m["weight"] for m in spec["members"]] == pytest.approx([1 / len(spec["members"])] * len(spec["members"]))

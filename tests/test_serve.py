@@ -2,7 +2,8 @@
 
 One module-scoped Serve application serves ``models:/raysys-detector@champion`` (a small AE + LSTM
 ensemble built in-process and registered in a temporary MLflow store); tests run in file order and
-the last one moves the champion and redeploys.
+the last one moves the champion and redeploys. A copy of that ensemble with score smoothing is tested
+offline here too (the runtime's streaming contract), then served beside it.
 """
 
 import itertools
@@ -314,7 +315,7 @@ def test_model_card_health_and_readiness(served, client, ensembles):
     assert card["source"]["alias"] == "champion" and card["source"]["uri"] == "models:/raysys-detector/1"
     assert card["sensors"] == ensembles.sensors
     assert card["threshold"] == pytest.approx(spec["threshold"])
-    assert [m["name"] for m in card["members"]] == ["ae", "lstm"] and card["history"] == 7
+    assert [m["name"] for m in card["members"]] == ["ae", "lstm"] and card["history"] == 7 and card["smoothing"] == 1
     assert card["gates"]["passed"] is True and "roc_auc" in card["test_metrics"]
     assert card["serving"]["max_request_rows"] == MAX_ROWS and card["serving"]["replica"]
     assert card["serving"]["ingress"] == "haproxy" and card["serving"]["throughput_optimized"] is True
@@ -444,23 +445,122 @@ def test_served_scores_equal_offline_onnxruntime(served, client, ensembles, offl
     np.testing.assert_allclose([p["score"] for p in tail["predictions"]], expected["score"][290:], rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def lstm_weighted(ensembles, tmp_path_factory):
-    """A copy of the champion's ensemble directory whose LSTM (sequence) member weighs as much as the AE,
-    whatever weight selection gave it, and its runtime."""
-    import json
+def spec_copy(source: Path, target: Path, **changes) -> Path:
+    """A copy of the ensemble directory ``source`` at ``target``, its ``ensemble.json`` keys updated by ``changes``."""
     import shutil
 
-    from raysys.ensemble.runtime import EnsembleRuntime
     from raysys.layout import ENSEMBLE_SPEC
 
-    directory = tmp_path_factory.mktemp("weighted") / "ensemble"
-    shutil.copytree(ensembles.builds[0].directory, directory)
-    spec = json.loads((directory / ENSEMBLE_SPEC).read_text())
-    for member in spec["members"]:
-        member["weight"] = 0.5
-    (directory / ENSEMBLE_SPEC).write_text(json.dumps(spec))
+    shutil.copytree(source, target)
+    spec = json.loads((target / ENSEMBLE_SPEC).read_text())
+    (target / ENSEMBLE_SPEC).write_text(json.dumps({**spec, **changes}))
+    return target
+
+
+SMOOTHING = 5
+
+
+@pytest.fixture(scope="module")
+def smoothed(ensembles, tmp_path_factory):
+    """A copy of the champion's ensemble directory whose LSTM (sequence) member weighs as much as the AE,
+    whatever weight selection gave it, with ``smoothing`` 5; and its runtime."""
+    from raysys.ensemble.runtime import EnsembleRuntime
+
+    build = ensembles.builds[0]
+    directory = spec_copy(build.directory, tmp_path_factory.mktemp("smoothed") / "ensemble", smoothing=SMOOTHING,
+                          members=[{**m, "weight": 0.5} for m in build.spec["members"]])
     return directory, EnsembleRuntime.load(directory)
+
+
+def test_trailing_mean_stays_in_its_series_and_skips_non_finite_values():
+    from raysys.ensemble.runtime import trailing_mean
+
+    values = np.array([1.0, 3.0, 5.0, 7.0, 9.0, 11.0])
+    np.testing.assert_allclose(trailing_mean(values, 3), [1, 2, 3, 5, 7, 9])
+    np.testing.assert_allclose(trailing_mean(values, 3, lengths=[2, 4]), [1, 2, 5, 6, 7, 9])  # never across
+    # a non-finite value keeps its own place and is left out of the means after it
+    np.testing.assert_allclose(trailing_mean(np.array([1.0, np.nan, 5.0, np.inf, 9.0]), 3),
+                               [1, np.nan, 3, np.inf, 7])
+    np.testing.assert_array_equal(trailing_mean(values, 1), values)
+    with pytest.raises(ValueError, match="window must be an int >= 1, got 0"):
+        trailing_mean(values, 0)
+
+
+def test_smoothed_scores_stream_and_coalesce_like_one_batch(smoothed, ensembles, tmp_path):
+    """Smoothing 5: one call over a series == one row at a time after ``history`` rows == ``score_many`` of
+    coalesced series, each smoothed within itself; smoothing 1 is the unsmoothed ensemble, bit for bit."""
+    from raysys.ensemble.runtime import EnsembleRuntime, trailing_mean
+
+    directory, runtime = smoothed
+    plain = EnsembleRuntime.load(spec_copy(directory, tmp_path / "plain", smoothing=1))
+    window = max(m["window"] for m in runtime.spec["members"])
+    assert (runtime.smoothing, runtime.history, plain.history) == (SMOOTHING, window - 1 + SMOOTHING - 1, window - 1)
+    rows = ensembles.rows[:120]
+    full, unsmoothed = runtime.score(rows), plain.score(rows)
+    np.testing.assert_allclose(full["score"], trailing_mean(unsmoothed["score"], SMOOTHING), rtol=1e-12)
+    for name in runtime.members:  # member scores are each row's own
+        np.testing.assert_array_equal(full["members"][name], unsmoothed["members"][name])
+    assert (full["is_anomaly"] == (full["score"] > runtime.threshold)).all()
+
+    streamed, short = [], []
+    for i in range(len(rows)):  # a streaming caller passes the last `history` rows before the new one
+        streamed.append(runtime.score(rows[max(0, i - runtime.history):i + 1])["score"][-1])
+        short.append(runtime.score(rows[max(0, i - runtime.history + 1):i + 1])["score"][-1])
+    np.testing.assert_allclose(streamed, full["score"], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(short[runtime.history:], full["score"][runtime.history:], rtol=1e-6, atol=1e-6)
+
+    parts = [rows[:1], rows[10:13], rows[20:60], rows[60:120]]
+    for together, part in zip(runtime.score_many(parts), parts):
+        alone = runtime.score(part)
+        np.testing.assert_allclose(together["score"], alone["score"], rtol=1e-6, atol=1e-6)
+        assert together["score"][0] == pytest.approx(plain.score(part[:1])["score"][0], rel=1e-6)  # nothing before
+
+    base = EnsembleRuntime.load(ensembles.builds[0].directory)
+    one = EnsembleRuntime.load(spec_copy(ensembles.builds[0].directory, tmp_path / "one", smoothing=1))
+    for key in ("score", "is_anomaly", "reason"):
+        np.testing.assert_array_equal(one.score(rows)[key], base.score(rows)[key])
+
+
+def test_smoothing_keeps_fail_closed_rows_and_finite_scores(smoothed, ensembles, tmp_path):
+    """A flagged row stays flagged (its reason is its own), a non-finite combined score is left out of the
+    smoothed score of the rows after it, and every number stays finite."""
+    from raysys.ensemble.runtime import EnsembleRuntime, trailing_mean
+
+    directory, runtime = smoothed
+    plain = EnsembleRuntime.load(spec_copy(directory, tmp_path / "plain", smoothing=1))
+    rows = ensembles.rows[:60].astype(np.float64).copy()
+    rows[30, 1] = 3e38  # the AE's squared error overflows: a non-finite combined score
+    got, unsmoothed = runtime.score(rows), plain.score(rows)
+    assert np.isfinite(got["score"]).all()
+    assert (got["reason"] == unsmoothed["reason"]).all() and got["reason"][30] != ""
+    assert got["is_anomaly"][got["reason"] != ""].all()
+    combined = np.where(unsmoothed["score"] == np.finfo(np.float64).max, np.nan, unsmoothed["score"])
+    assert np.isnan(combined[30])
+    expected = np.where(np.isnan(combined), np.finfo(np.float64).max, trailing_mean(combined, SMOOTHING))
+    np.testing.assert_allclose(got["score"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "5", True, None])
+def test_a_bad_smoothing_is_refused_naming_file_key_and_value(ensembles, tmp_path, value):
+    from raysys.ensemble.runtime import EnsembleRuntime
+
+    bad = spec_copy(ensembles.builds[0].directory, tmp_path / "bad", smoothing=value)
+    with pytest.raises(ValueError, match=rf"{bad}/ensemble.json: smoothing must be an int >= 1 .*got {value!r}"):
+        EnsembleRuntime.load(bad)
+
+
+def test_format_version_1_loads_unsmoothed_and_refuses_smoothing(ensembles, tmp_path):
+    from raysys.ensemble.runtime import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, EnsembleRuntime
+
+    assert ensembles.builds[0].spec["format_version"] == FORMAT_VERSION == 2 and 1 in SUPPORTED_FORMAT_VERSIONS
+    old = EnsembleRuntime.load(spec_copy(ensembles.builds[0].directory, tmp_path / "v1", format_version=1))
+    assert old.smoothing == 1 and old.history == 7
+    rows = ensembles.rows[:20]
+    np.testing.assert_array_equal(old.score(rows)["score"],
+                                  EnsembleRuntime.load(ensembles.builds[0].directory).score(rows)["score"])
+    mixed = spec_copy(ensembles.builds[0].directory, tmp_path / "mixed", format_version=1, smoothing=3)
+    with pytest.raises(ValueError, match="smoothing 3 needs format_version 2"):
+        EnsembleRuntime.load(mixed)
 
 
 def metrics_text(client) -> str:
@@ -479,12 +579,13 @@ def serve_metric(client, name: str, application: str, **tags: str) -> float:
                if line.startswith(name + "{") and all(w in line for w in wanted))
 
 
-def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, lstm_weighted):
+def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, smoothed):
     """48 concurrent requests of 1 to 40 readings (some with history, records and columnar), coalesced by
     @serve.batch into batches of several requests, each get exactly the offline scores of their own rows:
-    a sequence member whose weight is > 0 stays out of the score of every request's first window - 1 rows."""
+    a sequence member whose weight is > 0 stays out of the score of every request's first window - 1 rows,
+    and smoothing never reaches into another request; those sending ``history`` rows score as the whole series."""
     url, config = served
-    directory, runtime = lstm_weighted
+    directory, runtime = smoothed
     lstm = next(m for m in runtime.spec["members"] if m["name"] == "lstm")
     assert lstm["weight"] > 0 and lstm["window"] > 1
     name = "raysys-batched"  # a second application on the same Serve: one replica, batches that surely fill
@@ -493,21 +594,24 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
         "user_config": UserConfig(max_batch_size=64, batch_wait_timeout_s=0.25, max_request_rows=MAX_ROWS),
         "deployment": config.deployment.model_copy(update={"max_ongoing_requests": 64})})
     sensors, rows = ensembles.sensors, ensembles.rows
+    series = runtime.score(rows)
     rng = np.random.default_rng(11)
-    requests = []  # (body, history rows, reading rows)
+    requests = []  # (body, history rows, reading rows, first row)
     for i in range(48):
-        n, n_history = int(rng.integers(1, 41)), int(rng.integers(1, 11)) if i % 4 == 3 else 0
+        n = int(rng.integers(1, 41))
+        n_history = runtime.history if i % 8 == 7 else int(rng.integers(1, 11)) if i % 4 == 3 else 0
         start = int(rng.integers(0, len(rows) - n - n_history))
         past, now = rows[start:start + n_history], rows[start + n_history:start + n_history + n]
         body = (columns if i % 3 == 1 else records)(sensors, now)
         if n_history:
             body["history"] = (columns if i % 3 == 1 else records)(sensors, past)[
                 "columns" if i % 3 == 1 else "readings"]
-        requests.append((body, past, now))
+        requests.append((body, past, now, start))
     try:
         batched_url = deploy(str(directory), batched, timeout_s=120)
         card = client.get(f"{batched_url}/v1/model").json()
-        assert {m["name"]: m["weight"] for m in card["members"]}["lstm"] > 0 and card["history"] == lstm["window"] - 1
+        assert {m["name"]: m["weight"] for m in card["members"]}["lstm"] > 0 and card["smoothing"] == SMOOTHING
+        assert card["history"] == runtime.history == lstm["window"] - 1 + SMOOTHING - 1
         barrier = threading.Barrier(len(requests))
 
         def ask(http, request):
@@ -517,7 +621,7 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
         limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
         with httpx.Client(timeout=60, limits=limits) as many, ThreadPoolExecutor(len(requests)) as pool:
             answers = list(pool.map(lambda request: ask(many, request), requests))
-        for (body, past, now), answer in zip(requests, answers):
+        for (body, past, now, start), answer in zip(requests, answers):
             assert answer.status_code == 200, answer.text
             expected = runtime.score(np.concatenate([past, now]))
             keep = slice(len(past), None)
@@ -529,6 +633,9 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
                 flags = [p["is_anomaly"] for p in got["predictions"]]
                 members = {m: [p["members"][m] for p in got["predictions"]] for m in runtime.members}
             np.testing.assert_allclose(score, expected["score"][keep], rtol=1e-6, atol=1e-6)
+            if len(past) == runtime.history:  # a streaming client: its readings score as in the whole series
+                whole = slice(start + len(past), start + len(past) + len(now))
+                np.testing.assert_allclose(score, series["score"][whole], rtol=1e-6, atol=1e-6)
             assert flags == expected["is_anomaly"][keep].tolist()
             for member in runtime.members:
                 np.testing.assert_allclose(members[member], expected["members"][member][keep], rtol=1e-6, atol=1e-6)

@@ -25,7 +25,7 @@ from raysys.data import SensorDataset
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
 from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
-                                     combine, input_range, normalise)
+                                     combine, input_range, normalise, trailing_mean)
 from raysys.layout import ENSEMBLE_SPEC
 from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, default_threshold_method, detection_metrics
 from raysys.evaluation.calibration import label_free_metrics, label_free_threshold
@@ -89,7 +89,7 @@ def source_ensemble_scores(models: Mapping[str, Any], spec: Mapping[str, Any], X
     raw = np.column_stack([by_model[Path(m["file"]).stem][m["output"]] for m in spec["members"]])
     center, scale, weights, windows = (np.array([m[k] for m in spec["members"]])
                                        for k in ("center", "scale", "weight", "window"))
-    return combine(normalise(raw, center, scale), weights, windows)
+    return trailing_mean(combine(normalise(raw, center, scale), weights, windows), spec.get("smoothing", 1))
 
 
 def single_row_latency(runtime: EnsembleRuntime, X: np.ndarray, repeats: int = 200) -> dict[str, float]:
@@ -122,12 +122,14 @@ class _Calibration:
 
 
 def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDataset, method: str,
-               options: dict[str, Any], rounds: int) -> _Calibration:
+               options: dict[str, Any], rounds: int, smoothing: int) -> _Calibration:
     """Normalisation centre and scale, weights and threshold from the validation split.
 
     With labels: greedy weights and the threshold method on labelled rows. Without: every row is
     taken as normal, the weights are equal (the label-free rule, docs/ensemble.md) and the threshold
-    is the label-free one (:func:`raysys.evaluation.calibration.label_free_threshold`).
+    is the label-free one (:func:`raysys.evaluation.calibration.label_free_threshold`). Weights are
+    chosen on the members' own scores; the threshold on the ensemble score as the runtime computes
+    it, smoothed over ``smoothing`` rows.
     """
     y_val = dataset.known_labels("val")
     raw = sessions.raw_scores(dataset.features("val")).astype(np.float64)
@@ -135,11 +137,13 @@ def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDat
     normalised = normalise(raw, center, scale)
     if y_val is None:
         weights = np.full(normalised.shape[1], 1.0 / normalised.shape[1])
-        skip = int(windows.max()) - 1  # rows whose windows rest on padding
-        threshold, holdout = label_free_threshold(combine(normalised, weights, windows)[skip:], method, **options)
+        skip = int(windows.max()) - 1 + smoothing - 1  # rows whose windows (or means) rest on padding
+        score = trailing_mean(combine(normalised, weights, windows), smoothing)
+        threshold, holdout = label_free_threshold(score[skip:], method, **options)
         return _Calibration(center, scale, weights, threshold, normalised, False, holdout)
     weights = select_weights(normalised, y_val, method, rounds, windows, **options)
-    threshold = calibrate_threshold(method, y_val, combine(normalised, weights, windows), **options)
+    threshold = calibrate_threshold(method, y_val, trailing_mean(combine(normalised, weights, windows), smoothing),
+                                    **options)
     return _Calibration(center, scale, weights, threshold, normalised, True)
 
 
@@ -170,7 +174,7 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
             for j, name in enumerate(runtime.members)}}
         holdouts: dict[str, dict[str, Any] | None] = {}
     else:
-        skip = runtime.history
+        skip = runtime.history - runtime.smoothing + 1  # the members' own padding; they are not smoothed
         val = runtime.score(dataset.features("val"))
         val_forced = (val["reason"] != NO_REASON)[skip:]
         thresholds, holdouts = {ENSEMBLE: runtime.threshold}, {ENSEMBLE: calibration.holdout}
@@ -196,7 +200,7 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
                    threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
-                   iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0,
+                   iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0, smoothing: int = 1,
                    range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
                    intra_op_threads: int | None = 1) -> EnsembleBuild:
@@ -215,6 +219,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         pca: Add a PCA detector fitted on the normal training rows, as two members: ``pca_t2``
             (Hotelling's T2) and ``pca_spe`` (squared prediction error).
         rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
+        smoothing: Rows in the trailing mean of the ensemble score (1: none); the threshold is
+            calibrated on the smoothed score, and ``ensemble.json`` records it for the runtime.
         seed: Random state of the Isolation Forest and of the random parity inputs.
         range_factor: How far outside its normal training range (in spans of it) a sensor reading
             may lie before the runtime flags the row ``out_of_range``; one number or per sensor.
@@ -223,6 +229,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         intra_op_threads: onnxruntime threads used for calibration and evaluation.
     """
     threshold_method = threshold_method or default_threshold_method(dataset.labelled("val"))
+    if isinstance(smoothing, bool) or not isinstance(smoothing, int) or smoothing < 1:
+        raise ValueError(f"smoothing must be an int >= 1 (rows in the trailing mean of the score), got {smoothing!r}")
     if threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
     out = Path(out_dir)
@@ -252,7 +260,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     options = {"target_far": target_far, "percentile": percentile}
     calibration = _calibrate(
         MemberSessions(out, members, len(sensors), intra_op_threads), np.array([m["window"] for m in members]),
-        dataset, threshold_method, options, rounds)
+        dataset, threshold_method, options, rounds, smoothing)
     for member, c, s, w in zip(members, calibration.center, calibration.scale, calibration.weights):
         member.update(center=float(c), scale=float(s), weight=float(w))
     spec = {
@@ -260,7 +268,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "raysys_version": __version__,
         "sensors": sensors,
-        "history": max(e.window for e in exported) - 1,
+        "history": max(e.window for e in exported) - 1 + smoothing - 1,
+        "smoothing": smoothing,
         "padding": "repeat_first_row",
         "normalisation": "robust_z: (raw - center) / scale; center = median, scale = IQR of validation normal scores",
         "combination": "weighted_mean",

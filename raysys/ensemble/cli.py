@@ -25,6 +25,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
                           out_dir=args.out, name=args.name, gates=parse_gates(args.gate),
                           threshold_method=args.threshold_method, target_far=args.target_far,
                           percentile=args.percentile, iforest=not args.no_iforest, pca=not args.no_pca,
+                          smoothing=args.smoothing,
                           register=not args.no_register,
                           tracking_uri=args.mlflow_uri, experiment=args.experiment, seed=args.seed)
     console = Console()
@@ -89,6 +90,8 @@ def add_parsers(subparsers: Any) -> None:
     ens.add_argument("--gate", action="append", default=[], metavar="NAME=LIMIT",
                      help="override a quality gate, or NAME=off to drop it (repeatable); defaults: "
                           + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_GATES.items()))
+    ens.add_argument("--smoothing", type=int, default=1, metavar="ROWS",
+                     help="rows in the trailing mean of the ensemble score, calibrated and served alike (default 1: none)")
     ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
     ens.add_argument("--no-pca", action="store_true", help="leave the PCA members (pca_t2, pca_spe) out")
     ens.add_argument("--no-register", action="store_true", help="build and check the gates only")

@@ -16,17 +16,24 @@ keeps the last :attr:`EnsembleRuntime.history` rows and passes them before the n
 rows then score exactly as in one batch over the whole series. Independent series (several
 requests) can be scored in one call with :meth:`EnsembleRuntime.score_many`.
 
+With ``smoothing`` > 1 in ``ensemble.json`` the ensemble score of a row is the mean of the combined
+score over the last ``smoothing`` rows of its series (fewer at its start: :func:`trailing_mean`), and
+the threshold was calibrated on such scores. :attr:`EnsembleRuntime.history` then counts
+``smoothing - 1`` more rows, so that streamed rows still score as in one batch.
+
 The runtime fails closed: a row is an anomaly, whatever its score, when a member that counts on it
 scores it non-finite (reason ``non_finite_score``) or a sensor lies far outside the range seen in
 training (``out_of_range``: beyond ``[min - factor * span, max + factor * span]`` of the normal
 training rows, ``factor`` per sensor in ``ensemble.json``'s ``input_range``). Such rows name their
 sensors, and every number the runtime returns is finite (non-finite scores are clipped to the
-largest float).
+largest float). The rule is decided on each row itself, before smoothing: a flagged row stays flagged, and
+a row whose combined score is non-finite is left out of the smoothed score of the rows after it.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,10 +48,12 @@ from raysys.layout import ENSEMBLE_MODEL_ARTIFACT, ENSEMBLE_SPEC
 #: The ``ensemble.json`` format this raysys writes. The versioning rule (docs/ensemble.md): a new
 #: key that older readers may ignore keeps the version; any change an older reader would misread
 #: (a new combination, a member entry it must understand) bumps it, and the reader keeps every
-#: version it can still score in :data:`SUPPORTED_FORMAT_VERSIONS`.
-FORMAT_VERSION = 1
+#: version it can still score in :data:`SUPPORTED_FORMAT_VERSIONS`. Version 2 added ``smoothing``
+#: (a version 1 reader would ignore it and compare unsmoothed scores with a threshold calibrated on
+#: smoothed ones); a version 1 spec has no smoothing.
+FORMAT_VERSION = 2
 #: ``ensemble.json`` versions this reader loads; any other fails naming its version and these.
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 #: Column of ``score_frame`` output holding member ``name``'s normalised score.
 MEMBER_COLUMN = "score_{name}"
 #: Samples times window length per onnxruntime call (8192 rows of a dense member, 512 windows of 16 rows):
@@ -71,6 +80,33 @@ def window_rows(positions: np.ndarray, window: int, rows: np.ndarray) -> np.ndar
     """
     first = rows - positions[rows]
     return np.maximum(first[:, None], rows[:, None] - (window - 1) + np.arange(window))
+
+
+def trailing_mean(values: np.ndarray, window: int, lengths: Sequence[int] | None = None) -> np.ndarray:
+    """Mean of each value and the ``window - 1`` before it in its series (fewer at a series' start).
+
+    ``lengths``: ``values`` are several independent series of these lengths, one after the other
+    (default: one series); a mean never reaches into the series before. A non-finite value is left
+    out of the means of the values after it and is returned as it is. Each row's mean adds the same
+    values in the same order whatever came before its window, so a row scores identically in a
+    stream (given ``window - 1`` earlier values) and in one batch. Float64 out; ``window == 1``
+    returns ``values`` unchanged.
+    """
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    values = np.asarray(values, dtype=np.float64)
+    positions = positions_of(len(values), lengths)
+    if window == 1:
+        return values
+    usable = np.isfinite(values)
+    kept = np.where(usable, values, 0.0)
+    total, count = np.zeros(len(values)), np.zeros(len(values))
+    with np.errstate(over="ignore", invalid="ignore"):  # sums beyond float64 become inf (finite() clips them)
+        for lag in range(min(window, len(values))):  # O(rows * window), in a fixed order (a cumsum's would drift)
+            reach = positions[lag:] >= lag
+            total[lag:] += np.where(reach, kept[:len(values) - lag], 0.0)
+            count[lag:] += reach & usable[:len(values) - lag]
+        return np.where(usable, total / np.maximum(count, 1), values)
 
 
 def history_windows(X: np.ndarray, window: int, positions: np.ndarray | None = None) -> np.ndarray:
@@ -207,7 +243,7 @@ class EnsembleRuntime:
     """
 
     def __init__(self, spec: dict[str, Any], directory: str | os.PathLike, intra_op_threads: int | None = 1):
-        validate_spec(spec)
+        validate_spec(spec, Path(directory) / ENSEMBLE_SPEC)
         self.spec = spec
         self.directory = Path(directory)
         members = spec["members"]
@@ -218,6 +254,7 @@ class EnsembleRuntime:
         self._windows = np.array([m["window"] for m in members])
         self._low, self._high = allowed_range(spec)
         self._train_min, self._train_max = allowed_range(spec, with_factor=False)
+        self._smoothing = int(spec.get("smoothing", 1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, intra_op_threads: int | None = 1) -> "EnsembleRuntime":
@@ -243,9 +280,16 @@ class EnsembleRuntime:
         return list(self._sessions.names)
 
     @property
+    def smoothing(self) -> int:
+        """Rows in the trailing mean that makes the ensemble score (1: none); ``ensemble.json``'s, read-only,
+        since the threshold was calibrated on scores smoothed so."""
+        return self._smoothing
+
+    @property
     def history(self) -> int:
-        """Preceding rows a sequence member looks at (0 when every member scores single rows)."""
-        return self._sessions.history
+        """Preceding rows a streaming caller passes before new rows so that they score as in one batch:
+        the longest member window minus 1, plus ``smoothing - 1`` (0 for single-row members, no smoothing)."""
+        return self._sessions.history + self._smoothing - 1
 
     def raw_scores(self, X: np.ndarray, lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Each member's raw anomaly score (before normalisation); arguments as in :meth:`score`."""
@@ -263,8 +307,9 @@ class EnsembleRuntime:
         Returns:
             ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold``, or a
             ``reason`` (n,); ``members``: member name to its *normalised* score (n,), whose weighted
-            mean is ``score`` (for the first ``window - 1`` rows of a series a sequence member's score
-            rests on padding and is left out of ``score``: see :func:`combine`); ``reason``: (n,)
+            mean is the row's combined score (for the first ``window - 1`` rows of a series a sequence
+            member's score rests on padding and is left out: see :func:`combine`), and ``score`` is
+            that combined score's :func:`trailing_mean` over :attr:`smoothing` rows; ``reason``: (n,)
             ``out_of_range``, ``non_finite_score`` or ``""``; ``reason_sensors``: per row, the sensors
             behind its reason (empty without one). Every number is finite (see :func:`finite`).
         """
@@ -281,7 +326,7 @@ class EnsembleRuntime:
             score = combine(normalised, self._weights, self._windows, positions)
         non_finite = ~np.isfinite(np.where(counted, normalised, 0.0)).all(axis=1) | ~np.isfinite(score)
         reason, sensors = self._reasons(X, non_finite)
-        score = finite(score)
+        score = finite(trailing_mean(score, self._smoothing, lengths))
         return {"score": score, "is_anomaly": (score > self.threshold) | (reason != NO_REASON),
                 "members": {name: finite(normalised[:, j]) for j, name in enumerate(self.members)},
                 "reason": reason, "reason_sensors": sensors}
@@ -366,32 +411,39 @@ def allowed_range(spec: Mapping[str, Any], with_factor: bool = True) -> tuple[np
     return low - factor * span, high + factor * span
 
 
-def validate_spec(spec: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming what a parsed ``ensemble.json`` lacks."""
+def validate_spec(spec: Mapping[str, Any], source: str | os.PathLike = ENSEMBLE_SPEC) -> None:
+    """Raise ``ValueError`` naming what a parsed ``ensemble.json`` (read from ``source``) lacks."""
     version = spec.get("format_version")
     if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ValueError(f"{ENSEMBLE_SPEC}: format_version {version!r} is not supported by this raysys; it reads "
+        raise ValueError(f"{source}: format_version {version!r} is not supported by this raysys; it reads "
                          f"versions {list(SUPPORTED_FORMAT_VERSIONS)} (a newer raysys wrote it? upgrade raysys "
                          "to load it, or rebuild the ensemble)")
     for key in ("sensors", "members", "threshold", "combination"):
         if key not in spec:
-            raise ValueError(f"{ENSEMBLE_SPEC}: missing key {key!r}")
+            raise ValueError(f"{source}: missing key {key!r}")
     if spec["combination"] != "weighted_mean":
-        raise ValueError(f"{ENSEMBLE_SPEC}: combination must be 'weighted_mean', got {spec['combination']!r}")
+        raise ValueError(f"{source}: combination must be 'weighted_mean', got {spec['combination']!r}")
     if not spec["members"]:
-        raise ValueError(f"{ENSEMBLE_SPEC}: no members")
+        raise ValueError(f"{source}: no members")
     for member in spec["members"]:
         missing = [k for k in _MEMBER_KEYS if k not in member]
         if missing:
-            raise ValueError(f"{ENSEMBLE_SPEC}: member {member.get('name')!r} lacks {missing}")
+            raise ValueError(f"{source}: member {member.get('name')!r} lacks {missing}")
         if not member["scale"] > 0:
-            raise ValueError(f"{ENSEMBLE_SPEC}: member {member['name']!r} scale must be > 0, got {member['scale']!r}")
+            raise ValueError(f"{source}: member {member['name']!r} scale must be > 0, got {member['scale']!r}")
     rng = spec.get("input_range")
     if rng is not None:
         n = len(spec["sensors"])
         if not isinstance(rng, Mapping) or any(len(rng.get(k) or ()) != n for k in ("min", "max", "factor")):
-            raise ValueError(f"{ENSEMBLE_SPEC}: input_range must hold min, max and factor for each of the "
+            raise ValueError(f"{source}: input_range must hold min, max and factor for each of the "
                              f"{n} sensors, got {rng!r}")
+    smoothing = spec.get("smoothing", 1)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Integral) or smoothing < 1:
+        raise ValueError(f"{source}: smoothing must be an int >= 1 (rows in the trailing mean of the ensemble "
+                         f"score; 1: none), got {smoothing!r}")
+    if smoothing > 1 and version == 1:
+        raise ValueError(f"{source}: smoothing {smoothing} needs format_version 2 (a version 1 reader would "
+                         "ignore it), got format_version 1")
 
 
 def resolve_ensemble_dir(path: str | os.PathLike) -> Path:

@@ -24,12 +24,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from raysys.data.preprocessing import (fit_scaler, scaler_from_dict, scaler_to_dict, sliding_windows,
                                        window_scores_to_rows)
+from raysys.evaluation.calibration import TAIL_FRACTION, tail_threshold
 from raysys.layout import DETECTOR_CONFIG, DETECTOR_SCALER, DETECTOR_WEIGHTS
 from raysys.models._training import EVAL_BATCH_SIZE, make_optimizer, run_epochs, score_batches, split_validation
 from raysys.models.params import check_params, check_rows
 
-#: ``threshold_method`` of a threshold ``fit`` set from ``contamination`` (the train stage replaces it).
-CONTAMINATION = "contamination"
+#: ``threshold_method_`` after ``fit``: ``tail_threshold`` of the scores of the held-out normal rows
+#: (``contamination`` as the false-alarm rate asked for on rows the model was not fitted on).
+HOLDOUT_FAR = "holdout_far"
+#: ``threshold_method_`` after ``fit`` when too few held-out normal rows remain (fewer than
+#: :data:`MIN_HOLDOUT_ROWS`): the ``1 - contamination`` quantile of the training scores, optimistic.
+TRAIN_QUANTILE = "train_quantile"
+#: Fewest held-out normal scores ``fit`` calibrates on: ``tail_threshold`` fits its tail model to the
+#: scores above their ``1 - TAIL_FRACTION`` quantile and needs 5 of them; below, it could only return
+#: the largest score.
+MIN_HOLDOUT_ROWS = round(5 / TAIL_FRACTION)
 
 
 def store_params(estimator: BaseEstimator, values: dict[str, Any]) -> None:
@@ -60,10 +69,12 @@ class BaseDeepDetector(BaseEstimator, ABC):
         grad_clip: Max gradient norm (0 disables clipping).
         scaler: ``"standard"``, ``"minmax"`` or ``"robust"`` (median / interquartile range, for
             "normal" data that carries outliers or drift), fitted on the normal training rows.
-        contamination: Share of training rows above ``threshold_`` after ``fit``.
+        contamination: The false-alarm rate ``threshold_`` is set for after ``fit``, on normal
+            data the model has not seen: the share of the held-out normal rows (see
+            ``validation_fraction``) expected above it. See :meth:`finish_fit`.
         validation_fraction: Tail of the training samples held out for early stopping, in
             ``fit`` and under Ray Train alike (the dataset's validation split stays unseen by
-            training, for threshold calibration).
+            training, for threshold calibration); ``fit`` also sets ``threshold_`` on it.
         seed: Random seed for weights and batching.
     """
 
@@ -96,16 +107,35 @@ class BaseDeepDetector(BaseEstimator, ABC):
     def _validate(self, X: np.ndarray, fitted: bool) -> np.ndarray:
         return check_rows(X, np.float32, self.n_features_in_ if fitted else None, self.min_rows())
 
-    def normal_samples(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        """Scaled training samples that hold no known anomaly (``y == 1``)."""
-        samples = self.training_samples(self.scaler_.transform(X).astype(np.float32))
+    def _normal(self, samples: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        """The training ``samples`` (made from rows labelled ``y``) that hold no known anomaly (``y == 1``)."""
         if y is None:
             return samples
         y = np.asarray(y).reshape(-1, 1)
-        if len(y) != len(X):
-            raise ValueError(f"y has {len(y)} labels for {len(X)} rows of X")
         flagged = self.training_samples(y).reshape(len(samples), -1).max(axis=1)
         return samples[flagged == 0]
+
+    def normal_samples(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        """Scaled training samples that hold no known anomaly (``y == 1``)."""
+        if y is not None and len(y) != len(X):
+            raise ValueError(f"y has {len(y)} labels for {len(X)} rows of X")
+        return self._normal(self.training_samples(self.scaler_.transform(X).astype(np.float32)), y)
+
+    def heldout_rows(self, n_rows: int, y: np.ndarray | None = None) -> np.ndarray:
+        """Which of ``n_rows`` training rows (labelled ``y``) ``fit`` held out: mask, shape (n_rows,).
+
+        A row is held out when the sample that scores it (the row itself, or the window or lagged
+        rows ending at it) shares no row with a training sample ``fit`` trained on: every row it reads
+        comes after the last row of the samples before the :func:`split_validation` cut. Rows with
+        a known anomaly (``y == 1``) are not held-out normal rows.
+        """
+        rows = np.arange(n_rows, dtype=np.float64).reshape(-1, 1)
+        covered = self._normal(self.training_samples(rows), y)  # the rows each training sample reads
+        fitted, _ = split_validation(torch.from_numpy(covered), self.validation_fraction)
+        scored = self.to_samples(rows)  # the rows each scoring sample reads
+        first_read = self.rows_from_scores(scored.reshape(len(scored), -1).min(axis=1), n_rows)
+        heldout = first_read > float(fitted.max())
+        return heldout if y is None else heldout & (np.asarray(y) == 0)
 
     def init_fit(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Check the parameters, fit the scaler and build the network; returns the scaled normal
@@ -124,8 +154,19 @@ class BaseDeepDetector(BaseEstimator, ABC):
 
     def finish_fit(self, X: np.ndarray, y: np.ndarray | None = None,
                    best_module: dict[str, torch.Tensor] | None = None) -> "BaseDeepDetector":
-        """Load the best weights, then compute training scores, the contamination threshold and
-        extra state (e.g. latent statistics) from the normal rows."""
+        """Load the best weights, then compute extra state (e.g. latent statistics) from the normal
+        rows, the training scores and the default threshold.
+
+        ``decision_scores_`` are the scores of the normal training rows (PyOD's convention). The
+        threshold is label-free: :func:`~raysys.evaluation.calibration.tail_threshold` for the
+        false-alarm rate ``contamination`` on the scores of the held-out normal rows
+        (:meth:`heldout_rows`, the tail ``validation_fraction`` of the samples, which early stopping
+        only evaluated on), ``threshold_method_ = "holdout_far"``. With fewer than
+        :data:`MIN_HOLDOUT_ROWS` of them it falls back to the ``1 - contamination`` quantile of the
+        training scores (``"train_quantile"``: optimistic, the model has seen those rows, so more
+        than ``contamination`` of new normal rows lie above it). Under Ray Train the train stage
+        then replaces it with the one it calibrates on the dataset's validation split.
+        """
         X = self._validate(X, fitted=True)
         if best_module is not None:
             self.module_.load_state_dict(best_module)
@@ -133,7 +174,11 @@ class BaseDeepDetector(BaseEstimator, ABC):
         self._finish_fit(torch.from_numpy(self.normal_samples(X, y)))
         scores = self.decision_function(X)
         self.decision_scores_ = scores if y is None else scores[np.asarray(y) == 0]
-        self.set_threshold(float(np.quantile(self.decision_scores_, 1.0 - self.contamination)), CONTAMINATION)
+        heldout = scores[self.heldout_rows(len(X), y)]
+        if len(heldout) >= MIN_HOLDOUT_ROWS:
+            self.set_threshold(tail_threshold(heldout, self.contamination), HOLDOUT_FAR)
+        else:
+            self.set_threshold(float(np.quantile(self.decision_scores_, 1.0 - self.contamination)), TRAIN_QUANTILE)
         return self
 
     def set_threshold(self, threshold: float, method: str) -> "BaseDeepDetector":
@@ -245,5 +290,5 @@ def restore(detector: BaseDeepDetector, path: str | os.PathLike, config: dict[st
     detector._load_extra_state(state["extra"])
     detector.scaler_ = scaler_from_dict(json.loads((root / DETECTOR_SCALER).read_text()), str(root / DETECTOR_SCALER))
     if config.get("threshold") is not None:
-        detector.set_threshold(config["threshold"], config.get("threshold_method") or CONTAMINATION)
+        detector.set_threshold(config["threshold"], config.get("threshold_method") or TRAIN_QUANTILE)
     return detector

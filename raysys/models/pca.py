@@ -12,7 +12,8 @@ on the principal components that keep ``n_components`` of the variance:
   components, ``theta`` the sum of the discarded eigenvalues), so both weigh alike.
 
 ``smoothing`` > 1 replaces a row's statistic by its mean over the trailing ``smoothing`` rows (fewer
-at the start of a series): small persistent shifts stand out of the noise, at the cost of a delay.
+at the start of a series; :func:`raysys.ensemble.runtime.trailing_mean`, which also smooths ensemble
+scores): small persistent shifts stand out of the noise, at the cost of a delay.
 
 Numpy and scikit-learn only (no torch). The fitted state is plain numpy arrays ending in ``_``, so the
 scorer is a fixed affine map, a matrix product and sums of squares (what an ONNX export needs).
@@ -26,6 +27,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from raysys.ensemble.runtime import trailing_mean  # the ensemble's score smoothing too: one definition
 from raysys.models.params import check_rows
 
 #: Values of ``PCADetector.score``.
@@ -42,16 +44,6 @@ def lagged(X: np.ndarray, lags: int) -> np.ndarray:
     padded = np.concatenate([np.repeat(X[:1], lags, axis=0), X])
     n = len(X)
     return np.hstack([padded[lags - k:lags - k + n] for k in range(lags + 1)])
-
-
-def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
-    if window == 1:
-        return values
-    cumsum = np.concatenate([[0.0], np.cumsum(values)])
-    idx = np.arange(1, len(values) + 1)
-    lo = np.maximum(idx - window, 0)
-    return (cumsum[idx] - cumsum[lo]) / (idx - lo)
 
 
 class PCADetector(BaseEstimator):

@@ -29,6 +29,7 @@ class PipelineConfig:
         threshold_method: Ensemble threshold on validation: ``best_f1``, ``percentile`` or ``far``
             (None: ``best_f1`` on labelled data, ``far`` without labels).
         target_far: False-alarm rate when ``threshold_method`` is ``far``.
+        smoothing: Rows in the trailing mean of the ensemble score (1: none).
         gates: Quality gate overrides over :data:`raysys.ensemble.gates.DEFAULT_GATES` (gate name to limit).
         output_dir: Parent directory of pipeline run directories.
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
@@ -47,6 +48,7 @@ class PipelineConfig:
     model_name: str = "raysys-detector"
     threshold_method: str | None = None
     target_far: float = 0.01
+    smoothing: int = 1
     gates: dict[str, float] = field(default_factory=dict)
     output_dir: str = "runs/pipeline"
     tracking_uri: str | None = None
@@ -61,6 +63,8 @@ class PipelineConfig:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
         if self.rows < 500:
             raise ValueError(f"rows must be >= 500, got {self.rows}")
+        if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or self.smoothing < 1:
+            raise ValueError(f"smoothing must be an int >= 1, got {self.smoothing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,7 +3,8 @@
 Routes (see ``docs/serving.md``):
 
 - ``POST /v1/predict``: score readings (records or columnar form, :mod:`raysys.serve.schemas`);
-- ``GET /v1/model``: name, version, members, feature schema, threshold and gate metrics;
+- ``GET /v1/model``: name, version, members, feature schema, threshold, score smoothing, ``history`` and
+  gate metrics;
 - ``GET /healthz`` (liveness) and ``GET /readyz`` (the model is loaded and scores).
 
 Readings beyond the training range are answered, flagged (fail closed: ``reason`` and ``sensors`` per
@@ -108,9 +109,11 @@ class AnomalyDetector:
         self._rows = Histogram("raysys_request_rows", "Readings per predict request.", boundaries=_ROW_BUCKETS)
         self._tags = {"model_version": self._model.source.version}
         self._replica = serve.get_replica_context().replica_id.unique_id
-        logger.info("Loaded %s version %s from %s in %.2fs (%d sensors, members %s).", self._model.name,
-                    self._model.source.version, self._model.source.uri, time.perf_counter() - started,
-                    len(self._model.sensors), self._model.runtime.members)
+        runtime = self._model.runtime
+        logger.info("Loaded %s version %s from %s in %.2fs (%d sensors, members %s, smoothing %d, history %d).",
+                    self._model.name, self._model.source.version, self._model.source.uri,
+                    time.perf_counter() - started, len(self._model.sensors), runtime.members, runtime.smoothing,
+                    runtime.history)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply ``user_config`` (batch size and wait, request limit) to this running replica."""
@@ -172,7 +175,8 @@ class AnomalyDetector:
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:
-        """The loaded model: name, version, members, feature schema, threshold, gate metrics, serving limits."""
+        """The loaded model: name, version, members, feature schema, threshold, smoothing, history, gate metrics,
+        serving limits."""
         return {**self._model.card(), "serving": {**self._settings.model_dump(), "replica": self._replica,
                                                   **active_serve_settings()}}
 

@@ -6,8 +6,9 @@
 - records: ``{"readings": [{"flow_in": 1.2, "ph": 7.1, ...}, ...]}``;
 - columnar: ``{"columns": {"flow_in": [1.2, 1.3, ...], "ph": [7.1, 7.0, ...], ...}}``, compact for large batches.
 
-An optional ``history`` (same form, earlier rows) gives sequence members the context before the first
-reading; those rows are not scored in the response. Every problem is a :class:`RequestError` with an
+An optional ``history`` (same form, earlier rows) gives sequence members and score smoothing the context
+before the first reading (``GET /v1/model``'s ``history`` rows make the readings score as in one long
+series); those rows are not scored in the response. Every problem is a :class:`RequestError` with an
 HTTP status (400 body not JSON, 408 body too slow, 413 body or batch too large, 422 anything else) and a
 message naming the field, the reading and the sensor.
 
@@ -65,7 +66,8 @@ class PredictRequest(BaseModel):
     Args:
         readings: Records form: one object per reading, from sensor name to value.
         columns: Columnar form: sensor name to its values, all of one length.
-        history: Optional earlier rows in the same form, context for sequence members only.
+        history: Optional earlier rows in the same form, context only (sequence members' windows, score
+            smoothing): not answered.
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [

@@ -138,7 +138,8 @@ class ServedModel:
         return cls(load_runtime(source.uri, tracking_uri, intra_op_threads), source)
 
     def card(self) -> dict[str, Any]:
-        """What ``GET /v1/model`` answers: name, version, members, feature schema, threshold, gate metrics."""
+        """What ``GET /v1/model`` answers: name, version, members, feature schema, threshold, score smoothing,
+        history (rows a streaming client sends before new readings), gate metrics."""
         spec = self.runtime.spec
         members = [{k: m[k] for k in ("name", "family", "window", "weight", "center", "scale") if k in m}
                    for m in spec["members"]]
@@ -148,6 +149,7 @@ class ServedModel:
             "source": {k: v for k, v in self.source.to_dict().items() if k not in ("gates", "test_metrics")},
             "sensors": self.sensors,
             "threshold": self.threshold,
+            "smoothing": self.runtime.smoothing,
             "history": self.runtime.history,
             "members": members,
             "gates": self.source.gates,
