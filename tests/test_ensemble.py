@@ -274,15 +274,20 @@ def test_pca_exports_t2_and_spe_as_two_members(built, dataset):
     assert [o.name for o in graph.output] == ["t2", "spe"] and graph.input[0].name == "x"
 
 
+@pytest.mark.parametrize(("make", "outputs"), [
+    (lambda lags: PCADetector(n_components=3, lags=lags), {"lagged_t2": "t2", "lagged_spe": "spe"}),
+    (lambda lags: build_detector("ae", lags=lags, epochs=2), {"lagged": "score"}),
+    (lambda lags: build_detector("vae", lags=lags, epochs=2), {"lagged": "score", "lagged_mahalanobis": "mahalanobis"}),
+], ids=["pca", "ae", "vae"])
 @pytest.mark.parametrize("lags", [0, 3])
-def test_pca_export_matches_static_and_dynamic_pca(dataset, lags, tmp_path):
-    """Dynamic PCA (lags > 0) becomes a windowed member: the runtime's left-padded history windows
-    are the rows ``raysys.models.pca.lagged`` stacks."""
+def test_lagged_row_models_export_as_windowed_members(dataset, make, outputs, lags, tmp_path):
+    """Dynamic PCA and the dense families with lags > 0 become windowed members: the runtime's
+    left-padded history windows are the rows ``raysys.models.pca.lagged`` stacks."""
     X = dataset.features("train", normal_only=True)
-    pca = PCADetector(n_components=3, lags=lags).fit(X)
+    model = make(lags).fit(X)
     checks = {"validation": dataset.features("val"), "random": random_rows(X, seed=1)}
-    exported = export_member("dpca", pca, tmp_path, checks)
-    assert exported.window == lags + 1 and exported.outputs == {"dpca_t2": "t2", "dpca_spe": "spe"}
+    exported = export_member("lagged", model, tmp_path, checks)
+    assert exported.window == lags + 1 and exported.outputs == outputs
     assert max(max(c.values()) for c in exported.parity.values()) <= 1e-4
 
 

@@ -119,6 +119,10 @@ DETECTORS: dict[str, tuple[str, Callable[[int], BaseEstimator]]] = {
     "ae": ("raysys dense autoencoder (defaults)", _deep("ae")),
     "vae": ("raysys VAE (defaults)", _deep("vae")),
     "lstm": ("raysys LSTM autoencoder (defaults, window 16)", _deep("lstm")),
+    "ae_lag2": ("raysys dense autoencoder, each row with its 2 previous ones", _deep("ae", lags=2)),
+    "vae_lag2": ("raysys VAE, each row with its 2 previous ones", _deep("vae", lags=2)),
+    "ae_lag5": ("raysys dense autoencoder, each row with its 5 previous ones", _deep("ae", lags=5)),
+    "vae_lag5": ("raysys VAE, each row with its 5 previous ones", _deep("vae", lags=5)),
     "dpca_combined_w10": ("dynamic PCA, 2 lags, combined T2+SPE index, 10-sample trailing mean",
                           lambda seed: PCADetector(lags=2, score="combined", smoothing=10)),
     "ensemble": ("the pipeline's ensemble without labels: ae, vae, lstm, conv, Isolation Forest, PCA T2 and SPE, "

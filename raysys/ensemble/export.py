@@ -2,8 +2,10 @@
 
 Deep detectors go through ``torch.onnx.export`` wrapped in :class:`ScoringGraph`, which folds the
 training scaler in (in float64, as scikit-learn applies it) and ends in the anomaly score; the VAE
-graph also outputs the Mahalanobis distance of the latent mean. The Isolation Forest goes through
-skl2onnx. The PCA detector's T2 and SPE are a few ONNX ops written here (:func:`export_pca`): a
+graph also outputs the Mahalanobis distance of the latent mean. A dense detector with ``lags`` is a
+member with ``window = lags + 1``: the runtime feeds it windows of consecutive rows, as it feeds
+sequence members, and the graph stacks each window as the detector does. The Isolation Forest goes
+through skl2onnx. The PCA detector's T2 and SPE are a few ONNX ops written here (:func:`export_pca`): a
 fixed affine map, two matrix products and sums of squares, in float64. Every file passes
 ``onnx.checker`` and matches its source on real and random inputs.
 """
@@ -68,6 +70,8 @@ class ScoringGraph(nn.Module):
     def __init__(self, detector: BaseDeepDetector):
         super().__init__()
         self.network = detector.module_
+        # a lagged dense detector reads an oldest-first window flattened to [x_t, x_t-1, ...] (pca.lagged)
+        self.stacks_window = getattr(detector, "lags", 0) > 0
         scale, offset = scaler_affine(detector.scaler_)
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
         self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float64))
@@ -78,6 +82,8 @@ class ScoringGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         z = (x.double() * self.scale + self.offset).float()
+        if self.stacks_window:
+            z = z.flip(1).flatten(1)
         outputs = self.network(z)
         score = self.network.score(z, outputs)
         if not self.mahalanobis:
@@ -88,8 +94,9 @@ class ScoringGraph(nn.Module):
 
 
 def detector_window(detector: Any) -> int:
-    """Rows per sample the detector scores (``window`` for sequence models, ``lags + 1`` for PCA, else 1)."""
-    if isinstance(detector, PCADetector):
+    """Rows per sample the detector scores (``window`` for sequence models, ``lags + 1`` for lagged
+    row models: PCA and the dense families, else 1)."""
+    if hasattr(detector, "lags"):
         return int(detector.lags) + 1
     return int(getattr(detector, "window", 1))
 
@@ -97,8 +104,8 @@ def detector_window(detector: Any) -> int:
 def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of the source model (output name -> (n,)) by the runtime's rules for rows in time order.
 
-    Sequence detectors score ``X`` left-padded with ``window - 1`` copies of ``X[0]``, as
-    :func:`raysys.ensemble.runtime.history_windows` does.
+    Sequence (and lagged dense) detectors score ``X`` left-padded with ``window - 1`` copies of
+    ``X[0]``, as :func:`raysys.ensemble.runtime.history_windows` does.
     """
     if isinstance(model, IsolationForest):
         return {SCORE: -model.score_samples(X)}

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from raysys.models.base import BaseDeepDetector, store_params
+from raysys.models.base import DenseDetector, store_params
 
 
 def mlp(dims: Sequence[int], dropout: float, last_activation: bool = False) -> nn.Sequential:
@@ -44,13 +44,14 @@ class DenseAutoEncoder(nn.Module):
         return row_mse(x, outputs[0])
 
 
-class AutoEncoderDetector(BaseDeepDetector):
+class AutoEncoderDetector(DenseDetector):
     """Dense autoencoder detector.
 
     Args:
         hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
         latent_dim: Width of the bottleneck.
         dropout: Dropout between hidden layers.
+        lags: Previous rows stacked with each row (0: each row alone); see :class:`DenseDetector`.
         lr, weight_decay, batch_size, epochs, patience, grad_clip, scaler, contamination,
             validation_fraction, seed: Training parameters of :class:`BaseDeepDetector`.
     """
@@ -58,11 +59,12 @@ class AutoEncoderDetector(BaseDeepDetector):
     family = "ae"
 
     # the training parameters repeat in every family's signature: see BaseDeepDetector
-    def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1, *,
+    def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1,
+                 lags: int = 0, *,
                  lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256, epochs: int = 30,
                  patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard", contamination: float = 0.01,
                  validation_fraction: float = 0.1, seed: int = 0):
         store_params(self, locals())
 
     def build_module(self, n_features: int) -> nn.Module:
-        return DenseAutoEncoder(n_features, tuple(self.hidden_dims), self.latent_dim, self.dropout)
+        return DenseAutoEncoder(self.input_width(n_features), tuple(self.hidden_dims), self.latent_dim, self.dropout)

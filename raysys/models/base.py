@@ -24,21 +24,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from raysys.data.preprocessing import (fit_scaler, scaler_from_dict, scaler_to_dict, sliding_windows,
                                        window_scores_to_rows)
-from raysys.evaluation.calibration import TAIL_FRACTION, tail_threshold
+from raysys.evaluation.calibration import tail_threshold
 from raysys.layout import DETECTOR_CONFIG, DETECTOR_SCALER, DETECTOR_WEIGHTS
 from raysys.models._training import EVAL_BATCH_SIZE, make_optimizer, run_epochs, score_batches, split_validation
 from raysys.models.params import check_params, check_rows
+from raysys.models.pca import lagged
 
 #: ``threshold_method_`` after ``fit``: ``tail_threshold`` of the scores of the held-out normal rows
-#: (``contamination`` as the false-alarm rate asked for on rows the model was not fitted on).
+#: (``contamination`` as the false-alarm rate asked for on rows the model was not fitted on), never
+#: below the training quantile (see ``BaseDeepDetector.finish_fit``).
 HOLDOUT_FAR = "holdout_far"
-#: ``threshold_method_`` after ``fit`` when too few held-out normal rows remain (fewer than
-#: :data:`MIN_HOLDOUT_ROWS`): the ``1 - contamination`` quantile of the training scores, optimistic.
+#: ``threshold_method_`` after ``fit`` when fewer than 2 held-out normal rows remain: the
+#: ``1 - contamination`` quantile of the training scores (optimistic: the model has seen those rows).
 TRAIN_QUANTILE = "train_quantile"
-#: Fewest held-out normal scores ``fit`` calibrates on: ``tail_threshold`` fits its tail model to the
-#: scores above their ``1 - TAIL_FRACTION`` quantile and needs 5 of them; below, it could only return
-#: the largest score.
-MIN_HOLDOUT_ROWS = round(5 / TAIL_FRACTION)
 
 
 def store_params(estimator: BaseEstimator, values: dict[str, Any]) -> None:
@@ -124,18 +122,21 @@ class BaseDeepDetector(BaseEstimator, ABC):
     def heldout_rows(self, n_rows: int, y: np.ndarray | None = None) -> np.ndarray:
         """Which of ``n_rows`` training rows (labelled ``y``) ``fit`` held out: mask, shape (n_rows,).
 
-        A row is held out when the sample that scores it (the row itself, or the window or lagged
-        rows ending at it) shares no row with a training sample ``fit`` trained on: every row it reads
-        comes after the last row of the samples before the :func:`split_validation` cut. Rows with
-        a known anomaly (``y == 1``) are not held-out normal rows.
+        A row is held out when the sample that scores it (the row with its lags, or the window
+        ending at it) reads no row a training sample was fitted on: every row it reads comes after the last row
+        of the samples before the :func:`split_validation` cut. A row whose sample reads a known
+        anomaly (``y == 1``) is not a held-out normal row.
         """
         rows = np.arange(n_rows, dtype=np.float64).reshape(-1, 1)
         covered = self._normal(self.training_samples(rows), y)  # the rows each training sample reads
         fitted, _ = split_validation(torch.from_numpy(covered), self.validation_fraction)
-        scored = self.to_samples(rows)  # the rows each scoring sample reads
-        first_read = self.rows_from_scores(scored.reshape(len(scored), -1).min(axis=1), n_rows)
-        heldout = first_read > float(fitted.max())
-        return heldout if y is None else heldout & (np.asarray(y) == 0)
+
+        def per_row(reduce, values: np.ndarray) -> np.ndarray:  # over the rows each scoring sample reads
+            samples = self.to_samples(values)
+            return self.rows_from_scores(reduce(samples.reshape(len(samples), -1), axis=1), n_rows)
+
+        heldout = per_row(np.min, rows) > float(fitted.max())
+        return heldout if y is None else heldout & (per_row(np.max, np.asarray(y).reshape(-1, 1)) == 0)
 
     def init_fit(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Check the parameters, fit the scaler and build the network; returns the scaled normal
@@ -158,14 +159,17 @@ class BaseDeepDetector(BaseEstimator, ABC):
         rows, the training scores and the default threshold.
 
         ``decision_scores_`` are the scores of the normal training rows (PyOD's convention). The
-        threshold is label-free: :func:`~raysys.evaluation.calibration.tail_threshold` for the
-        false-alarm rate ``contamination`` on the scores of the held-out normal rows
-        (:meth:`heldout_rows`, the tail ``validation_fraction`` of the samples, which early stopping
-        only evaluated on), ``threshold_method_ = "holdout_far"``. With fewer than
-        :data:`MIN_HOLDOUT_ROWS` of them it falls back to the ``1 - contamination`` quantile of the
-        training scores (``"train_quantile"``: optimistic, the model has seen those rows, so more
-        than ``contamination`` of new normal rows lie above it). Under Ray Train the train stage
-        then replaces it with the one it calibrates on the dataset's validation split.
+        threshold is label-free (``threshold_method_ = "holdout_far"``):
+        :func:`~raysys.evaluation.calibration.tail_threshold` for the false-alarm rate
+        ``contamination`` on the scores of the held-out normal rows (:meth:`heldout_rows`: the tail
+        ``validation_fraction`` of the samples, which early stopping only evaluated on), and never
+        below the ``1 - contamination`` quantile of the training scores: a model scores the rows it
+        was fitted on at most as high as new normal rows, so a held-out tail below that quantile is a
+        calmer stretch than the rest of the history (a day of a process that varies by the week), not
+        a better estimate. With fewer than 2 held-out normal rows the threshold is that training
+        quantile alone (``"train_quantile"``: optimistic, more than ``contamination`` of new normal
+        rows lie above it). Under Ray Train the train stage then replaces it with the one it
+        calibrates on the dataset's validation split.
         """
         X = self._validate(X, fitted=True)
         if best_module is not None:
@@ -174,11 +178,12 @@ class BaseDeepDetector(BaseEstimator, ABC):
         self._finish_fit(torch.from_numpy(self.normal_samples(X, y)))
         scores = self.decision_function(X)
         self.decision_scores_ = scores if y is None else scores[np.asarray(y) == 0]
+        train_quantile = float(np.quantile(self.decision_scores_, 1.0 - self.contamination))
         heldout = scores[self.heldout_rows(len(X), y)]
-        if len(heldout) >= MIN_HOLDOUT_ROWS:
-            self.set_threshold(tail_threshold(heldout, self.contamination), HOLDOUT_FAR)
+        if len(heldout) >= 2:
+            self.set_threshold(max(tail_threshold(heldout, self.contamination), train_quantile), HOLDOUT_FAR)
         else:
-            self.set_threshold(float(np.quantile(self.decision_scores_, 1.0 - self.contamination)), TRAIN_QUANTILE)
+            self.set_threshold(train_quantile, TRAIN_QUANTILE)
         return self
 
     def set_threshold(self, threshold: float, method: str) -> "BaseDeepDetector":
@@ -241,6 +246,19 @@ class BaseDeepDetector(BaseEstimator, ABC):
         torch.save({"module": self.module_.state_dict(), "extra": self._extra_state()}, out / DETECTOR_WEIGHTS)
         (out / DETECTOR_SCALER).write_text(json.dumps(scaler_to_dict(self.scaler_)))
         return out
+
+
+class DenseDetector(BaseDeepDetector):
+    """A detector of single rows, each stacked with its ``self.lags`` previous rows as
+    :func:`raysys.models.pca.lagged` stacks them (``[x_t, x_t-1, ...]``; the first rows repeat the
+    first row as their history): the network reads ``n_sensors * (lags + 1)`` values per sample."""
+
+    def input_width(self, n_features: int) -> int:
+        """Network inputs per sample for ``n_features`` sensors."""
+        return n_features * (self.lags + 1)
+
+    def to_samples(self, Z: np.ndarray) -> np.ndarray:
+        return lagged(Z, self.lags)
 
 
 class SequenceDetector(BaseDeepDetector):

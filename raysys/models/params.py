@@ -47,6 +47,7 @@ PARAM_RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
     "hidden_size": (int, _positive, ">= 1"),
     "num_layers": (int, _positive, ">= 1"),
     "window": (int, lambda v: v >= 2, ">= 2"),
+    "lags": (int, _non_negative, ">= 0"),
     "stride": (int, _positive, ">= 1"),
     "seed": (int, _non_negative, ">= 0"),
     "kernel_size": (int, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),

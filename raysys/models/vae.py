@@ -11,7 +11,7 @@ from torch import nn
 
 from raysys.models._training import score_batches
 from raysys.models.autoencoder import mlp, row_mse
-from raysys.models.base import BaseDeepDetector, store_params
+from raysys.models.base import DenseDetector, store_params
 
 
 class VariationalAutoEncoder(nn.Module):
@@ -56,7 +56,7 @@ class LatentOf(nn.Module):
         return outputs[0]
 
 
-class VAEDetector(BaseDeepDetector):
+class VAEDetector(DenseDetector):
     """VAE detector with reconstruction, latent Euclidean and latent Mahalanobis scores.
 
     Args:
@@ -64,6 +64,7 @@ class VAEDetector(BaseDeepDetector):
         latent_dim: Width of the latent space.
         dropout: Dropout between hidden layers.
         beta: Weight of the KL term.
+        lags: Previous rows stacked with each row (0: each row alone); see :class:`DenseDetector`.
         lr, weight_decay, batch_size, epochs, patience, grad_clip, scaler, contamination,
             validation_fraction, seed: Training parameters of :class:`BaseDeepDetector`.
     """
@@ -72,13 +73,15 @@ class VAEDetector(BaseDeepDetector):
 
     # the training parameters repeat in every family's signature: see BaseDeepDetector
     def __init__(self, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8, dropout: float = 0.1,
-                 beta: float = 1.0, *, lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 256,
-                 epochs: int = 30, patience: int = 5, grad_clip: float = 1.0, scaler: str = "standard",
-                 contamination: float = 0.01, validation_fraction: float = 0.1, seed: int = 0):
+                 beta: float = 1.0, lags: int = 0, *, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 batch_size: int = 256, epochs: int = 30, patience: int = 5, grad_clip: float = 1.0,
+                 scaler: str = "standard", contamination: float = 0.01, validation_fraction: float = 0.1,
+                 seed: int = 0):
         store_params(self, locals())
 
     def build_module(self, n_features: int) -> nn.Module:
-        return VariationalAutoEncoder(n_features, tuple(self.hidden_dims), self.latent_dim, self.dropout, self.beta)
+        return VariationalAutoEncoder(self.input_width(n_features), tuple(self.hidden_dims), self.latent_dim,
+                                      self.dropout, self.beta)
 
     def _latent(self, samples: torch.Tensor) -> np.ndarray:
         return score_batches(LatentOf(self.module_), samples).numpy().astype(np.float64)
@@ -93,7 +96,8 @@ class VAEDetector(BaseDeepDetector):
         """Euclidean and Mahalanobis distance of each row's latent mean to the training latents."""
         self._check_fitted()
         X = self._validate(X, fitted=True)
-        diff = self._latent(torch.from_numpy(self.scaler_.transform(X).astype(np.float32))) - self.latent_mean_
+        samples = self.to_samples(self.scaler_.transform(X).astype(np.float32))
+        diff = self._latent(torch.from_numpy(samples)) - self.latent_mean_
         return {"euclidean": np.linalg.norm(diff, axis=1),
                 "mahalanobis": np.sqrt(np.einsum("ij,jk,ik->i", diff, self.latent_precision_, diff))}
 
