@@ -12,7 +12,8 @@ THRESHOLD_METHODS = ("best_f1", "percentile", "far")
 
 _LAZY = {name: "raysys.evaluation.metrics" for name in (
     "best_f1_threshold", "calibrate_threshold", "default_threshold_method", "detection_metrics", "flat_metrics",
-    "headline", "metrics_table")}
+    "headline", "metrics_table")} | {name: "raysys.evaluation.events" for name in (
+    "event_metrics", "events_of", "range_pr_auc", "vus_pr")}
 
 __getattr__ = lazy_exports(__name__, _LAZY)
 

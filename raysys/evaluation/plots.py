@@ -14,6 +14,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from raysys.evaluation.events import events_of as _runs  # noqa: E402
+
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
     """Lay out, write (creating folders) and close ``fig``; returns the path."""
@@ -135,9 +137,3 @@ def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: 
     score_ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=4)
     axes[0].set_title(title)
     return save_figure(fig, path)
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Start and stop indices of each run of True in ``mask``."""
-    edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
