@@ -119,6 +119,7 @@ DETECTORS: dict[str, tuple[str, Callable[[int], BaseEstimator]]] = {
     "ae": ("raysys dense autoencoder (defaults)", _deep("ae")),
     "vae": ("raysys VAE (defaults)", _deep("vae")),
     "lstm": ("raysys LSTM autoencoder (defaults, window 16)", _deep("lstm")),
+    "conv": ("raysys 1-D convolutional autoencoder (defaults, window 16)", _deep("conv")),
     "ae_lag2": ("raysys dense autoencoder, each row with its 2 previous ones", _deep("ae", lags=2)),
     "vae_lag2": ("raysys VAE, each row with its 2 previous ones", _deep("vae", lags=2)),
     "ae_lag5": ("raysys dense autoencoder, each row with its 5 previous ones", _deep("ae", lags=5)),
