@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,14 +10,20 @@ import pandas as pd
 import pytest
 
 from raysys.data import (
+    ALL_TYPES,
+    ANOMALY_SENSORS,
     ANOMALY_TYPE,
     ANOMALY_TYPES,
+    DIFFICULTIES,
+    SUBTLE_TYPES,
     LABEL,
     NORMAL,
     PROFILES,
     TIMESTAMP,
     fit_scaler,
     generate,
+    generate_dataset,
+    generate_with_events,
     get_profile,
     load_dataset,
     scaler_affine,
@@ -44,7 +51,7 @@ def test_generate_is_deterministic_given_seed(profile):
     pd.testing.assert_frame_equal(first, again)
     sensors = get_profile(profile).sensors
     assert not np.allclose(first[sensors].to_numpy(), other[sensors].to_numpy())
-    assert list(first.columns) == [TIMESTAMP, *sensors, LABEL, ANOMALY_TYPE]
+    assert list(first.columns) == [TIMESTAMP, *sensors, LABEL, ANOMALY_TYPE, ANOMALY_SENSORS]
     assert first[sensors].dtypes.eq(np.float64).all() and np.isfinite(first[sensors].to_numpy()).all()
     assert first[TIMESTAMP].is_monotonic_increasing and not first[TIMESTAMP].duplicated().any()
 
@@ -84,10 +91,146 @@ def test_anomalies_change_only_the_labelled_rows():
     ({"anomaly_rate": 0.6}, "anomaly rate must be in"),
     ({"anomaly_rate": -0.1}, "anomaly rate must be in"),
     ({"profile": "refinery"}, "Unknown profile 'refinery'"),
+    ({"difficulty": "extreme"}, "Unknown difficulty 'extreme'; expected one of \\['easy', 'medium', 'hard'\\]"),
+    ({"types": ("spike", "glitch")}, "Unknown anomaly type 'glitch'"),
 ])
 def test_generate_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(**{"rows": 1000, **kwargs})
+
+
+def _digest(frame: pd.DataFrame, sensors: list[str]) -> str:
+    """Checksum of sensor values (rounded to 1e-6, so last-bit differences between platforms do not
+    count), labels, types and the last timestamp."""
+    h = hashlib.sha256()
+    h.update(np.round(frame[sensors].to_numpy(dtype=np.float64), 6).tobytes())
+    h.update(frame[LABEL].to_numpy(dtype=np.int8).tobytes())
+    h.update("|".join(frame[ANOMALY_TYPE]).encode())
+    h.update(str(frame[TIMESTAMP].iloc[-1]).encode())
+    return h.hexdigest()[:16]
+
+
+# computed with raysys before anomaly attribution and difficulty levels (commit 45b9901)
+EASY_DIGESTS = [
+    (("water_treatment", 3000, 0, 0.05), "1849226bd76092e2"),
+    (("water_treatment", 3000, 1, 0.05), "ad1232b677deb1ad"),
+    (("power_plant", 2000, 7, 0.05), "3afc33aaa266bb9c"),
+    (("electrical_grid", 2000, 3, 0.1), "feaffb29fd84eb94"),
+]
+
+
+@pytest.mark.parametrize(("args", "digest"), EASY_DIGESTS, ids=[str(a) for a, _ in EASY_DIGESTS])
+def test_easy_is_the_data_generated_before_difficulty_levels(args, digest):
+    profile, rows, seed, rate = args
+    sensors = get_profile(profile).sensors
+    assert _digest(generate(profile, rows, seed, rate), sensors) == digest
+    assert _digest(generate(profile, rows, seed, rate, difficulty="easy"), sensors) == digest
+
+
+def _check_attribution(frame: pd.DataFrame, events, sensors: list[str]) -> None:
+    """``anomaly_sensors`` and ``anomaly_type`` agree with the event list row by row."""
+    expected_sensors = np.full(len(frame), "", dtype=object)
+    expected_types = np.full(len(frame), NORMAL, dtype=object)
+    for event in events:
+        assert event.sensors and set(event.sensors) <= set(sensors), event
+        assert list(event.sensors) == sorted(event.sensors, key=sensors.index)
+        for a, b in event.rows:
+            assert 0 <= a < b <= len(frame)
+            expected_sensors[a:b] = ",".join(event.sensors)
+            expected_types[a:b] = event.kind
+    np.testing.assert_array_equal(frame[ANOMALY_SENSORS].to_numpy(dtype=str), expected_sensors.astype(str))
+    np.testing.assert_array_equal(frame[ANOMALY_TYPE].to_numpy(dtype=str), expected_types.astype(str))
+    # empty exactly on the normal rows
+    np.testing.assert_array_equal(frame[ANOMALY_SENSORS].to_numpy(dtype=str) == "", frame[LABEL].to_numpy() == 0)
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_anomaly_sensors_match_the_events(profile, difficulty):
+    frame, events = generate_with_events(profile, rows=4000, seed=2, difficulty=difficulty)
+    sensors = get_profile(profile).sensors
+    assert events
+    _check_attribution(frame, events, sensors)
+    for event in events:
+        if event.kind in ("spike", "stuck", "drift", *SUBTLE_TYPES):
+            assert len(event.sensors) == 1, event
+        elif event.kind == "process":
+            assert len(event.sensors) == max(2, len(sensors) // 2), event
+        if event.kind != "intermittent":
+            assert len(event.rows) == 1, event
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES)
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_each_type_changes_only_its_sensors_on_its_rows(kind, difficulty):
+    sensors = get_profile("water_treatment").sensors
+    frame, events = generate_with_events(rows=3000, seed=4, types=(kind,), difficulty=difficulty)
+    clean = generate(rows=3000, seed=4, anomaly_rate=0.0)
+    assert {e.kind for e in events} == {kind} and len(events) >= 3
+    _check_attribution(frame, events, sensors)
+    changed = frame[sensors].to_numpy() != clean[sensors].to_numpy()
+    allowed = np.zeros_like(changed)
+    for event in events:
+        for a, b in event.rows:
+            allowed[a:b, [sensors.index(s) for s in event.sensors]] = True
+    assert not changed[~allowed].any()
+    assert changed[allowed].mean() > 0.5  # (a frequency shift or replay may repeat a value)
+    if kind in ("decoupling", "slow_drift", "frequency"):
+        # inside the sensor's normal range
+        values, normal = frame[sensors].to_numpy(), clean[sensors].to_numpy()
+        assert (values >= normal.min(axis=0)).all() and (values <= normal.max(axis=0)).all()
+
+
+def test_intermittent_events_are_bursts_with_normal_rows_between():
+    frame, events = generate_with_events(rows=3000, seed=5, types=("intermittent",), difficulty="medium")
+    for event in events:
+        assert len(event.rows) >= 2
+        for (a, b), (c, _) in zip(event.rows, event.rows[1:]):
+            assert 1 <= b - a <= 3 and c - b >= 2
+            assert (frame[LABEL].iloc[b:c] == 0).all()
+
+
+@pytest.mark.parametrize("difficulty", ["medium", "hard"])
+def test_harder_levels_mix_in_the_subtle_types(difficulty):
+    frame, events = generate_with_events(rows=20_000, seed=0, difficulty=difficulty)
+    kinds = [e.kind for e in events]
+    assert set(kinds) == set(ALL_TYPES)
+    subtle = sum(k in SUBTLE_TYPES for k in kinds) / len(kinds)
+    assert subtle > (0.6 if difficulty == "hard" else 0.4)
+    assert 0.04 <= frame[LABEL].mean() <= 0.06
+
+
+def test_generated_metadata_lists_the_events(tmp_path):
+    out = generate_dataset(tmp_path / "hard", rows=4000, seed=3, difficulty="hard")
+    meta = json.loads((out / "metadata.json").read_text())
+    frame, events = generate_with_events(rows=4000, seed=3, difficulty="hard")
+    assert meta["difficulty"] == "hard" and list(meta)[-1] == "events"
+    assert len(meta["events"]) == len(events)
+    ds = load_dataset(out)
+    bounds = {"train": (0, 2800), "val": (2800, 3400), "test": (3400, 4000)}
+    for record, event in zip(meta["events"], events):
+        assert record["type"] == event.kind and record["sensors"] == list(event.sensors)
+        assert record["rows"] == [list(r) for r in event.rows]
+        assert record["start_row"] == event.rows[0][0] and record["end_row"] == event.rows[-1][1] - 1
+        assert pd.Timestamp(record["start"]) == frame[TIMESTAMP].iloc[record["start_row"]]
+        assert pd.Timestamp(record["end"]) == frame[TIMESTAMP].iloc[record["end_row"]]
+        lo, hi = bounds[record["split"]]
+        assert lo <= record["start_row"] < hi
+        split = ds.split(record["split"])
+        first = split.index[split[TIMESTAMP] == pd.Timestamp(record["start"])][0]
+        assert ds.anomaly_sensors(record["split"])[first] == record["sensors"]
+    # the accessor: one list per row, empty on normal rows
+    attributed = ds.anomaly_sensors("test")
+    assert len(attributed) == len(ds.test)
+    assert [not a for a in attributed] == (ds.labels("test") == 0).tolist()
+    assert set().union(*map(set, attributed)) <= set(ds.sensors)
+
+
+def test_default_metadata_records_easy(default_dataset):
+    meta = json.loads((default_dataset / "metadata.json").read_text())
+    assert meta["difficulty"] == "easy"
+    assert {e["type"] for e in meta["events"]} == set(ANOMALY_TYPES)
+    assert sum(b - a for e in meta["events"] for a, b in e["rows"]) == sum(meta["anomaly_counts"].values())
 
 
 # --------------------------------------------------------------------------- splits and metadata

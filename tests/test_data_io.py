@@ -28,7 +28,8 @@ SENSORS = get_profile("water_treatment").sensors
 
 def sensor_frame(rows: int = 300, seed: int = 3) -> pd.DataFrame:
     """A valid raw table as a user would bring it: timestamp, sensors, a 0/1 label."""
-    return generate("water_treatment", rows=max(rows, 500), seed=seed).iloc[:rows].drop(columns="anomaly_type")
+    return generate("water_treatment", rows=max(rows, 500), seed=seed).iloc[:rows].drop(
+        columns=["anomaly_type", "anomaly_sensors"])
 
 
 def _missing_timestamp(df):
@@ -207,6 +208,45 @@ def test_prepare_dataset_round_trip_without_labels(tmp_path):
                                df[SENSORS].to_numpy(dtype=np.float32))
     with pytest.raises(DataValidationError, match="no 'is_anomaly' column"):
         ds.labels("test")
+
+
+@pytest.mark.parametrize("column", ["anomaly_type", "anomaly_sensors"])
+def test_reserved_columns_must_be_text(tmp_path, column):
+    df = sensor_frame()
+    df[column] = 1.5  # a sensor that happens to have a reserved name
+    path = write_table(df, tmp_path / "plant.parquet")
+    with pytest.raises(DataValidationError, match=f"{path}: column '{column}' is reserved for .*(text).*float64.*"
+                                                  "rename the column if it is a sensor"):
+        load_table(path)
+
+
+# (an all-empty anomaly_sensors column, as on normal data, reads back from CSV as all-NaN floats)
+@pytest.mark.parametrize(("column", "value"), [("anomaly_type", "spike"), ("anomaly_sensors", "")])
+def test_reserved_columns_without_labels_are_ignored_with_a_warning(tmp_path, caplog, column, value):
+    df = sensor_frame().drop(columns="is_anomaly")
+    df[column] = value
+    path = write_table(df, tmp_path / "plant.csv")
+    with caplog.at_level(logging.WARNING, logger="raysys.data.io"):
+        table = load_table(path)
+    assert table.sensors == SENSORS and column not in table.frame.columns
+    assert f"column '{column}' is ignored: there is no label column 'is_anomaly'" in caplog.text
+
+
+def test_prepare_keeps_anomaly_sensors_and_never_takes_them_as_a_sensor(tmp_path):
+    generated = generate("water_treatment", rows=600, seed=2, anomaly_rate=0.1)
+    out = prepare_dataset(write_table(generated, tmp_path / "plant.csv"), tmp_path / "plant")
+    ds = load_dataset(out)
+    assert ds.sensors == SENSORS
+    rows = sum((ds.anomaly_sensors(n) for n in ("train", "val", "test")), [])
+    expected = generated["anomaly_sensors"].fillna("")
+    assert [",".join(r) for r in rows] == expected.tolist()
+    # user data without attribution: the accessor says it does not know
+    plain = prepare_dataset(write_table(sensor_frame(400), tmp_path / "plain.csv"), tmp_path / "plain")
+    assert load_dataset(plain).anomaly_sensors("test") is None
+    # normal rows only: the empty column comes back from CSV as NaN, and still as no sensors
+    normal = generate("water_treatment", rows=500, seed=2, anomaly_rate=0.0)
+    ds = load_dataset(prepare_dataset(write_table(normal, tmp_path / "normal.csv"), tmp_path / "normal"))
+    assert ds.sensors == SENSORS and ds.anomaly_sensors("val") == [[]] * len(ds.val)
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raysys.data.anomalies import ANOMALY_TYPES
+from raysys.data.anomalies import ALL_TYPES, DIFFICULTIES
 from raysys.data.io import HeaderlessFormat, MissingValues
 from raysys.data.profiles import PROFILES
 from raysys.layout import DATASET_METADATA
@@ -29,7 +29,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from raysys.data.prepare import generate_dataset
 
     return _summary(generate_dataset(args.out, args.profile, args.rows, args.seed, args.anomaly_rate,
-                                     args.splits, args.overwrite))
+                                     args.splits, args.overwrite, args.difficulty))
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -53,11 +53,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     gen = subparsers.add_parser("generate", parents=[common], help="generate synthetic labelled sensor data",
-                                description=f"Anomaly types injected: {', '.join(ANOMALY_TYPES)}.")
+                                description=f"Anomaly types: {', '.join(ALL_TYPES)}; which ones, and how large, "
+                                            "depends on --difficulty (docs/data.md#generated-data).")
     gen.add_argument("--profile", choices=sorted(PROFILES), default="water_treatment")
     gen.add_argument("--rows", type=int, default=20_000)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--anomaly-rate", type=float, default=0.05, help="share of anomalous rows (default 0.05)")
+    gen.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
+                     help="easy: the six classic types, large (default); medium: smaller, subtle types mixed in; "
+                          "hard: mostly subtle types, magnitudes near the noise")
     gen.set_defaults(func=run_generate)
 
     prep = subparsers.add_parser("prepare", parents=[common], help="validate your CSV/Parquet file and split it")

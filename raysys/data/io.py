@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysys.data.anomalies import NORMAL
+from raysys.data.anomalies import ANOMALY_SENSORS, NORMAL, SENSOR_SEPARATOR
 from raysys.data.synthetic import TIMESTAMP
 from raysys.layout import DATASET_METADATA, SPLITS, split_file
 
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 LABEL = "is_anomaly"
 ANOMALY_TYPE = "anomaly_type"
+#: Columns that are never sensors: text columns describing the labels (kept only with a label column).
+RESERVED: tuple[str, ...] = (ANOMALY_TYPE, ANOMALY_SENSORS)
 MIN_ROWS = 100
 
 
@@ -243,15 +245,19 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
         bad = int(np.argmax(np.diff(ts.to_numpy().astype("int64")) < 0)) + 1
         raise DataValidationError(
             f"{source}: column {timestamp_col!r} is not sorted ascending (row {bad}: {ts.iloc[bad]} after {ts.iloc[bad - 1]})")
-    if ANOMALY_TYPE in frame.columns:
-        kind = frame[ANOMALY_TYPE]
-        if not (pd.api.types.is_object_dtype(kind) or pd.api.types.is_string_dtype(kind)) or \
-                not kind.dropna().map(lambda v: isinstance(v, str)).all():
-            raise DataValidationError(f"{source}: column {ANOMALY_TYPE!r} is reserved for anomaly type names (text), "
-                                      f"got {kind.dtype} values; rename the column if it is a sensor")
+    for col, what in ((ANOMALY_TYPE, "anomaly type names"), (ANOMALY_SENSORS, "the sensors an anomaly touched")):
+        if col not in frame.columns:
+            continue
+        text = frame[col]
+        if col == ANOMALY_SENSORS and text.isna().all():
+            pass  # every row normal: a CSV reads the empty strings back as an all-NaN column
+        elif not (pd.api.types.is_object_dtype(text) or pd.api.types.is_string_dtype(text)) or \
+                not text.dropna().map(lambda v: isinstance(v, str)).all():
+            raise DataValidationError(f"{source}: column {col!r} is reserved for {what} (text), "
+                                      f"got {text.dtype} values; rename the column if it is a sensor")
         if not (label_col and label_col in frame.columns):
-            logger.warning("%s: column %r is ignored: there is no label column %r", source, ANOMALY_TYPE, label_col)
-    label_cols = [c for c in (label_col, ANOMALY_TYPE) if c and c in frame.columns]
+            logger.warning("%s: column %r is ignored: there is no label column %r", source, col, label_col)
+    label_cols = [c for c in (label_col, *RESERVED) if c and c in frame.columns]
     sensors = [c for c in frame.columns if c not in (timestamp_col, *label_cols)]
     if not sensors:
         raise DataValidationError(f"{source}: no sensor columns besides {timestamp_col!r} and labels")
@@ -279,6 +285,9 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
         out[LABEL] = labels.astype("int8").to_numpy()
         out[ANOMALY_TYPE] = (frame[ANOMALY_TYPE].astype(str).to_numpy() if ANOMALY_TYPE in frame.columns
                              else np.where(out[LABEL] == 1, "unknown", NORMAL))
+        if ANOMALY_SENSORS in frame.columns:
+            touched = frame[ANOMALY_SENSORS]
+            out[ANOMALY_SENSORS] = np.where(touched.isna(), "", touched.astype(str)).astype(str)
     steps = np.diff(ts.to_numpy().astype("int64"))
     gaps = int((steps > 1.5 * np.median(steps)).sum()) if len(steps) else 0
     if interpolated:
@@ -294,14 +303,18 @@ def load_table(path: str | os.PathLike, timestamp_col: str = TIMESTAMP, label_co
     return validate_table(read_table(path), str(path), timestamp_col, label_col, min_rows, missing)
 
 
+def split_bounds(n_rows: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> tuple[int, int]:
+    """The first row of ``val`` and of ``test`` when ``n_rows`` rows are split by :func:`split_by_time`."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+    a = int(round(fractions[0] * n_rows))
+    return a, a + int(round(fractions[1] * n_rows))
+
+
 def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
                   ) -> dict[str, pd.DataFrame]:
     """Split rows in time order, so no future row leaks into an earlier split."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
-    n = len(frame)
-    a = int(round(fractions[0] * n))
-    b = a + int(round(fractions[1] * n))
+    a, b = split_bounds(len(frame), fractions)
     return {"train": frame.iloc[:a].reset_index(drop=True),
             "val": frame.iloc[a:b].reset_index(drop=True),
             "test": frame.iloc[b:].reset_index(drop=True)}
@@ -342,6 +355,8 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
                        for name, part in splits.items()},
             "anomaly_counts": _counts(frame),
         })
+        if "events" in meta:  # the long per-event list last, after the summary
+            meta["events"] = meta.pop("events")
         (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
         if out.exists():
             shutil.rmtree(out)
@@ -395,6 +410,14 @@ class SensorDataset:
 
     def anomaly_types(self, name: str) -> np.ndarray:
         return self.split(name)[ANOMALY_TYPE].to_numpy(dtype=str)
+
+    def anomaly_sensors(self, name: str) -> list[list[str]] | None:
+        """Per row of split ``name``, the sensors its anomaly touched (``[]`` on normal rows); None when
+        the split does not say (no ``anomaly_sensors`` column: user data, or data generated before it)."""
+        frame = self.split(name)
+        if ANOMALY_SENSORS not in frame.columns:
+            return None
+        return [v.split(SENSOR_SEPARATOR) if v else [] for v in frame[ANOMALY_SENSORS].astype(str)]
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -4,21 +4,46 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from raysys.data.io import HeaderlessFormat, MissingValues, read_numeric_table, read_table, validate_table, write_dataset
+import numpy as np
+import pandas as pd
+
+from raysys.data.anomalies import AnomalyEvent
+from raysys.data.io import (HeaderlessFormat, MissingValues, read_numeric_table, read_table, split_bounds,
+                            validate_table, write_dataset)
 from raysys.data.profiles import get_profile
-from raysys.data.synthetic import TIMESTAMP, generate
+from raysys.data.synthetic import TIMESTAMP, generate_with_events
+from raysys.layout import SPLITS
+
+
+def event_records(frame: pd.DataFrame, events: list[AnomalyEvent],
+                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> list[dict[str, Any]]:
+    """The events as ``metadata.json`` lists them (docs/data.md#generated-data): type, sensors, first
+    and last labelled timestamp and row, the split of the first row, and the labelled row ranges."""
+    bounds = split_bounds(len(frame), fractions)
+    stamps = frame[TIMESTAMP]
+    records = []
+    for event in events:
+        first, last = event.rows[0][0], event.rows[-1][1] - 1
+        records.append({"type": event.kind, "sensors": list(event.sensors),
+                        "start": str(stamps.iloc[first]), "end": str(stamps.iloc[last]),
+                        "start_row": first, "end_row": last,
+                        "split": SPLITS[int(np.searchsorted(bounds, first, side="right"))],
+                        "rows": [[a, b] for a, b in event.rows]})
+    return records
 
 
 def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment", rows: int = 20_000,
                      seed: int = 0, anomaly_rate: float = 0.05,
                      fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                     overwrite: bool = False) -> Path:
-    """Generate a synthetic dataset for ``profile`` and write it as a prepared dataset."""
-    frame = generate(profile, rows, seed, anomaly_rate)
+                     overwrite: bool = False, difficulty: str = "easy") -> Path:
+    """Generate a synthetic dataset for ``profile`` at ``difficulty`` and write it as a prepared dataset."""
+    frame, events = generate_with_events(profile, rows, seed, anomaly_rate, difficulty=difficulty)
     prof = get_profile(profile)
     meta = {"source": "synthetic", "profile": profile, "seed": seed, "anomaly_rate": anomaly_rate,
-            "units": prof.units, "fractions": list(fractions)}
+            "difficulty": difficulty, "units": prof.units, "fractions": list(fractions),
+            "events": event_records(frame, events, fractions)}
     return write_dataset(frame, prof.sensors, out_dir, meta, fractions, overwrite)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raysys.data.anomalies import ANOMALY_TYPES, inject_anomalies
+from raysys.data.anomalies import AnomalyEvent, get_level, inject_events
 from raysys.data.profiles import get_profile
 
 TIMESTAMP = "timestamp"
@@ -26,19 +26,31 @@ def plant_load(n_rows: int, freq_minutes: float, rng: np.random.Generator) -> np
     return np.clip(load, 0.0, 1.0)
 
 
-def generate(profile: str = "water_treatment", rows: int = 20_000, seed: int = 0,
-             anomaly_rate: float = 0.05, freq_minutes: float = 5.0,
-             start: str = "2026-01-01", types: tuple[str, ...] = ANOMALY_TYPES) -> pd.DataFrame:
-    """Generate a labelled sensor table for one facility profile.
-
-    Deterministic given ``seed``. Columns: ``timestamp``, one column per sensor,
-    ``is_anomaly`` and ``anomaly_type``.
-    """
+def generate_with_events(profile: str = "water_treatment", rows: int = 20_000, seed: int = 0,
+                         anomaly_rate: float = 0.05, freq_minutes: float = 5.0, start: str = "2026-01-01",
+                         types: tuple[str, ...] | None = None, difficulty: str = "easy"
+                         ) -> tuple[pd.DataFrame, list[AnomalyEvent]]:
+    """:func:`generate`, and the events injected (their rows and the sensors each changed)."""
     if rows < 500:
         raise ValueError(f"rows must be at least 500 to hold daily cycles and anomaly events, got {rows}")
+    level = get_level(difficulty)
     prof = get_profile(profile)
     rng = np.random.default_rng(seed)
     load = plant_load(rows, freq_minutes, rng)
     frame = pd.DataFrame(prof.simulate(load, rng))[prof.sensors]
     frame.insert(0, TIMESTAMP, pd.date_range(start, periods=rows, freq=pd.Timedelta(minutes=freq_minutes)))
-    return inject_anomalies(frame, prof.sensors, anomaly_rate, rng, types)
+    return inject_events(frame, prof.sensors, anomaly_rate, rng, level, types)
+
+
+def generate(profile: str = "water_treatment", rows: int = 20_000, seed: int = 0,
+             anomaly_rate: float = 0.05, freq_minutes: float = 5.0,
+             start: str = "2026-01-01", types: tuple[str, ...] | None = None,
+             difficulty: str = "easy") -> pd.DataFrame:
+    """Generate a labelled sensor table for one facility profile.
+
+    Deterministic given ``seed``. Columns: ``timestamp``, one column per sensor, ``is_anomaly``,
+    ``anomaly_type`` and ``anomaly_sensors``. ``difficulty`` (``easy``, ``medium``, ``hard``) picks
+    the event types and magnitudes (docs/data.md#generated-data); ``types`` narrows the types
+    (default: the level's). ``easy`` is the data of raysys before difficulty levels, value for value.
+    """
+    return generate_with_events(profile, rows, seed, anomaly_rate, freq_minutes, start, types, difficulty)[0]

@@ -185,7 +185,8 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
     metrics = {}
     for name, threshold in thresholds.items():
         if y_test is not None:
-            metrics[name] = {**detection_metrics(y_test, scores[name], threshold, dataset.anomaly_types("test")),
+            metrics[name] = {**detection_metrics(y_test, scores[name], threshold, dataset.anomaly_types("test"),
+                                                 dataset.test["timestamp"].to_numpy()),
                              "labelled": True, "far_asked": target_far}
         else:
             metrics[name] = {}

@@ -62,8 +62,13 @@ def default_threshold_method(labelled: bool) -> str:
 
 
 def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float,
-                      anomaly_types: np.ndarray | None = None) -> dict[str, Any]:
-    """Precision, recall, F1, ROC AUC, PR AUC, false-alarm rate, confusion matrix, recall per type."""
+                      anomaly_types: np.ndarray | None = None, timestamps: np.ndarray | None = None) -> dict[str, Any]:
+    """Point-wise metrics (precision, recall, F1, ROC AUC, PR AUC, false-alarm rate, confusion
+    matrix, recall per type), event metrics of the flagged rows (:func:`raysys.evaluation.events.event_metrics`:
+    event recall / precision / F1, delay, false alarms per day with ``timestamps``) and the range-based
+    ``vus_pr`` (:func:`raysys.evaluation.events.vus_pr`). docs/metrics.md defines them."""
+    from raysys.evaluation.events import event_metrics, vus_pr
+
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(scores) > threshold).astype(int)
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=0)
@@ -76,6 +81,8 @@ def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float,
         "false_alarm_rate": float(fp / max(fp + tn, 1)),
         "threshold": float(threshold),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        **event_metrics(y_true, y_pred, timestamps),
+        "vus_pr": float(vus_pr(y_true, scores)) if both else float("nan"),
     }
     if anomaly_types is not None:
         types = np.asarray(anomaly_types)
@@ -109,7 +116,8 @@ def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Table
         for key in ("alarm_rate", "heldout_false_alarm_rate", "far_asked", "heldout_far_ratio", "threshold"):
             table.add_row(key, _fmt(metrics.get(key)))
         return table
-    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "far_asked", "threshold"):
+    for key in ("roc_auc", "pr_auc", "vus_pr", "precision", "recall", "f1", "false_alarm_rate", "far_asked",
+                "event_recall", "event_precision", "mean_delay_rows", "false_alarms_per_day", "threshold"):
         table.add_row(key, _fmt(metrics.get(key)))
     for kind, value in metrics.get("recall_by_type", {}).items():
         table.add_row(escape(f"recall[{kind}]"), f"{value:.4f}")  # unescaped, rich reads [kind] as markup
@@ -128,4 +136,6 @@ def headline(metrics: dict[str, Any]) -> str:
         return f"no labels: test alarm rate {metrics['alarm_rate']:.4f}; false alarms on held-out normal rows {held}"
     far = f"false alarms {metrics['false_alarm_rate']:.4f}" + (f" (asked {asked:g})" if asked is not None else "")
     return (f"ROC AUC {metrics['roc_auc']:.4f}  PR AUC {metrics['pr_auc']:.4f}  precision {metrics['precision']:.4f}"
-            f"  recall {metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  {far}")
+            f"  recall {metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  {far}; events: recall "
+            f"{metrics['event_recall']:.4f}, precision {metrics['event_precision']:.4f}, false alarms per day "
+            f"{metrics['false_alarms_per_day']:.2f}; VUS-PR {metrics['vus_pr']:.4f}")

@@ -17,7 +17,8 @@ from raysys.layout import LEADERBOARD_PLOT
 
 LEADERBOARD_COLUMNS = ["trial", "family", "status", "epochs", "val_pr_auc", "val_loss", "params"]
 #: Per-detector columns of the detection table, with test labels and without.
-DETECTION_COLUMNS = ("roc_auc", "pr_auc", "precision", "recall", "f1", "false_alarm_rate", "far_asked")
+DETECTION_COLUMNS = ("roc_auc", "pr_auc", "vus_pr", "precision", "recall", "f1", "false_alarm_rate", "far_asked",
+                     "event_recall", "event_precision", "false_alarms_per_day")
 LABEL_FREE_COLUMNS = ("alarm_rate", "heldout_false_alarm_rate", "far_asked", "heldout_far_ratio", "threshold")
 
 _STYLE = """

@@ -66,7 +66,8 @@ def evaluate_detector(detector: BaseDeepDetector, dataset: SensorDataset, thresh
         threshold = calibrate_threshold(method, y_val, val_scores, percentile, target_far)
     extra: dict[str, float] = {}
     if y_test is not None:
-        metrics.update(detection_metrics(y_test, test_scores, threshold, dataset.anomaly_types("test")),
+        metrics.update(detection_metrics(y_test, test_scores, threshold, dataset.anomaly_types("test"),
+                                         dataset.test["timestamp"].to_numpy()),
                        labelled=True, far_asked=asked)
         if hasattr(detector, "latent_scores"):
             for name, scores in detector.latent_scores(dataset.features("test")).items():
