@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("raysys.pipeline.cli", "end to end: data, sweep, ensemble, gates, registry, report"),
     "submit": ("raysys.jobs.cli", "submit a job to a Ray cluster and follow its logs"),
     "benchmark": ("raysys.benchmarks.cli",
-                  "run a public benchmark (Tennessee Eastman) in its standard protocol and compare detectors"),
+                  "run a benchmark: Tennessee Eastman (public data, standard protocol) or sensor attribution (generated data)"),
 }
 
 

@@ -43,3 +43,20 @@ def default_dataset(tmp_path_factory) -> Path:
 def mlflow_uri(tmp_path) -> str:
     """A fresh local MLflow store (SQLite backend, artifacts beside it)."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def assert_same_top_sensors():
+    """A check that two ``top_sensors`` answers agree given ``contributions`` (rows x sensors) and the
+    sensor names: the same sensors in the same order, except where contributions within ``atol`` of
+    each other (or of 0) may swap, as float32 scoring of differently composed batches can make them."""
+    import numpy as np
+
+    def check(got, expected, contributions, sensors, atol=1e-6):
+        assert len(got) == len(expected)
+        index = {s: j for j, s in enumerate(sensors)}
+        for row, a, b in zip(np.asarray(contributions), got, expected):
+            a, b = [s for s in a if row[index[s]] > atol], [s for s in b if row[index[s]] > atol]
+            np.testing.assert_allclose([row[index[s]] for s in a], [row[index[s]] for s in b], rtol=0, atol=atol)
+
+    return check

@@ -22,12 +22,13 @@ from raysys.ensemble import cli as ensemble_cli
 from raysys.ensemble.build import ENSEMBLE, build_ensemble, source_ensemble_scores
 from raysys.ensemble.calibrate import normalisation_stats, objective, select_weights
 from raysys.ensemble.export import (ExportParityError, check_parity, export_member, max_relative_error, random_rows,
-                                    source_scores)
+                                    source_contributions, source_scores)
 from raysys.ensemble.gates import DEFAULT_GATES, LABELLED_GATES, check_gates, parse_gates
 from raysys.ensemble.members import load_members
 from raysys.ensemble.predict import predict_file
 from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
-from raysys.ensemble.runtime import EnsembleRuntime, combine, history_windows, input_range, load_runtime, normalise
+from raysys.ensemble.runtime import (EnsembleRuntime, attribute, combine, history_windows, input_range, load_runtime,
+                                     normalise)
 from raysys.ensemble.workflow import gate_report, run_ensemble
 from raysys.evaluation.calibration import HOLDOUT_FRACTION, tail_threshold
 from raysys.layout import SWEEP_BEST
@@ -230,11 +231,19 @@ def test_member_matches_its_source_on_random_and_validation_data(built, dataset,
     info = built.spec["files"][file]
     assert info["opset"] == 17 and max(max(c.values()) for c in info["parity_max_rel_error"].values()) <= 1e-4
     source = built.models[Path(file).stem]
+    entries = [m for m in built.spec["members"] if m["file"] == file]
     member = {"file": file, "family": info["family"], "window": info["window"],
-              "outputs": {o: o for o in source_scores(source, dataset.features("val")[:2])}}
+              "outputs": {m["output"]: m["output"] for m in entries},
+              "contributions": {m["output"]: m["contributions"] for m in entries if "contributions" in m}}
+    # every score that splits over the sensors exports its terms: all but the VAE's Mahalanobis and the forest
+    expected = {o for o in source_scores(source, dataset.features("val")[:2]) if o != "mahalanobis"} - (
+        {"score"} if info["family"] == "iforest" else set())
+    assert set(member["contributions"]) == expected
+    assert set(source_contributions(source, dataset.features("val")[:20])) == {f"{o}_sensors" for o in expected}
     fresh = random_rows(dataset.features("train"), n=300, seed=123)  # not the inputs checked at export
     report = check_parity(source, built.directory, member, {"random": fresh, "validation": dataset.features("val")})
     assert max(max(c.values()) for c in report.values()) <= 1e-4
+    assert {f"{o}_sensors" for o in member["contributions"]} <= set(report["random"])  # ONNX terms == PyTorch's
 
 
 def test_vae_exports_reconstruction_and_mahalanobis_scores(built, dataset):
@@ -271,7 +280,10 @@ def test_pca_exports_t2_and_spe_as_two_members(built, dataset):
         assert max_relative_error(raw["pca_t2"], pca.t2(X)) <= 1e-4
         assert max_relative_error(raw["pca_spe"], pca.spe(X)) <= 1e-4
     graph = onnx.load(str(built.directory / "pca.onnx")).graph
-    assert [o.name for o in graph.output] == ["t2", "spe"] and graph.input[0].name == "x"
+    assert [o.name for o in graph.output] == ["t2", "spe", "t2_sensors", "spe_sensors"] and graph.input[0].name == "x"
+    X = dataset.features("val")
+    np.testing.assert_allclose(pca.t2_contributions(X).sum(axis=1), pca.t2(X), rtol=1e-9)
+    np.testing.assert_allclose(pca.spe_contributions(X).sum(axis=1), pca.spe(X), rtol=1e-9)
 
 
 @pytest.mark.parametrize(("make", "outputs"), [
@@ -288,6 +300,7 @@ def test_lagged_row_models_export_as_windowed_members(dataset, make, outputs, la
     checks = {"validation": dataset.features("val"), "random": random_rows(X, seed=1)}
     exported = export_member("lagged", model, tmp_path, checks)
     assert exported.window == lags + 1 and exported.outputs == outputs
+    assert exported.contributions == {name: f"{out}_sensors" for name, out in outputs.items() if out != "mahalanobis"}
     assert max(max(c.values()) for c in exported.parity.values()) <= 1e-4
 
 
@@ -304,6 +317,81 @@ def test_parity_check_catches_a_wrong_export(built, dataset):
     member = {"file": "ae.onnx", "family": "vae", "window": 1, "outputs": {"vae": "score"}}
     with pytest.raises(ExportParityError, match="relative error"):
         check_parity(built.models["vae"], built.directory, member, {"validation": dataset.features("val")})
+
+
+# -- attribution ---------------------------------------------------------------------------------
+
+def test_attribute_splits_each_members_part_by_its_terms():
+    """Worked by hand: member 1 (weight 0.75) has terms, member 2 (0.25) has none and is split like
+    member 1; a row where no member has terms is split equally; a member's centre is shared alike."""
+    normalised = np.array([[2.0, 4.0], [-1.0, 8.0]])
+    weights = np.array([[0.75, 0.25], [0.75, 0.25]])
+    terms = np.array([[[3.0, 1.0, 0.0], [np.nan] * 3], [[0.0, 0.0, 0.0], [np.nan] * 3]])
+    parts = attribute(normalised, weights, terms)
+    # row 0: 0.75 * 2 = 1.5 split 3:1:0, 0.25 * 4 = 1 split like it
+    np.testing.assert_allclose(parts[0], [1.125 + 0.75, 0.375 + 0.25, 0.0])
+    # row 1: member 1's terms sum to 0 -> no member has usable terms: -0.75 + 2 = 1.25 split equally
+    np.testing.assert_allclose(parts[1], [1.25 / 3] * 3)
+    np.testing.assert_allclose(parts.sum(axis=1), combine(normalised, np.array([0.75, 0.25])))
+    # a member without weight on a row gives nothing there, its terms neither
+    left_out = attribute(normalised, np.array([[1.0, 0.0], [1.0, 0.0]]), np.nan_to_num(terms, nan=5.0))
+    np.testing.assert_allclose(left_out[0], [1.5, 0.5, 0.0])
+
+
+def test_contributions_sum_to_the_score_and_change_nothing_else(built, dataset, assert_same_top_sensors):
+    runtime = EnsembleRuntime.load(built.directory)
+    X = dataset.features("test")[:300]
+    plain, explained = runtime.score(X), runtime.score(X, explain=True)
+    for key in ("score", "is_anomaly", "reason"):
+        np.testing.assert_array_equal(explained[key], plain[key])
+    assert explained["contributions"].shape == (300, len(runtime.sensors))
+    np.testing.assert_allclose(explained["contributions"].sum(axis=1), plain["score"], rtol=1e-9, atol=1e-9)
+    positive = explained["contributions"] > 0
+    for row, top in zip(explained["contributions"], explained["top_sensors"]):
+        assert 1 <= len(top) <= 3 or not (row > 0).any()
+        assert [row[runtime.sensors.index(s)] for s in top] == sorted(row[row > 0], reverse=True)[:len(top)]
+    assert positive.any()
+    parts = [X[:1], X[10:40], X[40:300]]  # coalesced series explain as if alone
+    for together, part in zip(runtime.score_many(parts, explain=True), parts):
+        alone = runtime.score(part, explain=True)
+        np.testing.assert_allclose(together["contributions"], alone["contributions"], rtol=1e-5, atol=1e-6)
+        assert_same_top_sensors(together["top_sensors"], alone["top_sensors"], alone["contributions"], runtime.sensors)
+
+
+@pytest.mark.parametrize("sensor", range(5))
+def test_a_spike_on_one_sensor_is_attributed_to_it(built, dataset, sensor):
+    """An 8-sigma spike on one sensor (inside the allowed range, so no fail-closed reason) makes that
+    sensor the top one."""
+    runtime = EnsembleRuntime.load(built.directory)
+    normal = dataset.features("train", normal_only=True)
+    X = dataset.features("val")[:80].astype(np.float64)
+    X[60, sensor] += 8 * normal[:, sensor].std()
+    result = runtime.score(X, explain=True)
+    assert result["reason"][60] == "" and result["is_anomaly"][60]
+    assert result["top_sensors"][60][0] == runtime.sensors[sensor]
+
+
+def test_fail_closed_rows_name_their_sensors_with_finite_contributions(built, dataset):
+    runtime = EnsembleRuntime.load(built.directory)
+    X = dataset.features("test")[:40].astype(np.float64)
+    X[30, 2] = 1e300
+    result = runtime.score(X, explain=True)
+    assert result["reason"][30] == "out_of_range" and result["top_sensors"][30] == [runtime.sensors[2]]
+    assert np.isfinite(result["contributions"]).all()
+
+
+def test_predict_explain_writes_contribution_columns_and_top_sensors(built, default_dataset, tmp_path):
+    assert _cli(["predict", "--model", str(built.directory), "--input", str(default_dataset / "test.parquet"),
+                 "--output", str(tmp_path / "x.csv"), "--explain"]) == 0
+    scored = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
+    sensors = EnsembleRuntime.load(built.directory).sensors
+    columns = [f"contribution_{s}" for s in sensors]
+    assert set(columns) <= set(scored.columns) and "top_sensors" in scored.columns
+    np.testing.assert_allclose(scored[columns].sum(axis=1), scored["score"], rtol=1e-6, atol=1e-9)
+    flagged = scored[scored["is_anomaly"]]
+    assert len(flagged) and all(top.split(",")[0] in sensors for top in flagged["top_sensors"])
+    plain = predict_file(built.directory, default_dataset / "test.parquet", tmp_path / "plain.parquet")
+    assert not any(c.startswith("contribution_") for c in plain.columns) and "top_sensors" not in plain.columns
 
 
 # -- calibration and quality -------------------------------------------------------------------

@@ -579,7 +579,8 @@ def serve_metric(client, name: str, application: str, **tags: str) -> float:
                if line.startswith(name + "{") and all(w in line for w in wanted))
 
 
-def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, smoothed):
+def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensembles, smoothed,
+                                                           assert_same_top_sensors):
     """48 concurrent requests of 1 to 40 readings (some with history, records and columnar), coalesced by
     @serve.batch into batches of several requests, each get exactly the offline scores of their own rows:
     a sequence member whose weight is > 0 stays out of the score of every request's first window - 1 rows,
@@ -606,10 +607,13 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
         if n_history:
             body["history"] = (columns if i % 3 == 1 else records)(sensors, past)[
                 "columns" if i % 3 == 1 else "readings"]
+        if i % 5 == 2:  # some ask for per-sensor contributions: a batch explains, the others answer without
+            body["explain"] = True
         requests.append((body, past, now, start))
     try:
         batched_url = deploy(str(directory), batched, timeout_s=120)
-        card = client.get(f"{batched_url}/v1/model").json()
+        # a new connection: one kept alive from before this app existed may still reach the old route table
+        card = httpx.get(f"{batched_url}/v1/model", timeout=30).json()
         assert {m["name"]: m["weight"] for m in card["members"]}["lstm"] > 0 and card["smoothing"] == SMOOTHING
         assert card["history"] == runtime.history == lstm["window"] - 1 + SMOOTHING - 1
         barrier = threading.Barrier(len(requests))
@@ -623,15 +627,29 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
             answers = list(pool.map(lambda request: ask(many, request), requests))
         for (body, past, now, start), answer in zip(requests, answers):
             assert answer.status_code == 200, answer.text
-            expected = runtime.score(np.concatenate([past, now]))
+            explain = body.get("explain", False)
+            expected = runtime.score(np.concatenate([past, now]), explain=explain)
             keep = slice(len(past), None)
             got = answer.json()
             if "columns" in body:
                 score, flags, members = got["score"], got["is_anomaly"], got["members"]
+                contributions, top = got.get("contributions"), got.get("top_sensors")
             else:
                 score = [p["score"] for p in got["predictions"]]
                 flags = [p["is_anomaly"] for p in got["predictions"]]
                 members = {m: [p["members"][m] for p in got["predictions"]] for m in runtime.members}
+                contributions = {s: [p["contributions"][s] for p in got["predictions"]] for s in sensors} \
+                    if explain else got["predictions"][0].get("contributions")
+                top = [p["top_sensors"] for p in got["predictions"]] if explain else None
+            if explain:  # equal to offline, and summing to the served score
+                offline = expected["contributions"][keep]
+                for j, sensor in enumerate(sensors):
+                    np.testing.assert_allclose(contributions[sensor], offline[:, j], rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(np.sum([contributions[s] for s in sensors], axis=0), score, rtol=1e-6,
+                                           atol=1e-6)
+                assert_same_top_sensors(top, expected["top_sensors"][keep], offline, sensors)
+            else:
+                assert contributions is None and top is None
             np.testing.assert_allclose(score, expected["score"][keep], rtol=1e-6, atol=1e-6)
             if len(past) == runtime.history:  # a streaming client: its readings score as in the whole series
                 whole = slice(start + len(past), start + len(past) + len(now))

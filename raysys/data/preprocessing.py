@@ -75,10 +75,11 @@ def sliding_windows(X: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
 
 
 def window_scores_to_rows(scores: np.ndarray, n_rows: int, length: int) -> np.ndarray:
-    """Map stride-1 window scores to rows: each row gets the score of the window ending at it.
+    """Map stride-1 window scores (one per window, or one row of values per window) to rows: each row
+    gets the score of the window ending at it.
 
     The first ``length - 1`` rows, which end no full window, take the first window's score.
     """
     if len(scores) != n_rows - length + 1:
         raise ValueError(f"expected {n_rows - length + 1} stride-1 window scores, got {len(scores)}")
-    return np.concatenate([np.full(length - 1, scores[0]), scores])
+    return np.concatenate([np.repeat(scores[:1], length - 1, axis=0), scores])

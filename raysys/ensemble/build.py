@@ -27,7 +27,8 @@ from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, r
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
                                      combine, input_range, normalise, trailing_mean)
 from raysys.layout import ENSEMBLE_SPEC
-from raysys.evaluation import THRESHOLD_METHODS, calibrate_threshold, default_threshold_method, detection_metrics
+from raysys.evaluation import (THRESHOLD_METHODS, alarm_sensor_share, calibrate_threshold, default_threshold_method,
+                               detection_metrics)
 from raysys.evaluation.calibration import label_free_metrics, label_free_threshold
 from raysys.models.pca import PCADetector
 
@@ -48,6 +49,7 @@ class EnsembleBuild:
             thresholded alone, calibrated on validation the same way as the ensemble.
         latency_ms: Single-row scoring latency of the runtime: ``p50``, ``p95``.
         test_scores: ``ensemble`` and each member name to its (normalised) test scores.
+        test_top_sensors: Per test row, the ensemble's top sensors (``EnsembleRuntime.score(explain=True)``).
         models: Source model of each ``.onnx`` file (by file stem), for comparison with the export.
         example: A few raw validation rows (sensor name -> values), the logged model's input example.
     """
@@ -57,6 +59,7 @@ class EnsembleBuild:
     metrics: dict[str, dict[str, Any]]
     latency_ms: dict[str, float]
     test_scores: dict[str, np.ndarray] = field(repr=False)
+    test_top_sensors: list[list[str]] = field(repr=False)
     models: dict[str, Any] = field(repr=False)
     example: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
@@ -159,11 +162,12 @@ def _calibration_record(calibration: _Calibration) -> dict[str, Any]:
 
 
 def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Calibration, method: str,
-              options: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+              options: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], list[list[str]]]:
     """Test metrics and scores of the ensemble and of each member alone (thresholded on validation
     the same way as the ensemble): detection metrics with test labels; without validation labels, also
-    :func:`raysys.evaluation.calibration.label_free_metrics` on the held-out validation tail."""
-    test = runtime.score(dataset.features("test"))
+    :func:`raysys.evaluation.calibration.label_free_metrics` on the held-out validation tail. The
+    ensemble's also hold ``alarm_sensor_share``; the test rows' top sensors come last."""
+    test = runtime.score(dataset.features("test"), explain=True)
     scores = {ENSEMBLE: test["score"], **{name: test["members"][name] for name in runtime.members}}
     target_far = options["target_far"] if method == "far" else None
     y_test = dataset.known_labels("test")
@@ -196,7 +200,9 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
             metrics[name].update(label_free_metrics(
                 threshold, (scores[name] > threshold) | forced,
                 None if tail is None else (val_scores[name][tail] > threshold) | val_forced[tail], target_far))
-    return metrics, scores
+    metrics[ENSEMBLE]["alarm_sensor_share"] = alarm_sensor_share(test["contributions"], test["is_anomaly"],
+                                                                 runtime.sensors)
+    return metrics, scores, test["top_sensors"]
 
 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
@@ -254,7 +260,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     checks = {"validation": dataset.features("val"),
               "random": random_rows(dataset.features("train", normal_only=True), seed=seed)}
     exported = [export_member(name, model, out, checks, parity_rtol) for name, model in models.items()]
-    members = [{"name": name, "family": e.family, "file": e.file, "output": output, "window": e.window}
+    members = [{"name": name, "family": e.family, "file": e.file, "output": output, "window": e.window,
+                **({"contributions": e.contributions[name]} if name in e.contributions else {})}
                for e in exported for name, output in e.outputs.items()]
 
     sensors = dataset.sensors
@@ -290,7 +297,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     (out / ENSEMBLE_SPEC).write_text(json.dumps(spec, indent=2, default=str))
 
     runtime = EnsembleRuntime.load(out, intra_op_threads)
-    metrics, scores = _evaluate(runtime, dataset, calibration, threshold_method, options)
+    metrics, scores, top_sensors = _evaluate(runtime, dataset, calibration, threshold_method, options)
     latency = single_row_latency(runtime, dataset.features("test"))
     example = dataset.val[sensors].head(5).to_dict(orient="list")
-    return EnsembleBuild(out, spec, metrics, latency, scores, models, example)
+    return EnsembleBuild(out, spec, metrics, latency, scores, top_sensors, models, example)

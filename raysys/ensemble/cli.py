@@ -50,7 +50,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
 def run_predict_command(args: argparse.Namespace) -> int:
     from raysys.ensemble.predict import predict_file
 
-    scored = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads)
+    scored = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads, args.explain)
     print(f"scored {len(scored)} rows, {int(scored['is_anomaly'].sum())} flagged as anomalies -> {args.output}")
     return 0
 
@@ -108,6 +108,8 @@ def add_parsers(subparsers: Any) -> None:
     pred.add_argument("--output", required=True, help="output file (.parquet or .csv)")
     pred.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
     pred.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
+    pred.add_argument("--explain", action="store_true",
+                      help="add each sensor's part of the score (contribution_<sensor>) and top_sensors")
     pred.set_defaults(func=run_predict_command)
 
     from raysys.evaluation.calibration import GATE_FACTOR, HOLDOUT_FRACTION

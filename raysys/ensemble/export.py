@@ -8,6 +8,11 @@ sequence members, and the graph stacks each window as the detector does. The Iso
 through skl2onnx. The PCA detector's T2 and SPE are a few ONNX ops written here (:func:`export_pca`): a
 fixed affine map, two matrix products and sums of squares, in float64. Every file passes
 ``onnx.checker`` and matches its source on real and random inputs.
+
+Each score that splits over the sensors has a second output, ``<output>_sensors`` (batch, sensors),
+whose rows sum to the score (:func:`sensors_output`): the per-sensor reconstruction error of the deep
+families, the per-sensor terms of PCA's T2 and SPE. The VAE's Mahalanobis distance and the Isolation
+Forest have none (docs/attribution.md says how the runtime attributes them).
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ MAHALANOBIS = "mahalanobis"
 T2, SPE = "t2", "spe"
 
 
+def sensors_output(output: str) -> str:
+    """The name of the ONNX output holding ``output``'s per-sensor terms."""
+    return f"{output}_sensors"
+
+
 class ExportParityError(ValueError):
     """An exported member scores differently from the model it was exported from."""
 
@@ -55,6 +65,7 @@ class ExportedMember:
         window: Rows per input sample (1 for row models).
         outputs: Member name to ONNX output name.
         parity: Output name to the largest relative error seen, per check (``validation``, ``random``).
+        contributions: Member name to the ONNX output of its per-sensor terms, for the members that have one.
     """
 
     file: str
@@ -62,6 +73,7 @@ class ExportedMember:
     window: int
     outputs: dict[str, str]
     parity: dict[str, dict[str, float]]
+    contributions: dict[str, str]
 
 
 class ScoringGraph(nn.Module):
@@ -70,6 +82,7 @@ class ScoringGraph(nn.Module):
     def __init__(self, detector: BaseDeepDetector):
         super().__init__()
         self.network = detector.module_
+        self.n_sensors = detector.n_features_in_
         # a lagged dense detector reads an oldest-first window flattened to [x_t, x_t-1, ...] (pca.lagged)
         self.stacks_window = getattr(detector, "lags", 0) > 0
         scale, offset = scaler_affine(detector.scaler_)
@@ -80,17 +93,20 @@ class ScoringGraph(nn.Module):
             self.register_buffer("latent_mean", torch.as_tensor(detector.latent_mean_, dtype=torch.float64))
             self.register_buffer("latent_precision", torch.as_tensor(detector.latent_precision_, dtype=torch.float64))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(score, per-sensor terms)``, or ``(score, mahalanobis, per-sensor terms)`` for the VAE."""
         z = (x.double() * self.scale + self.offset).float()
         if self.stacks_window:
             z = z.flip(1).flatten(1)
         outputs = self.network(z)
-        score = self.network.score(z, outputs)
+        terms = self.network.score_terms(z, outputs)
+        score = terms.flatten(1).sum(dim=1)  # the network's score, as ReconstructionScore.score adds it
+        per_sensor = terms.reshape(terms.shape[0], -1, self.n_sensors).sum(dim=1)  # over lags / window steps
         if not self.mahalanobis:
-            return score
+            return score, per_sensor
         diff = outputs[1].double() - self.latent_mean  # the VAE's latent mean, as VAEDetector.latent_scores
         distance = torch.sqrt(((diff @ self.latent_precision) * diff).sum(dim=1))
-        return score, distance.float()
+        return score, distance.float(), per_sensor
 
 
 def detector_window(detector: Any) -> int:
@@ -112,11 +128,26 @@ def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(model, PCADetector):  # dynamic PCA pads its first rows' history as the runtime does
         return {T2: model.t2(X), SPE: model.spe(X)}
     pad = detector_window(model) - 1
-    padded = np.concatenate([np.repeat(X[:1], pad, axis=0), X])
-    scores = {SCORE: model.decision_function(padded)[pad:]}
+    scores = {SCORE: model.decision_function(_padded(X, pad))[pad:]}
     if hasattr(model, "latent_scores"):
         scores[MAHALANOBIS] = model.latent_scores(X)["mahalanobis"]
     return scores
+
+
+def source_contributions(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
+    """The source model's per-sensor terms (``<output>_sensors`` -> (n, sensors)), for the outputs that have
+    them, by the rules of :func:`source_scores`."""
+    if isinstance(model, IsolationForest):
+        return {}
+    if isinstance(model, PCADetector):
+        return {sensors_output(T2): model.t2_contributions(X), sensors_output(SPE): model.spe_contributions(X)}
+    pad = detector_window(model) - 1
+    return {sensors_output(SCORE): model.sensor_contributions(_padded(X, pad))[pad:]}
+
+
+def _padded(X: np.ndarray, pad: int) -> np.ndarray:
+    """``X`` after ``pad`` copies of its first row (the runtime's left padding)."""
+    return np.concatenate([np.repeat(X[:1], pad, axis=0), X])
 
 
 def export_detector(detector: BaseDeepDetector, path: str | os.PathLike) -> list[str]:
@@ -128,8 +159,9 @@ def export_detector(detector: BaseDeepDetector, path: str | os.PathLike) -> list
     outputs = [SCORE, MAHALANOBIS] if graph.mahalanobis else [SCORE]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(graph, (example,), str(path), input_names=[INPUT], output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
+        torch.onnx.export(graph, (example,), str(path), input_names=[INPUT],
+                          output_names=[*outputs, sensors_output(SCORE)],
+                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs, sensors_output(SCORE)]},
                           opset_version=OPSET, dynamo=False)
     return outputs
 
@@ -156,7 +188,8 @@ def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str |
 
 
 def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
-    """Write ``detector``'s T2 and SPE as ONNX to ``path``; returns the output names ``[t2, spe]``.
+    """Write ``detector``'s T2 and SPE (and their per-sensor terms) as ONNX to ``path``; returns the score
+    output names ``[t2, spe]``.
 
     skl2onnx converts scikit-learn's PCA projection only, so the graph is built here, in float64 as
     :class:`~raysys.models.pca.PCADetector` computes (outputs float32)::
@@ -165,6 +198,8 @@ def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
         t   = z @ P^T                                 # P: (k, features), the retained loadings
         t2  = sum_j t_j**2 / lambda_j
         spe = sum_i (z - t @ P)_i**2
+        t2_sensors  = z * ((t / lambda) @ P),  added up per sensor over the lags
+        spe_sensors = (z - t @ P)**2,          likewise
 
     With ``lags`` > 0 the input is a window of ``lags + 1`` rows, oldest first (the runtime's
     history windows); the graph reverses it and flattens it to ``[x_t, x_t-1, ...]`` as
@@ -179,6 +214,7 @@ def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
                  "loadings": detector.components_, "eigenvalues": detector.explained_variance_}
     initializers = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float64), k) for k, v in constants.items()]
     initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"))
+    initializers.append(numpy_helper.from_array(np.array([0, window, n], dtype=np.int64), "lag_sensor_shape"))
     nodes = [helper.make_node("Cast", [INPUT], ["x64"], to=double)]
     stacked = "x64"
     if window > 1:  # oldest-first window -> [x_t, x_t-1, ...] flattened per sample
@@ -199,11 +235,21 @@ def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
               helper.make_node("Mul", ["residual", "residual"], ["residual_squared"]),
               helper.make_node("ReduceSum", ["residual_squared", "feature_axis"], ["spe_64"], keepdims=0),
               helper.make_node("Cast", ["t2_64"], [T2], to=onnx.TensorProto.FLOAT),
-              helper.make_node("Cast", ["spe_64"], [SPE], to=onnx.TensorProto.FLOAT)]
+              helper.make_node("Cast", ["spe_64"], [SPE], to=onnx.TensorProto.FLOAT),
+              helper.make_node("Div", ["t", "eigenvalues"], ["t_weighted"]),
+              helper.make_node("MatMul", ["t_weighted", "loadings"], ["t2_direction"]),
+              helper.make_node("Mul", ["z", "t2_direction"], ["t2_feature_terms"])]
+    for stat, terms in ((T2, "t2_feature_terms"), (SPE, "residual_squared")):  # (batch, lags + 1, n) -> per sensor
+        nodes += [helper.make_node("Reshape", [terms, "lag_sensor_shape"], [f"{stat}_by_lag"]),
+                  helper.make_node("ReduceSum", [f"{stat}_by_lag", "feature_axis"], [f"{stat}_sensors_64"], keepdims=0),
+                  helper.make_node("Cast", [f"{stat}_sensors_64"], [sensors_output(stat)], to=onnx.TensorProto.FLOAT)]
     shape = ["batch", n] if window == 1 else ["batch", window, n]
+    outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch"]) for out in (T2, SPE)]
+    outputs += [helper.make_tensor_value_info(sensors_output(out), onnx.TensorProto.FLOAT, ["batch", n])
+                for out in (T2, SPE)]
     graph = helper.make_graph(
-        nodes, "pca_t2_spe", [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch"]) for out in (T2, SPE)], initializers)
+        nodes, "pca_t2_spe", [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, shape)], outputs,
+        initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="raysys")
     onnx.save(model, str(path))
     return [T2, SPE]
@@ -225,15 +271,27 @@ def random_rows(reference: np.ndarray, n: int = 256, seed: int = 0) -> np.ndarra
 
 def check_parity(model: Any, directory: Path, member: dict[str, Any], checks: dict[str, np.ndarray],
                  rtol: float = PARITY_RTOL) -> dict[str, dict[str, float]]:
-    """onnxruntime vs the source model on each named input; raises :class:`ExportParityError` above ``rtol``."""
+    """onnxruntime vs the source model on each named input; raises :class:`ExportParityError` above ``rtol``.
+
+    Scores compare value by value; per-sensor terms (``<output>_sensors``) compare against the size of
+    their row (the largest ``|term difference|`` over the row's ``sum |term|``), since a single term
+    may be near 0.
+    """
     outputs = list(member["outputs"].values())
-    entries = [{"name": out, "file": member["file"], "output": out, "window": member["window"]} for out in outputs]
+    contributions = member.get("contributions", {})
+    entries = [{"name": out, "file": member["file"], "output": out, "window": member["window"],
+                "contributions": contributions.get(out)} for out in outputs]
     sessions = MemberSessions(directory, entries, checks[next(iter(checks))].shape[1])
     report: dict[str, dict[str, float]] = {}
     for check, X in checks.items():
-        onnx_scores = sessions.raw_scores(X)
-        expected = source_scores(model, X)
+        onnx_scores, onnx_terms = sessions.raw_scores_and_terms(X)
+        expected = {**source_scores(model, X), **source_contributions(model, X)}
         report[check] = {out: max_relative_error(onnx_scores[:, j], expected[out]) for j, out in enumerate(outputs)}
+        for j, out in enumerate(outputs):
+            terms = contributions.get(out)
+            if terms:
+                size = np.maximum(np.abs(expected[terms]).sum(axis=1, keepdims=True), 1e-12)
+                report[check][terms] = float(np.max(np.abs(onnx_terms[:, j] - expected[terms]) / size))
         worst = max(report[check], key=report[check].get)
         if report[check][worst] > rtol:
             raise ExportParityError(
@@ -266,8 +324,12 @@ def export_member(name: str, model: Any, directory: str | os.PathLike, checks: d
     else:
         family, window = model.family, detector_window(model)
         outputs = export_detector(model, path)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
     names = {(name if out == SCORE else f"{name}_{out}"): out for out in outputs}
-    member = {"file": path.name, "family": family, "window": window, "outputs": names}
+    available = {o.name for o in graph.graph.output}
+    terms = {out: sensors_output(out) for out in outputs if sensors_output(out) in available}
+    member = {"file": path.name, "family": family, "window": window, "outputs": names, "contributions": terms}
     parity = check_parity(model, directory, member, checks, rtol)
-    return ExportedMember(path.name, family, window, names, parity)
+    return ExportedMember(path.name, family, window, names, parity,
+                          {name: terms[out] for name, out in names.items() if out in terms})

@@ -56,6 +56,10 @@ FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 #: Column of ``score_frame`` output holding member ``name``'s normalised score.
 MEMBER_COLUMN = "score_{name}"
+#: Column of ``score_frame(explain=True)`` output holding ``sensor``'s part of the score.
+CONTRIBUTION_COLUMN = "contribution_{sensor}"
+#: Most sensors a row's ``top_sensors`` names (those with the largest positive contributions, most first).
+TOP_SENSORS = 3
 #: Samples times window length per onnxruntime call (8192 rows of a dense member, 512 windows of 16 rows):
 #: bounds the memory windows take, and keeps a call's working set small (onnxruntime's LSTM takes 1.5x
 #: longer per window in calls of 8192 windows than of 512).
@@ -166,6 +170,36 @@ def combine(normalised: np.ndarray, weights: np.ndarray, windows: np.ndarray | N
     return (np.where(w > 0, normalised, 0.0) * w).sum(axis=1)
 
 
+def attribute(normalised: np.ndarray, weights: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Each row's combined score split over the sensors, shape (n, sensors); a row sums to :func:`combine`'s.
+
+    Args:
+        normalised: Normalised member scores (n, members).
+        weights: Each member's weight on each row (n, members), as :func:`row_weights` gives them.
+        terms: Each member's raw per-sensor terms (n, members, sensors), summing to its raw score; NaN
+            for a member without them.
+
+    A member's part of a row, ``weight * normalised``, is split in proportion to its terms
+    (``terms / terms.sum()``), so the normalisation's centre is shared out the same way and a member
+    scoring below its centre gives negative contributions. A member without terms (the VAE's
+    Mahalanobis distance, the Isolation Forest), or whose terms sum to 0, is split like the
+    weighted mean of the shares of the members that have terms on that row, or equally over the
+    sensors when none has (docs/attribution.md).
+    """
+    n_sensors = terms.shape[2]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        total = terms.sum(axis=2)
+        usable = np.isfinite(terms).all(axis=2) & np.isfinite(total) & (total != 0) & (weights > 0)
+        shares = np.where(usable[..., None], terms / np.where(usable, total, 1.0)[..., None], 0.0)
+        have = np.where(usable, weights, 0.0)
+        weight_sum = have.sum(axis=1, keepdims=True)
+        fallback = np.where(weight_sum > 0, np.einsum("nm,nms->ns", have, shares) / np.where(weight_sum > 0, weight_sum, 1),
+                            1.0 / n_sensors)
+        shares = np.where(usable[..., None], shares, fallback[:, None, :])
+        part = np.where(weights > 0, normalised, 0.0) * weights
+        return np.einsum("nm,nms->ns", part, shares)
+
+
 def session_options(intra_op_threads: int | None = 1) -> ort.SessionOptions:
     """CPU session options: ``intra_op_threads`` threads per call (0 or None: onnxruntime's default)."""
     if intra_op_threads is not None and intra_op_threads < 0:
@@ -181,7 +215,8 @@ class MemberSessions:
 
     Args:
         directory: Folder holding the member ``.onnx`` files.
-        members: ``ensemble.json`` member entries (``name``, ``file``, ``output``, ``window``).
+        members: ``ensemble.json`` member entries (``name``, ``file``, ``output``, ``window``, and
+            ``contributions``, the output of the score's per-sensor terms, where the member has one).
         n_sensors: Expected number of sensor columns.
         intra_op_threads: Threads per onnxruntime call (0 or None: onnxruntime's default).
     """
@@ -199,7 +234,7 @@ class MemberSessions:
                     raise FileNotFoundError(f"{path}: member model {m['name']!r} listed in {ENSEMBLE_SPEC} is missing")
                 session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 self._files[m["file"]] = (session, int(m.get("window", 1)))
-        self._outputs = [(m["file"], m["output"]) for m in members]
+        self._outputs = [(m["file"], m["output"], m.get("contributions")) for m in members]
         self.history = max(window for _, window in self._files.values()) - 1
 
     def raw_scores(self, X: np.ndarray, positions: np.ndarray | None = None,
@@ -210,6 +245,16 @@ class MemberSessions:
         ``batch_rows``: rows per onnxruntime call of a dense member; a sequence member gets
         ``batch_rows // window`` windows per call.
         """
+        return self._run(X, positions, batch_rows, explain=False)[0]
+
+    def raw_scores_and_terms(self, X: np.ndarray, positions: np.ndarray | None = None,
+                             batch_rows: int = DEFAULT_BATCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`raw_scores` and each member's per-sensor terms, shape (n, members, sensors), which sum to
+        its raw score; NaN for a member without them (docs/attribution.md)."""
+        return self._run(X, positions, batch_rows, explain=True)
+
+    def _run(self, X: np.ndarray, positions: np.ndarray | None, batch_rows: int,
+             explain: bool) -> tuple[np.ndarray, np.ndarray | None]:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_sensors:
             raise ValueError(f"X must have shape (rows, {self.n_sensors}), got {X.shape}")
@@ -217,18 +262,22 @@ class MemberSessions:
             raise ValueError("X contains NaN or infinite values")
         positions = np.arange(len(X)) if positions is None else positions
         out = np.empty((len(X), len(self._outputs)), dtype=np.float32)
+        terms = np.full((len(X), len(self._outputs), self.n_sensors), np.nan, dtype=np.float32) if explain else None
         for file, (session, window) in self._files.items():
-            names = [o.name for o in session.get_outputs()]
+            wanted = [(j, output, contributions if explain else None)
+                      for j, (f, output, contributions) in enumerate(self._outputs) if f == file]
+            names = sorted({name for _, *pair in wanted for name in pair if name})  # run computes only these
             feed = session.get_inputs()[0].name
             step = max(1, batch_rows // window)
             for start in range(0, len(X), step):
                 rows = np.arange(start, min(start + step, len(X)))
                 batch = X[rows] if window == 1 else X[window_rows(positions, window, rows)]
-                results = dict(zip(names, session.run(None, {feed: batch})))
-                for j, (f, output) in enumerate(self._outputs):
-                    if f == file:
-                        out[start:start + len(batch), j] = results[output].reshape(-1)
-        return out
+                results = dict(zip(names, session.run(names, {feed: batch})))
+                for j, output, contributions in wanted:
+                    out[start:start + len(batch), j] = results[output].reshape(-1)
+                    if contributions:
+                        terms[start:start + len(batch), j] = results[contributions]
+        return out, terms
 
 
 class EnsembleRuntime:
@@ -296,13 +345,14 @@ class EnsembleRuntime:
         raw = self._sessions.raw_scores(X, positions_of(len(X), lengths))
         return {name: raw[:, j] for j, name in enumerate(self.members)}
 
-    def score(self, X: np.ndarray, lengths: Sequence[int] | None = None) -> dict[str, Any]:
+    def score(self, X: np.ndarray, lengths: Sequence[int] | None = None, explain: bool = False) -> dict[str, Any]:
         """Score raw sensor rows ``X`` (n, sensors), in time order.
 
         Args:
             X: Raw sensor values, float32, columns in :attr:`sensors` order.
             lengths: ``X`` is several independent series of these lengths, one after the other
                 (default: one series). Each scores exactly as it would alone.
+            explain: Also split each score over the sensors (``contributions``, ``top_sensors``).
 
         Returns:
             ``score``: ensemble score (n,), float64; ``is_anomaly``: ``score > threshold``, or a
@@ -312,6 +362,10 @@ class EnsembleRuntime:
             that combined score's :func:`trailing_mean` over :attr:`smoothing` rows; ``reason``: (n,)
             ``out_of_range``, ``non_finite_score`` or ``""``; ``reason_sensors``: per row, the sensors
             behind its reason (empty without one). Every number is finite (see :func:`finite`).
+            With ``explain``: ``contributions`` (n, sensors), each sensor's part of ``score`` (a row
+            sums to its score, smoothed alike; 0 on a row whose combined score is not finite), and
+            ``top_sensors``: per row, up to :data:`TOP_SENSORS` sensors with the largest positive
+            contributions, most first, or the sensors behind its ``reason`` (:func:`attribute`).
         """
         positions = positions_of(len(X), lengths)
         X = np.asarray(X, dtype=np.float64)
@@ -319,17 +373,37 @@ class EnsembleRuntime:
             raise ValueError("X contains NaN or infinite values")
         # readings beyond float32 (the members' input type) are out of range anyway: clip, don't overflow
         limit = float(np.finfo(np.float32).max)
-        raw = self._sessions.raw_scores(np.clip(X, -limit, limit), positions).astype(np.float64)
+        clipped = np.clip(X, -limit, limit)
+        if explain:
+            raw, terms = self._sessions.raw_scores_and_terms(clipped, positions)
+        else:
+            raw, terms = self._sessions.raw_scores(clipped, positions), None
+        raw = raw.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             normalised = normalise(raw, self._center, self._scale)
-            counted = row_weights(self._weights, len(X), self._windows, positions) > 0
+            weights = row_weights(self._weights, len(X), self._windows, positions)
             score = combine(normalised, self._weights, self._windows, positions)
-        non_finite = ~np.isfinite(np.where(counted, normalised, 0.0)).all(axis=1) | ~np.isfinite(score)
+        non_finite = ~np.isfinite(np.where(weights > 0, normalised, 0.0)).all(axis=1) | ~np.isfinite(score)
         reason, sensors = self._reasons(X, non_finite)
+        result = {"members": {name: finite(normalised[:, j]) for j, name in enumerate(self.members)},
+                  "reason": reason, "reason_sensors": sensors}
+        if explain:
+            parts = attribute(normalised, weights, terms.astype(np.float64))
+            parts[~np.isfinite(score)] = np.nan  # left out of the smoothed rows after it, as its score is
+            parts = np.column_stack([trailing_mean(column, self._smoothing, lengths) for column in parts.T])
+            result["contributions"] = np.where(np.isfinite(parts), parts, 0.0)
+            result["top_sensors"] = self._top_sensors(result["contributions"], reason, sensors)
         score = finite(trailing_mean(score, self._smoothing, lengths))
-        return {"score": score, "is_anomaly": (score > self.threshold) | (reason != NO_REASON),
-                "members": {name: finite(normalised[:, j]) for j, name in enumerate(self.members)},
-                "reason": reason, "reason_sensors": sensors}
+        return {"score": score, "is_anomaly": (score > self.threshold) | (reason != NO_REASON), **result}
+
+    def _top_sensors(self, contributions: np.ndarray, reason: np.ndarray,
+                     reason_sensors: list[list[str]]) -> list[list[str]]:
+        """Per row, the sensors behind its reason, else up to :data:`TOP_SENSORS` with the largest
+        positive contributions, most first."""
+        names = np.array(self.sensors)
+        order = np.argsort(-contributions, axis=1, kind="stable")[:, :TOP_SENSORS]
+        return [list(reason_sensors[i]) if reason[i] != NO_REASON
+                else names[[j for j in order[i] if contributions[i, j] > 0]].tolist() for i in range(len(order))]
 
     def _reasons(self, X: np.ndarray, non_finite: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
         """Per row: ``out_of_range`` (some sensor beyond its allowed range), else ``non_finite_score``,
@@ -347,17 +421,14 @@ class EnsembleRuntime:
                 sensors[i] = names[beyond].tolist() if beyond.any() else names.tolist()
         return reason.astype(object), sensors
 
-    def score_many(self, parts: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    def score_many(self, parts: Sequence[np.ndarray], explain: bool = False) -> list[dict[str, Any]]:
         """Score independent series (e.g. several requests) in one onnxruntime call per member file.
 
-        Each result equals ``score(part)`` of that part alone.
+        Each result equals ``score(part, explain=explain)`` of that part alone.
         """
-        result = self.score(np.concatenate(parts), [len(p) for p in parts])
+        result = self.score(np.concatenate(parts), [len(p) for p in parts], explain)
         bounds = np.cumsum([0, *(len(p) for p in parts)])
-        return [{"score": result["score"][a:b], "is_anomaly": result["is_anomaly"][a:b],
-                 "members": {name: values[a:b] for name, values in result["members"].items()},
-                 "reason": result["reason"][a:b], "reason_sensors": result["reason_sensors"][a:b]}
-                for a, b in zip(bounds[:-1], bounds[1:])]
+        return [rows_of(result, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """The sensor columns of ``frame`` as float64 (so a reading beyond float32 is flagged out of range,
@@ -367,16 +438,27 @@ class EnsembleRuntime:
             raise ValueError(f"input is missing sensor column(s) {missing}; the model needs {self.sensors}")
         return frame[self.sensors].to_numpy(dtype=np.float64)
 
-    def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def score_frame(self, frame: pd.DataFrame, explain: bool = False) -> pd.DataFrame:
         """Score a DataFrame with sensor columns: ``score``, ``is_anomaly``, ``reason``, ``reason_sensors``
-        (comma-separated) and ``score_<member>`` columns."""
-        result = self.score(self.features(frame))
+        (comma-separated) and ``score_<member>`` columns; with ``explain``, also ``contribution_<sensor>``
+        columns and ``top_sensors`` (comma-separated, most first)."""
+        result = self.score(self.features(frame), explain=explain)
         out = pd.DataFrame({"score": result["score"], "is_anomaly": result["is_anomaly"],
                             "reason": result["reason"].astype(str),
                             "reason_sensors": [",".join(s) for s in result["reason_sensors"]]}, index=frame.index)
         for name, values in result["members"].items():
             out[MEMBER_COLUMN.format(name=name)] = values
+        if explain:
+            for j, sensor in enumerate(self.sensors):
+                out[CONTRIBUTION_COLUMN.format(sensor=sensor)] = result["contributions"][:, j]
+            out["top_sensors"] = [",".join(s) for s in result["top_sensors"]]
         return out
+
+
+def rows_of(result: Mapping[str, Any], rows: slice) -> dict[str, Any]:
+    """The part of a :meth:`EnsembleRuntime.score` result that belongs to ``rows``."""
+    return {key: ({name: v[rows] for name, v in value.items()} if key == "members" else value[rows])
+            for key, value in result.items()}
 
 
 _MEMBER_KEYS = ("name", "file", "output", "window", "center", "scale", "weight")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from rich.markup import escape
@@ -89,6 +89,15 @@ def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float,
         out["recall_by_type"] = {str(t): float(y_pred[types == t].mean())
                                  for t in sorted(set(types.tolist()) - {NORMAL})}
     return out
+
+
+def alarm_sensor_share(contributions: np.ndarray, alarms: np.ndarray, sensors: Sequence[str]) -> dict[str, float]:
+    """Each sensor's share of the positive per-sensor contributions over the ``alarms`` rows (summing to
+    1; empty when no row is alarmed or none has a positive contribution): which sensors the alarms
+    of a split point at (docs/attribution.md)."""
+    positive = np.clip(np.asarray(contributions, dtype=np.float64)[np.asarray(alarms, dtype=bool)], 0.0, None).sum(axis=0)
+    total = positive.sum()
+    return {} if not total > 0 else {s: float(v / total) for s, v in zip(sensors, positive)}
 
 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -108,9 +108,11 @@ def recall_by_type(recalls: Mapping[str, float], path: str | os.PathLike, title:
 
 
 def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: np.ndarray, threshold: float,
-             y_true: np.ndarray | None, path: str | os.PathLike, title: str = "Test split timeline") -> Path:
+             y_true: np.ndarray | None, path: str | os.PathLike, title: str = "Test split timeline",
+             top_sensors: Sequence[Sequence[str]] | None = None) -> Path:
     """Sensor traces above the ensemble score, true anomalies shaded (when labelled), flags marked:
-    what was caught."""
+    what was caught. With ``top_sensors`` (per row), each run of flagged rows is labelled with the top
+    sensor at its peak."""
     n = len(sensors)
     fig, axes = plt.subplots(n + 1, 1, figsize=(13, 1.6 * (n + 1) + 0.8), sharex=True)
     spans = [] if y_true is None else _runs(np.asarray(y_true).astype(bool))
@@ -123,6 +125,11 @@ def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: 
     score_ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8, label="threshold")
     flagged = scores > threshold
     score_ax.scatter(np.asarray(timestamps)[flagged], scores[flagged], s=4, color="tab:red", label="flagged", zorder=3)
+    for start, stop in (_runs(flagged) if top_sensors is not None else []):
+        peak = start + int(np.argmax(scores[start:stop]))
+        if top_sensors[peak]:
+            score_ax.annotate(top_sensors[peak][0], (timestamps[peak], scores[peak]), fontsize=6, rotation=45,
+                              xytext=(2, 3), textcoords="offset points", color="tab:red")
     score_ax.set_ylabel("score", fontsize=8)
     score_ax.set_xlabel("time")
     if (scores > 0).all():

@@ -79,11 +79,13 @@ def eval_loss(model: nn.Module, loader: DataLoader, device: torch.device) -> tup
 
 
 @torch.no_grad()
-def score_batches(module: nn.Module, samples: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Per-sample anomaly scores of ``samples`` in eval mode, batch by batch."""
+def score_batches(module: nn.Module, samples: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                  head: str = "score") -> torch.Tensor:
+    """Per-sample anomaly scores of ``samples`` in eval mode, batch by batch (``head="score_terms"``: their
+    per-input-value terms, see :class:`raysys.models.autoencoder.ReconstructionScore`)."""
     module.eval()
     device = next(module.parameters()).device
-    return torch.cat([module.score(x, module(x)).cpu()
+    return torch.cat([getattr(module, head)(x, module(x)).cpu()
                       for x in samples.split(batch_size) for x in [x.to(device)]])
 
 

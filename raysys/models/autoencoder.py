@@ -25,7 +25,23 @@ def row_mse(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return ((recon - x) ** 2).flatten(1).mean(dim=1)
 
 
-class DenseAutoEncoder(nn.Module):
+def squared_error_terms(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """:func:`row_mse`'s terms, shaped like ``x``: each value's squared error over the values per sample."""
+    return (recon - x) ** 2 / x[0].numel()
+
+
+class ReconstructionScore(nn.Module):
+    """A network whose anomaly score is the sum of per-input-value terms (``score_terms``, shaped like the
+    input): what lets raysys split a score over the sensors (docs/attribution.md)."""
+
+    def score_terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.score_terms(x, outputs).flatten(1).sum(dim=1)
+
+
+class DenseAutoEncoder(ReconstructionScore):
     """Encoder ``n_features -> hidden_dims -> latent_dim`` and its mirror image."""
 
     def __init__(self, n_features: int, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8,
@@ -40,8 +56,8 @@ class DenseAutoEncoder(nn.Module):
     def loss(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return row_mse(x, outputs[0]).mean()
 
-    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return row_mse(x, outputs[0])
+    def score_terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return squared_error_terms(x, outputs[0])
 
 
 class AutoEncoderDetector(DenseDetector):

@@ -222,6 +222,17 @@ class BaseDeepDetector(BaseEstimator, ABC):
         samples = torch.from_numpy(self.to_samples(self.scaler_.transform(X).astype(np.float32)))
         return self.rows_from_scores(score_batches(self.module_, samples).numpy(), len(X))
 
+    def sensor_contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each row's score split over the sensors, shape (rows, sensors); a row sums to its
+        :meth:`decision_function` score. A sensor's part is its squared reconstruction error, added up
+        over the rows of the sample that scores the row (its lags, or the window ending at it), with the
+        weights the score gives them (docs/attribution.md)."""
+        self._check_fitted()
+        X = self._validate(X, fitted=True)
+        samples = torch.from_numpy(self.to_samples(self.scaler_.transform(X).astype(np.float32)))
+        terms = score_batches(self.module_, samples, head="score_terms").numpy()
+        return self.rows_from_scores(terms.reshape(len(terms), -1, self.n_features_in_).sum(axis=1), len(X))
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """1 for rows scored above ``threshold_``, else 0."""
         self._check_fitted()

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from raysys.models.autoencoder import row_mse
+from raysys.models.autoencoder import ReconstructionScore, row_mse
 from raysys.models.base import SequenceDetector, store_params
 from raysys.models.lstm import LSTMAutoEncoder
 
@@ -23,7 +23,7 @@ def encoded_lengths(window: int, n_layers: int) -> list[int]:
     return lengths
 
 
-class ConvAutoEncoder(nn.Module):
+class ConvAutoEncoder(ReconstructionScore):
     """Conv1d encoder (stride 2 per layer) to a dense bottleneck, mirrored ConvTranspose1d decoder.
 
     Input and output are windows (batch, window, sensors), as for the LSTM; convolutions run over
@@ -63,7 +63,7 @@ class ConvAutoEncoder(nn.Module):
         return row_mse(x, outputs[0]).mean()
 
     # the LSTM's window score, weighted toward the last step: a row's score is that of the window ending at it
-    score = LSTMAutoEncoder.score
+    score_terms = LSTMAutoEncoder.score_terms
 
 
 class ConvDetector(SequenceDetector):

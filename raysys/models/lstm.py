@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raysys.models.autoencoder import row_mse
+from raysys.models.autoencoder import ReconstructionScore, row_mse
 from raysys.models.base import SequenceDetector, store_params
 
 
-class LSTMAutoEncoder(nn.Module):
+class LSTMAutoEncoder(ReconstructionScore):
     """Encode a window into the last hidden state, decode it back step by step."""
 
     def __init__(self, n_features: int, hidden_size: int = 32, latent_dim: int = 16, num_layers: int = 1):
@@ -29,10 +29,13 @@ class LSTMAutoEncoder(nn.Module):
     def loss(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return row_mse(x, outputs[0]).mean()
 
-    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        # weight the last step: a row's score is that of the window ending at it
-        err = (outputs[0] - x) ** 2
-        return 0.5 * err.mean(dim=(1, 2)) + 0.5 * err[:, -1, :].mean(dim=1)
+    def score_terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # half the window's mean squared error, half the last step's: a row's score is that of the window
+        # ending at it, weighted toward that row
+        window, sensors = x.shape[1], x.shape[2]
+        last = torch.zeros(window, 1, dtype=x.dtype, device=x.device)
+        last[-1] = 1.0
+        return (outputs[0] - x) ** 2 * (0.5 / (window * sensors) + 0.5 / sensors * last)
 
 
 class LSTMDetector(SequenceDetector):

@@ -138,13 +138,26 @@ class PCADetector(BaseEstimator):
         X = self._validate(X, fitted=True)
         return (lagged(X, self.lags) - self.mean_) / self.scale_
 
+    def _t2_terms(self, Z: np.ndarray) -> np.ndarray:
+        """Each stacked feature's term of T2: ``z_f * (P^T (t / lambda))_f`` (they sum to T2; a term can be
+        negative)."""
+        scores = Z @ self.components_.T
+        return Z * ((scores / self.explained_variance_) @ self.components_)
+
+    def _spe_terms(self, Z: np.ndarray) -> np.ndarray:
+        """Each stacked feature's squared residual (they sum to SPE)."""
+        return (Z - (Z @ self.components_.T) @ self.components_) ** 2
+
     def _t2(self, Z: np.ndarray) -> np.ndarray:
         scores = Z @ self.components_.T
         return np.sum(scores ** 2 / self.explained_variance_, axis=1)
 
     def _spe(self, Z: np.ndarray) -> np.ndarray:
-        residual = Z - (Z @ self.components_.T) @ self.components_
-        return np.sum(residual ** 2, axis=1)
+        return np.sum(self._spe_terms(Z), axis=1)
+
+    def _per_sensor(self, terms: np.ndarray) -> np.ndarray:
+        """Stacked-feature terms (n, d * (lags + 1)) added up per sensor over the lags: (n, d)."""
+        return terms.reshape(len(terms), self.lags + 1, self.n_features_in_).sum(axis=1)
 
     def t2(self, X: np.ndarray) -> np.ndarray:
         """Hotelling's T2 of each row on the retained components (before ``smoothing``)."""
@@ -153,6 +166,14 @@ class PCADetector(BaseEstimator):
     def spe(self, X: np.ndarray) -> np.ndarray:
         """Squared prediction error of each row (before ``smoothing``)."""
         return self._spe(self._scaled(X))
+
+    def t2_contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each sensor's part of each row's T2, shape (rows, sensors); rows sum to :meth:`t2`."""
+        return self._per_sensor(self._t2_terms(self._scaled(X)))
+
+    def spe_contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each sensor's squared residuals (over its lags), shape (rows, sensors); rows sum to :meth:`spe`."""
+        return self._per_sensor(self._spe_terms(self._scaled(X)))
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score per row (``score``, smoothed over ``smoothing`` rows): higher is more anomalous."""

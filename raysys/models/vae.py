@@ -10,11 +10,11 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from raysys.models._training import score_batches
-from raysys.models.autoencoder import mlp, row_mse
+from raysys.models.autoencoder import ReconstructionScore, mlp, row_mse, squared_error_terms
 from raysys.models.base import DenseDetector, store_params
 
 
-class VariationalAutoEncoder(nn.Module):
+class VariationalAutoEncoder(ReconstructionScore):
     """Gaussian VAE; loss = reconstruction MSE + ``beta`` * KL divergence to N(0, I)."""
 
     def __init__(self, n_features: int, hidden_dims: Sequence[int] = (64, 32), latent_dim: int = 8,
@@ -38,8 +38,8 @@ class VariationalAutoEncoder(nn.Module):
         kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
         return row_mse(x, recon).mean() + self.beta * kl / x.shape[1]
 
-    def score(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return row_mse(x, outputs[0])
+    def score_terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return squared_error_terms(x, outputs[0])
 
 
 class LatentOf(nn.Module):

@@ -81,7 +81,8 @@ def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, 
     plots.timeline(test["timestamp"].to_numpy(), {s: test[s].to_numpy() for s in dataset.sensors},
                    ensemble.build.test_scores["ensemble"], spec["threshold"], dataset.known_labels("test"),
                    figures / "test_timeline.png", "Test split: sensors, ensemble score, threshold"
-                   + (", true anomalies" if labelled else " (no labels)"))
+                   + (", true anomalies" if labelled else " (no labels)") + "; each alarm's top sensor",
+                   ensemble.build.test_top_sensors)
     columns = DETECTION_COLUMNS if labelled else LABEL_FREE_COLUMNS
     members = pd.DataFrame([{"detector": name, **{k: m.get(k) for k in columns}} for name, m in ensemble.metrics.items()])
     gates = pd.DataFrame([g.to_dict() for g in ensemble.gates.results]

@@ -37,10 +37,11 @@ from ray.serve import Application
 from ray.serve.metrics import Counter, Histogram
 
 from raysys import __version__
-from raysys.ensemble.runtime import NON_FINITE_SCORE, OUT_OF_RANGE
+from raysys.ensemble.runtime import NON_FINITE_SCORE, OUT_OF_RANGE, rows_of
 from raysys.serve._internal.model import ModelSource, ServedModel, pin_model
 from raysys.serve.config import DEPLOYMENT_NAME, AppArgs, UserConfig, active_serve_settings, describe_errors
 from raysys.serve.schemas import (
+    ParsedRequest,
     PredictRequest,
     PredictResponse,
     RequestError,
@@ -132,9 +133,11 @@ class AnomalyDetector:
             raise RuntimeError(f"health probe scored {result['score']!r}")
 
     @serve.batch(max_batch_size=_START.max_batch_size, batch_wait_timeout_s=_START.batch_wait_timeout_s)
-    async def _score_batch(self, parts: list[np.ndarray]) -> list[dict[str, Any]]:
-        # onnxruntime releases the GIL: the event loop parses the next requests while this batch runs
-        return await asyncio.to_thread(self._model.score_many, parts)
+    async def _score_batch(self, requests: list[ParsedRequest]) -> list[dict[str, Any]]:
+        # onnxruntime releases the GIL: the event loop parses the next requests while this batch runs.
+        # One request asking to explain explains the batch: contributions never change a score.
+        explain = any(r.explain for r in requests)
+        return await asyncio.to_thread(self._model.score_many, [r.rows for r in requests], explain)
 
     # -- routes --------------------------------------------------------------------
     @api.post("/v1/predict", response_model=PredictResponse,
@@ -147,7 +150,8 @@ class AnomalyDetector:
                          503: {"description": "The request body never arrived (retry)"}})
     async def predict(self, request: Request) -> JSONBytesResponse:
         """Score one or many readings: ensemble score, member scores, ``is_anomaly`` and its fail-closed
-        ``reason`` and ``sensors``, threshold, model version."""
+        ``reason`` and ``sensors``, threshold, model version; with ``"explain": true``, each reading's
+        per-sensor ``contributions`` and ``top_sensors``."""
         settings, model = self._settings, self._model
         try:
             body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_body_bytes,
@@ -156,12 +160,7 @@ class AnomalyDetector:
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
             return JSONBytesResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-        result = await self._score_batch(parsed.rows)
-        if parsed.n_history:
-            keep = slice(parsed.n_history, None)
-            result = {"score": result["score"][keep], "is_anomaly": result["is_anomaly"][keep],
-                      "members": {k: v[keep] for k, v in result["members"].items()},
-                      "reason": result["reason"][keep], "reason_sensors": result["reason_sensors"][keep]}
+        result = rows_of(await self._score_batch(parsed), slice(parsed.n_history, None))
         self._readings.inc(parsed.n_readings, tags=self._tags)
         flagged = int(np.count_nonzero(result["is_anomaly"]))
         if flagged:
@@ -171,7 +170,7 @@ class AnomalyDetector:
                 if count:
                     self._flagged.inc(count, tags={**self._tags, "reason": reason})
         self._rows.observe(parsed.n_readings)
-        return JSONBytesResponse(predict_response(parsed, result, model.ref, model.threshold))
+        return JSONBytesResponse(predict_response(parsed, result, model.ref, model.threshold, model.sensors))
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 _RECORDS = TypeAdapter(list[dict[str, Number]])
 _COLUMNS = TypeAdapter(dict[str, list[Number]])
-_FIELDS = ("readings", "columns", "history")
+_FIELDS = ("readings", "columns", "history", "explain")
 #: Most validation problems listed in one response.
 MAX_ERRORS = 10
 
@@ -68,6 +68,8 @@ class PredictRequest(BaseModel):
         columns: Columnar form: sensor name to its values, all of one length.
         history: Optional earlier rows in the same form, context only (sequence members' windows, score
             smoothing): not answered.
+        explain: Also answer each reading's per-sensor ``contributions`` (summing to its score) and
+            ``top_sensors`` (docs/attribution.md).
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -78,6 +80,7 @@ class PredictRequest(BaseModel):
     readings: list[dict[str, Number]] | None = None
     columns: dict[str, list[Number]] | None = None
     history: list[dict[str, Number]] | dict[str, list[Number]] | None = None
+    explain: bool = False
 
 
 class ModelRef(BaseModel):
@@ -96,6 +99,9 @@ class Prediction(BaseModel):
         members: Normalised member scores (finite).
         reason: Why the reading is flagged whatever its score (``out_of_range``, ``non_finite_score``), or null.
         sensors: The sensors behind ``reason`` (empty without one).
+        contributions: With ``explain``: sensor name to its part of ``score`` (they sum to it).
+        top_sensors: With ``explain``: the sensors behind ``reason``, else up to three with the largest
+            positive contributions, most first.
     """
 
     score: float
@@ -103,6 +109,8 @@ class Prediction(BaseModel):
     members: dict[str, float]
     reason: str | None = None
     sensors: list[str] = []
+    contributions: dict[str, float] | None = None
+    top_sensors: list[str] | None = None
 
 
 class PredictResponse(BaseModel):
@@ -120,6 +128,8 @@ class PredictResponse(BaseModel):
         members: Columnar form: member name to its normalised scores.
         reason: Columnar form: per reading, its fail-closed reason or null.
         sensors: Columnar form: per reading, the sensors behind its reason.
+        contributions: Columnar form, with ``explain``: sensor name to its parts of the scores.
+        top_sensors: Columnar form, with ``explain``: per reading, its top sensors (see :class:`Prediction`).
     """
 
     model: ModelRef
@@ -130,6 +140,8 @@ class PredictResponse(BaseModel):
     members: dict[str, list[float]] | None = None
     reason: list[str | None] | None = None
     sensors: list[list[str]] | None = None
+    contributions: dict[str, list[float]] | None = None
+    top_sensors: list[list[str]] | None = None
 
 
 @dataclass
@@ -139,6 +151,7 @@ class ParsedRequest:
     rows: np.ndarray
     n_history: int
     columnar: bool
+    explain: bool = False
     n_readings: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -312,7 +325,7 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
     unknown = [k for k in document if k not in _FIELDS]
     if unknown:
         raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))} in request body; "
-                                f"expected 'readings' or 'columns' (and optionally 'history')")
+                                f"expected 'readings' or 'columns' (and optionally 'history', 'explain')")
     given = [k for k in ("readings", "columns") if document.get(k) is not None]
     if len(given) != 1:
         raise RequestError(422, "request body must hold exactly one of 'readings' (a list of objects "
@@ -334,13 +347,17 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
     if not len(rows):
         raise RequestError(422, f"empty batch: {name!r} holds no readings")
     past = _rows("history", history, columnar, sensors, known) if history not in (None, [], {}) else rows[:0]
-    return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar)
+    explain = document.get("explain", False)
+    if not isinstance(explain, bool):
+        raise RequestError(422, f"'explain' must be true or false, got {_describe(explain)}")
+    return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar, explain)
 
 
 def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[str, str],
-                     threshold: float) -> dict[str, Any]:
+                     threshold: float, sensors: list[str]) -> dict[str, Any]:
     """The JSON answer for ``parsed`` from the runtime's ``result`` (history rows already dropped):
-    score, ``is_anomaly``, member scores, and the fail-closed ``reason`` (null when none) and its ``sensors``.
+    score, ``is_anomaly``, member scores, and the fail-closed ``reason`` (null when none) and its ``sensors``;
+    with ``parsed.explain``, the per-sensor ``contributions`` and ``top_sensors``.
 
     Raises:
         ValueError: if a score is not finite (the runtime guarantees they are; never answer one).
@@ -351,17 +368,28 @@ def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[
         raise ValueError("the runtime returned a non-finite score")
     flags = np.asarray(result["is_anomaly"], dtype=bool).tolist()
     reasons = [str(r) or None for r in result["reason"]]
-    sensors = [list(s) for s in result["reason_sensors"]]
+    reason_sensors = [list(s) for s in result["reason_sensors"]]
     score_list = score.tolist()
     member_lists = {k: v.tolist() for k, v in members.items()}
     out: dict[str, Any] = {"model": model, "threshold": threshold}
+    if parsed.explain:
+        contributions = np.asarray(result["contributions"], dtype=np.float64)
+        if not np.isfinite(contributions).all():
+            raise ValueError("the runtime returned a non-finite contribution")
+        by_sensor = dict(zip(sensors, contributions.T.tolist()))
+        top = [list(t) for t in result["top_sensors"]]
     if parsed.columnar:
-        out.update(score=score_list, is_anomaly=flags, members=member_lists, reason=reasons, sensors=sensors)
+        out.update(score=score_list, is_anomaly=flags, members=member_lists, reason=reasons, sensors=reason_sensors)
+        if parsed.explain:
+            out.update(contributions=by_sensor, top_sensors=top)
     else:
         names = list(member_lists)
         out["predictions"] = [
             {"score": s, "is_anomaly": a, "members": {n: member_lists[n][i] for n in names}, "reason": r,
              "sensors": z}
-            for i, (s, a, r, z) in enumerate(zip(score_list, flags, reasons, sensors))]
+            for i, (s, a, r, z) in enumerate(zip(score_list, flags, reasons, reason_sensors))]
+        if parsed.explain:
+            for i, prediction in enumerate(out["predictions"]):
+                prediction.update(contributions={k: v[i] for k, v in by_sensor.items()}, top_sensors=top[i])
     return out
 

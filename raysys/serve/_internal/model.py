@@ -158,10 +158,10 @@ class ServedModel:
             "created_at": spec.get("created_at"),
         }
 
-    def score_many(self, parts: list[np.ndarray]) -> list[dict[str, Any]]:
+    def score_many(self, parts: list[np.ndarray], explain: bool = False) -> list[dict[str, Any]]:
         """Score several requests' rows in one onnxruntime call per member file.
 
         Each part (a request's ``history`` rows, then its readings) is its own series: this is
-        :meth:`EnsembleRuntime.score_many`, so each result equals ``runtime.score(part)`` alone.
+        :meth:`EnsembleRuntime.score_many`, so each result equals ``runtime.score(part, explain=explain)`` alone.
         """
-        return self.runtime.score_many(parts)
+        return self.runtime.score_many(parts, explain)
