@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from raysys.data import ANOMALY_TYPE, LABEL, load_dataset
 from raysys.ensemble import cli as ensemble_cli
+from raysys.ensemble.alarms import AlarmLogic, alarm_rows
 from raysys.ensemble.build import ENSEMBLE, build_ensemble, source_ensemble_scores
 from raysys.ensemble.calibrate import normalisation_stats, objective, select_weights
 from raysys.ensemble.export import (ExportParityError, check_parity, export_member, max_relative_error, random_rows,
@@ -31,6 +32,7 @@ from raysys.ensemble.runtime import (EnsembleRuntime, attribute, combine, histor
                                      normalise)
 from raysys.ensemble.workflow import gate_report, run_ensemble
 from raysys.evaluation.calibration import HOLDOUT_FRACTION, tail_threshold
+from raysys.evaluation.events import events_of
 from raysys.layout import SWEEP_BEST
 from raysys.models import build_detector
 from raysys.models.pca import PCADetector
@@ -390,8 +392,26 @@ def test_predict_explain_writes_contribution_columns_and_top_sensors(built, defa
     np.testing.assert_allclose(scored[columns].sum(axis=1), scored["score"], rtol=1e-6, atol=1e-9)
     flagged = scored[scored["is_anomaly"]]
     assert len(flagged) and all(top.split(",")[0] in sensors for top in flagged["top_sensors"])
-    plain = predict_file(built.directory, default_dataset / "test.parquet", tmp_path / "plain.parquet")
+    plain, events = predict_file(built.directory, default_dataset / "test.parquet", tmp_path / "plain.parquet")
     assert not any(c.startswith("contribution_") for c in plain.columns) and "top_sensors" not in plain.columns
+    # the events table beside the scores: one row per run of `alarm` (the default logic: runs of flagged rows)
+    np.testing.assert_array_equal(plain["alarm"], plain["is_anomaly"])
+    explained = pd.read_csv(tmp_path / "x_events.csv", keep_default_na=False)
+    assert list(explained.columns) == ["start", "end", "rows", "peak_score", "peak", "top_sensors"]
+    assert len(explained) == len(events) == len(events_of(plain["alarm"])) > 0
+    assert explained["rows"].sum() == plain["alarm"].sum()
+    stamps = plain["timestamp"].astype(str).tolist()
+    for event, (start, stop) in zip(explained.itertuples(), events_of(plain["alarm"])):
+        assert (event.start, event.end) == (stamps[start], stamps[stop - 1])
+        assert event.peak_score == pytest.approx(plain["score"][start:stop].max())
+        assert event.top_sensors.split(",")[0] in sensors
+    assert pd.read_parquet(tmp_path / "plain_events.parquet").shape == (len(events), 5)
+
+
+def test_a_bad_alarm_setting_on_the_command_line_exits_2_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["ensemble", "--data", "data", "--alarm", "k=3,n=2"])
+    assert exit_info.value.code == 2 and "alarm n must be >= k, got k=3, n=2" in capsys.readouterr().err
 
 
 # -- calibration and quality -------------------------------------------------------------------
@@ -435,9 +455,16 @@ def test_select_weights_prefers_the_informative_member():
 def test_smoothing_is_calibrated_on_and_served_as_the_smoothed_score(detectors, dataset, tmp_path):
     from raysys.evaluation import calibrate_threshold
 
-    build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "smooth", smoothing=4, pca=False)
+    logic = AlarmLogic(k=2, n=3, off_delay=5)
+    build = build_ensemble({"ae": detectors["ae"]}, dataset, tmp_path / "smooth", smoothing=4, pca=False, alarm=logic)
     runtime = EnsembleRuntime.load(build.directory)
     assert build.spec["smoothing"] == runtime.smoothing == 4 and runtime.history == build.spec["history"] == 3
+    assert build.spec["alarm"] == {"k": 2, "n": 3, "clear_level": None, "off_delay": 5} and runtime.alarm_logic == logic
+    frame = runtime.score_frame(dataset.test)  # alarm is the event state of the flagged rows, by the stored logic
+    result = runtime.score(dataset.features("test"))
+    np.testing.assert_array_equal(frame["alarm"], alarm_rows(result["is_anomaly"], result["score"], runtime.threshold,
+                                                             logic)[0])
+    assert frame["alarm"].sum() > frame["is_anomaly"].sum()  # each event held 5 rows
     val = dataset.features("val")
     scores = runtime.score(val)["score"]
     np.testing.assert_allclose(source_ensemble_scores(build.models, build.spec, val), scores, rtol=1e-4, atol=1e-5)
@@ -590,7 +617,7 @@ def test_pass_registers_moves_champion_and_loads_in_a_fresh_process(built, datas
 
     # the previous champion stays loadable, and `raysys predict` reads the alias too
     assert load_runtime(f"models:/{NAME}@{PREVIOUS}", tracking_uri=mlflow_uri).threshold == built.spec["threshold"]
-    scored = predict_file(f"models:/{NAME}@{CHAMPION}", test_file, tmp_path / "scores.csv", tracking_uri=mlflow_uri)
+    scored, _ = predict_file(f"models:/{NAME}@{CHAMPION}", test_file, tmp_path / "scores.csv", tracking_uri=mlflow_uri)
     np.testing.assert_allclose(scored["score"], built.test_scores[ENSEMBLE], rtol=1e-6, atol=1e-6)
     assert list(pd.read_csv(tmp_path / "scores.csv").columns[:3]) == ["timestamp", "score", "is_anomaly"]
 

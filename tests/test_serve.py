@@ -370,8 +370,8 @@ def test_served_answers_equal_raysys_predict_offline(served, client, ensembles, 
     sensors, rows = ensembles.sensors, ensembles.rows[:60].astype(np.float64).copy()
     rows[5, 0], rows[17, 2], rows[30, 3:] = 1e19, -1e30, 1e6  # within float32, which the file path reads
     pd.DataFrame(rows, columns=sensors).to_csv(tmp_path / "rows.csv", index=False)
-    offline = predict_file("models:/raysys-detector/1", tmp_path / "rows.csv", tmp_path / "scored.csv",
-                           tracking_uri=ensembles.tracking_uri)
+    offline, _ = predict_file("models:/raysys-detector/1", tmp_path / "rows.csv", tmp_path / "scored.csv",
+                              tracking_uri=ensembles.tracking_uri)
     got = strict_json(client.post(f"{url}/v1/predict", json=records(sensors, rows)))["predictions"]
     np.testing.assert_allclose([p["score"] for p in got], offline["score"], rtol=1e-5, atol=1e-6)
     assert [p["is_anomaly"] for p in got] == offline["is_anomaly"].tolist()
@@ -458,17 +458,19 @@ def spec_copy(source: Path, target: Path, **changes) -> Path:
 
 
 SMOOTHING = 5
+ALARM = {"k": 2, "n": 3, "clear_level": None, "off_delay": 4}
 
 
 @pytest.fixture(scope="module")
 def smoothed(ensembles, tmp_path_factory):
     """A copy of the champion's ensemble directory whose LSTM (sequence) member weighs as much as the AE,
-    whatever weight selection gave it, with ``smoothing`` 5; and its runtime."""
+    whatever weight selection gave it, with ``smoothing`` 5 and alarm events of 2 flagged rows in 3, held
+    4 rows (:data:`ALARM`); and its runtime."""
     from raysys.ensemble.runtime import EnsembleRuntime
 
     build = ensembles.builds[0]
     directory = spec_copy(build.directory, tmp_path_factory.mktemp("smoothed") / "ensemble", smoothing=SMOOTHING,
-                          members=[{**m, "weight": 0.5} for m in build.spec["members"]])
+                          members=[{**m, "weight": 0.5} for m in build.spec["members"]], alarm=ALARM)
     return directory, EnsembleRuntime.load(directory)
 
 
@@ -663,6 +665,53 @@ def test_concurrent_requests_are_batched_but_scored_alone(served, client, ensemb
         batches = serve_metric(client, "ray_serve_actual_batch_size_count", name)
         print(f"\n{len(requests)} concurrent requests in {batches:.0f} batches")
         assert 1 <= batches < len(requests)
+    finally:
+        shutdown(name, stop_serve=False)
+
+
+def test_alarm_events_are_the_same_offline_in_one_request_and_streamed(served, ensembles, smoothed):
+    """The smoothed ensemble's alarm logic (2 of 3, held 4 rows) over a stretch holding anomalies: the
+    ``alarm`` of each reading equals offline whether the stretch is sent in one request or one reading at a
+    time with ``history`` and the previous ``alarm_state``; a lost state restarts and says so."""
+    from raysys.ensemble.alarms import alarm_events
+
+    url, config = served
+    directory, runtime = smoothed
+    sensors = ensembles.sensors
+    first = int(np.argmax(runtime.score(ensembles.rows)["is_anomaly"]))
+    rows = ensembles.rows[max(0, first - 20):first + 60]
+    offline = runtime.score(rows)
+    alarm = runtime.alarms(offline)[0]
+    assert alarm.any() and (alarm != offline["is_anomaly"]).any()  # the logic differs from the row decision here
+    name = "raysys-stream"
+    streaming = config.model_copy(update={"app_name": name, "route_prefix": "/stream", "autoscaling_config": None,
+                                          "num_replicas": 1})
+    try:
+        stream_url = deploy(str(directory), streaming, timeout_s=120)
+        with httpx.Client(timeout=30) as http:  # a new connection, opened after the app exists
+            card = http.get(f"{stream_url}/v1/model").json()
+            assert card["alarm"] == ALARM and card["smoothing"] == SMOOTHING and "far_asked" in card
+            whole = strict_json(http.post(f"{stream_url}/v1/predict", json=records(sensors, rows)))
+            assert whole["alarm_restarted"] is True
+            assert [p["alarm"] for p in whole["predictions"]] == alarm.tolist()
+            streamed, state = [], None
+            for i in range(len(rows)):
+                body = records(sensors, rows[i:i + 1])
+                body["history"] = records(sensors, rows[max(0, i - runtime.history):i])["readings"]
+                if state is not None:
+                    body["alarm_state"] = state
+                answer = strict_json(http.post(f"{stream_url}/v1/predict", json=body))
+                assert answer["alarm_restarted"] is (i == 0)
+                streamed.append(answer["predictions"][0]["alarm"])
+                state = answer["alarm_state"]
+            assert streamed == alarm.tolist()
+            assert alarm_events(np.array(streamed), offline["score"]) == alarm_events(alarm, offline["score"])
+            # the state lost mid-event: the event restarts from this reading, and the answer says so
+            on = int(np.argmax(alarm)) + 1
+            lost = strict_json(http.post(f"{stream_url}/v1/predict", json=records(sensors, rows[on:on + 1])))
+            assert lost["alarm_restarted"] is True
+            bad = http.post(f"{stream_url}/v1/predict", json={**records(sensors, rows[:1]), "alarm_state": "forged"})
+            assert bad.status_code == 422 and "alarm_state is not a token" in bad.json()["detail"]
     finally:
         shutdown(name, stop_serve=False)
 

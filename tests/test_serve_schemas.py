@@ -430,7 +430,8 @@ def test_extreme_readings_are_answered_flagged_with_their_reason_and_sensors(tin
             {"columns": {s: [r[s] for r in readings] for s in SENSORS}}
         parsed = parse(parse_json(json.dumps(document).encode()))
         (result,) = model.score_many([parsed.rows])
-        answer = strict_loads(to_strict_json(predict_response(parsed, result, model.ref, model.threshold, model.sensors)))
+        answer = strict_loads(to_strict_json(predict_response(parsed, model.with_alarms(result, None), model.ref,
+                                                              model.threshold, model.sensors)))
         if form == "readings":
             got = answer["predictions"]
         else:

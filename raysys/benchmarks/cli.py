@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 #: The summary ``raysys --help`` shows (``raysys.cli.COMMANDS`` repeats it).
 SUMMARY = "run a benchmark: Tennessee Eastman (public data, standard protocol) or sensor attribution (generated data)"
@@ -40,15 +41,9 @@ def run_tep(args: argparse.Namespace) -> int:
     console.print(tep.results_table(result))
     if result["recommended"]:
         console.print(f"recommended: {result['recommended']} ({tep.DETECTORS[result['recommended']][0]})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
-    if not args.no_mlflow:
-        run_id = tep.log_to_mlflow(result, args.mlflow_uri, args.experiment,
-                                   params={"data": str(args.data), "detectors": ",".join(detectors),
-                                           "target_far": args.target_far, "seeds": args.seeds})
-        console.print(f"MLflow run {run_id}")
+    _write_outputs(args, console, result, tep.log_to_mlflow,
+                   {"data": str(args.data), "detectors": ",".join(detectors), "target_far": args.target_far,
+                    "seeds": args.seeds})
     return 0
 
 
@@ -64,16 +59,20 @@ def run_attribution(args: argparse.Namespace) -> int:
         result = attribution.run_attribution(args.data, Path(args.out or tmp) / "ensemble", args.families,
                                              seed=args.seed, on_step=lambda what: status.update(what))
     console.print(attribution.results_table(result))
+    _write_outputs(args, console, result, attribution.log_to_mlflow,
+                   {"data": str(args.data), "families": ",".join(args.families), "seed": args.seed})
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, console: Any, result: dict[str, Any],
+                   log_to_mlflow: Callable[..., str], params: dict[str, Any]) -> None:
+    """The ``--json`` file and, unless ``--no-mlflow``, the MLflow run of a benchmark's ``result``."""
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         console.print(f"wrote {args.json}")
     if not args.no_mlflow:
-        run_id = attribution.log_to_mlflow(result, args.mlflow_uri, args.experiment,
-                                           params={"data": str(args.data), "families": ",".join(args.families),
-                                                   "seed": args.seed})
-        console.print(f"MLflow run {run_id}")
-    return 0
+        console.print(f"MLflow run {log_to_mlflow(result, args.mlflow_uri, args.experiment, params=params)}")
 
 
 def _outputs(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """The production artifact: an ensemble of ONNX detectors with one calibrated threshold, registered in MLflow.
 
-Serving side (numpy + onnxruntime only, never torch): :class:`EnsembleRuntime`, :func:`load_runtime`.
+Serving side (numpy + onnxruntime only, never torch): :class:`EnsembleRuntime`, :func:`load_runtime`,
+:class:`AlarmLogic` (how flagged rows become alarm events).
 Building side (imported on first use, as it needs torch): ``build_ensemble``, ``register_ensemble``,
 ``run_ensemble``, ``predict_file``. See ``docs/ensemble.md``.
 """
@@ -8,6 +9,7 @@ Building side (imported on first use, as it needs torch): ``build_ensemble``, ``
 from __future__ import annotations
 
 from raysys._lazy import lazy_exports
+from raysys.ensemble.alarms import AlarmLogic
 from raysys.ensemble.runtime import EnsembleRuntime, load_runtime
 
 _LAZY = {
@@ -26,4 +28,4 @@ _LAZY = {
 __getattr__ = lazy_exports(__name__, _LAZY)
 
 
-__all__ = ["EnsembleRuntime", "load_runtime", *_LAZY]
+__all__ = ["AlarmLogic", "EnsembleRuntime", "load_runtime", *_LAZY]

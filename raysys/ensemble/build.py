@@ -22,6 +22,7 @@ from sklearn.ensemble import IsolationForest
 
 from raysys import __version__
 from raysys.data import SensorDataset
+from raysys.ensemble.alarms import AlarmLogic
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
 from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
@@ -210,7 +211,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
                    iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0, smoothing: int = 1,
                    range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
-                   intra_op_threads: int | None = 1) -> EnsembleBuild:
+                   intra_op_threads: int | None = 1, alarm: AlarmLogic | None = None) -> EnsembleBuild:
     """Export, calibrate and evaluate an ensemble of fitted detectors; write it to ``out_dir``.
 
     Args:
@@ -234,6 +235,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         sources: Member name to provenance, recorded in ``ensemble.json``.
         parity_rtol: Largest relative error allowed between ONNX and the source model.
         intra_op_threads: onnxruntime threads used for calibration and evaluation.
+        alarm: How flagged rows become alarm events (:class:`raysys.ensemble.alarms.AlarmLogic`; None:
+            the default, one event per run of flagged rows), recorded in ``ensemble.json``.
     """
     threshold_method = threshold_method or default_threshold_method(dataset.labelled("val"))
     if isinstance(smoothing, bool) or not isinstance(smoothing, int) or smoothing < 1:
@@ -278,6 +281,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         "sensors": sensors,
         "history": max(e.window for e in exported) - 1 + smoothing - 1,
         "smoothing": smoothing,
+        "alarm": (alarm or AlarmLogic()).to_spec(),
         "padding": "repeat_first_row",
         "normalisation": "robust_z: (raw - center) / scale; center = median, scale = IQR of validation normal scores",
         "combination": "weighted_mean",

@@ -25,7 +25,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
                           out_dir=args.out, name=args.name, gates=parse_gates(args.gate),
                           threshold_method=args.threshold_method, target_far=args.target_far,
                           percentile=args.percentile, iforest=not args.no_iforest, pca=not args.no_pca,
-                          smoothing=args.smoothing,
+                          smoothing=args.smoothing, alarm=args.alarm,
                           register=not args.no_register,
                           tracking_uri=args.mlflow_uri, experiment=args.experiment, seed=args.seed)
     console = Console()
@@ -47,11 +47,21 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict_command(args: argparse.Namespace) -> int:
-    from raysys.ensemble.predict import predict_file
+def _alarm_logic(text: str):
+    from raysys.ensemble.alarms import AlarmLogic
 
-    scored = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads, args.explain)
-    print(f"scored {len(scored)} rows, {int(scored['is_anomaly'].sum())} flagged as anomalies -> {args.output}")
+    try:
+        return AlarmLogic.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    from raysys.ensemble.predict import events_path, predict_file
+
+    scored, events = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads, args.explain)
+    print(f"scored {len(scored)} rows, {int(scored['is_anomaly'].sum())} flagged as anomalies, {len(events)} alarm "
+          f"events -> {args.output}, {events_path(args.output)}")
     return 0
 
 
@@ -92,6 +102,9 @@ def add_parsers(subparsers: Any) -> None:
                           + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_GATES.items()))
     ens.add_argument("--smoothing", type=int, default=1, metavar="ROWS",
                      help="rows in the trailing mean of the ensemble score, calibrated and served alike (default 1: none)")
+    ens.add_argument("--alarm", type=_alarm_logic, metavar="k=INT,n=INT,off_delay=INT,clear_level=X",
+                     help="how flagged rows become alarm events (docs/ensemble.md#alarm-events; default "
+                          "k=1,n=1,off_delay=0: an event per run of flagged rows)")
     ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
     ens.add_argument("--no-pca", action="store_true", help="leave the PCA members (pca_t2, pca_spe) out")
     ens.add_argument("--no-register", action="store_true", help="build and check the gates only")

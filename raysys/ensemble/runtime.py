@@ -43,6 +43,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from raysys.ensemble.alarms import AlarmLogic, AlarmState, alarm_rows
 from raysys.layout import ENSEMBLE_MODEL_ARTIFACT, ENSEMBLE_SPEC
 
 #: The ``ensemble.json`` format this raysys writes. The versioning rule (docs/ensemble.md): a new
@@ -304,6 +305,7 @@ class EnsembleRuntime:
         self._low, self._high = allowed_range(spec)
         self._train_min, self._train_max = allowed_range(spec, with_factor=False)
         self._smoothing = int(spec.get("smoothing", 1))
+        self.alarm_logic = AlarmLogic.from_spec(spec.get("alarm"), str(Path(directory) / ENSEMBLE_SPEC))
 
     @classmethod
     def load(cls, path: str | os.PathLike, intra_op_threads: int | None = 1) -> "EnsembleRuntime":
@@ -396,6 +398,12 @@ class EnsembleRuntime:
         score = finite(trailing_mean(score, self._smoothing, lengths))
         return {"score": score, "is_anomaly": (score > self.threshold) | (reason != NO_REASON), **result}
 
+    def alarms(self, result: Mapping[str, Any], state: AlarmState | None = None) -> tuple[np.ndarray, AlarmState]:
+        """The event state ``alarm`` of each row of a :meth:`score` result of one series, by
+        :attr:`alarm_logic` (``ensemble.json``'s ``alarm``), continuing from ``state`` (None: nothing
+        before); and the state after its last row (:mod:`raysys.ensemble.alarms`)."""
+        return alarm_rows(result["is_anomaly"], result["score"], self.threshold, self.alarm_logic, state)
+
     def _top_sensors(self, contributions: np.ndarray, reason: np.ndarray,
                      reason_sensors: list[list[str]]) -> list[list[str]]:
         """Per row, the sensors behind its reason, else up to :data:`TOP_SENSORS` with the largest
@@ -439,11 +447,13 @@ class EnsembleRuntime:
         return frame[self.sensors].to_numpy(dtype=np.float64)
 
     def score_frame(self, frame: pd.DataFrame, explain: bool = False) -> pd.DataFrame:
-        """Score a DataFrame with sensor columns: ``score``, ``is_anomaly``, ``reason``, ``reason_sensors``
-        (comma-separated) and ``score_<member>`` columns; with ``explain``, also ``contribution_<sensor>``
-        columns and ``top_sensors`` (comma-separated, most first)."""
+        """Score a DataFrame with sensor columns (one series, in time order): ``score``, ``is_anomaly``,
+        ``alarm`` (:meth:`alarms`), ``reason``, ``reason_sensors`` (comma-separated) and ``score_<member>``
+        columns; with ``explain``, also ``contribution_<sensor>`` columns and ``top_sensors``
+        (comma-separated, most first)."""
         result = self.score(self.features(frame), explain=explain)
         out = pd.DataFrame({"score": result["score"], "is_anomaly": result["is_anomaly"],
+                            "alarm": self.alarms(result)[0],
                             "reason": result["reason"].astype(str),
                             "reason_sensors": [",".join(s) for s in result["reason_sensors"]]}, index=frame.index)
         for name, values in result["members"].items():
@@ -519,6 +529,7 @@ def validate_spec(spec: Mapping[str, Any], source: str | os.PathLike = ENSEMBLE_
         if not isinstance(rng, Mapping) or any(len(rng.get(k) or ()) != n for k in ("min", "max", "factor")):
             raise ValueError(f"{source}: input_range must hold min, max and factor for each of the "
                              f"{n} sensors, got {rng!r}")
+    AlarmLogic.from_spec(spec.get("alarm"), str(source))
     smoothing = spec.get("smoothing", 1)
     if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Integral) or smoothing < 1:
         raise ValueError(f"{source}: smoothing must be an int >= 1 (rows in the trailing mean of the ensemble "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from raysys.data import SensorDataset, load_dataset
+from raysys.ensemble.alarms import AlarmLogic
 from raysys.ensemble.build import EnsembleBuild, build_ensemble
 from raysys.ensemble.gates import LABELLED_GATES, GateReport, check_gates
 from raysys.ensemble.members import load_members
@@ -106,7 +107,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
                  threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
                  iforest: bool = True, pca: bool = True, register: bool = True, tracking_uri: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-                 seed: int = 0, smoothing: int = 1) -> EnsembleResult:
+                 seed: int = 0, smoothing: int = 1, alarm: AlarmLogic | None = None) -> EnsembleResult:
     """Build the ensemble from its members, check the gates, write the evaluation and register it if they pass.
 
     Members come from ``sweep`` (its ``best.json``), MLflow ``run_ids``, ``detector_dirs`` and/or
@@ -136,7 +137,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT / time.strftime("%Y%m%d-%H%M%S")
     build = build_ensemble(found, dataset, out / "ensemble", threshold_method=threshold_method,
                            target_far=target_far, percentile=percentile, iforest=iforest, pca=pca, seed=seed,
-                           sources=sources, smoothing=smoothing)
+                           sources=sources, smoothing=smoothing, alarm=alarm)
     report = gate_report(build, gates)
     evaluation_dir = write_evaluation(build, dataset, report, out / EVALUATION_DIR)
     registration = (register_ensemble(build, report, name, tracking_uri, experiment, evaluation_dir, parent_run_id)

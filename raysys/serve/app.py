@@ -45,6 +45,7 @@ from raysys.serve.schemas import (
     PredictRequest,
     PredictResponse,
     RequestError,
+    parse_alarm_state,
     parse_json,
     parse_predict_request,
     predict_response,
@@ -78,6 +79,8 @@ FLAG_REASONS = (OUT_OF_RANGE, NON_FINITE_SCORE)
 _ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 
+# Serve pickles this class when the decorators run: whatever its methods call must be imported or
+# defined above it (a helper defined further down is a NameError in the replica).
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
 class AnomalyDetector:
@@ -150,17 +153,20 @@ class AnomalyDetector:
                          503: {"description": "The request body never arrived (retry)"}})
     async def predict(self, request: Request) -> JSONBytesResponse:
         """Score one or many readings: ensemble score, member scores, ``is_anomaly`` and its fail-closed
-        ``reason`` and ``sensors``, threshold, model version; with ``"explain": true``, each reading's
-        per-sensor ``contributions`` and ``top_sensors``."""
+        ``reason`` and ``sensors``, its alarm event state ``alarm``, threshold, model version, and the
+        ``alarm_state`` to send with the next readings of the stream; with ``"explain": true``, each
+        reading's per-sensor ``contributions`` and ``top_sensors``."""
         settings, model = self._settings, self._model
         try:
             body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_body_bytes,
                                    settings.body_timeout_s)
             parsed = parse_predict_request(parse_json(body), model.sensors, settings.max_request_rows)
+            state = parse_alarm_state(parsed.alarm_state, model.runtime.alarm_logic)
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
             return JSONBytesResponse(exc.body(), status_code=exc.status, headers=exc.headers())
         result = rows_of(await self._score_batch(parsed), slice(parsed.n_history, None))
+        result = model.with_alarms(result, state)  # per request: a stream's state is the client's
         self._readings.inc(parsed.n_readings, tags=self._tags)
         flagged = int(np.count_nonzero(result["is_anomaly"]))
         if flagged:

@@ -30,12 +30,14 @@ import numpy as np
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from raysys.ensemble.alarms import AlarmLogic, AlarmState
+
 #: A finite JSON number: no strings, booleans, nulls, NaN or infinities.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 _RECORDS = TypeAdapter(list[dict[str, Number]])
 _COLUMNS = TypeAdapter(dict[str, list[Number]])
-_FIELDS = ("readings", "columns", "history", "explain")
+_FIELDS = ("readings", "columns", "history", "explain", "alarm_state")
 #: Most validation problems listed in one response.
 MAX_ERRORS = 10
 
@@ -70,6 +72,8 @@ class PredictRequest(BaseModel):
             smoothing): not answered.
         explain: Also answer each reading's per-sensor ``contributions`` (summing to its score) and
             ``top_sensors`` (docs/attribution.md).
+        alarm_state: The ``alarm_state`` of the previous answer in this stream, unchanged: the alarm
+            events continue from it (left out: they start afresh, and the answer says ``alarm_restarted``).
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -81,6 +85,7 @@ class PredictRequest(BaseModel):
     columns: dict[str, list[Number]] | None = None
     history: list[dict[str, Number]] | dict[str, list[Number]] | None = None
     explain: bool = False
+    alarm_state: str | None = None
 
 
 class ModelRef(BaseModel):
@@ -95,7 +100,8 @@ class Prediction(BaseModel):
 
     Args:
         score: Ensemble score (finite).
-        is_anomaly: Above the threshold, or flagged for a ``reason``.
+        is_anomaly: Above the threshold, or flagged for a ``reason`` (the row-level decision).
+        alarm: The alarm event state at this reading (docs/ensemble.md#alarm-events).
         members: Normalised member scores (finite).
         reason: Why the reading is flagged whatever its score (``out_of_range``, ``non_finite_score``), or null.
         sensors: The sensors behind ``reason`` (empty without one).
@@ -106,6 +112,7 @@ class Prediction(BaseModel):
 
     score: float
     is_anomaly: bool
+    alarm: bool
     members: dict[str, float]
     reason: str | None = None
     sensors: list[str] = []
@@ -125,11 +132,15 @@ class PredictResponse(BaseModel):
         predictions: Records form: per-reading ensemble score, ``is_anomaly`` and normalised member scores.
         score: Columnar form: ensemble scores.
         is_anomaly: Columnar form: anomaly flags.
+        alarm: Columnar form: the alarm event state at each reading.
         members: Columnar form: member name to its normalised scores.
         reason: Columnar form: per reading, its fail-closed reason or null.
         sensors: Columnar form: per reading, the sensors behind its reason.
         contributions: Columnar form, with ``explain``: sensor name to its parts of the scores.
         top_sensors: Columnar form, with ``explain``: per reading, its top sensors (see :class:`Prediction`).
+        alarm_state: Opaque; send it back as the next request's ``alarm_state`` to continue the events.
+        alarm_restarted: True when the alarm logic started afresh at this request's first reading (no
+            ``alarm_state`` sent, or one made for other alarm settings): an event in progress restarts.
     """
 
     model: ModelRef
@@ -137,11 +148,14 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] | None = None
     score: list[float] | None = None
     is_anomaly: list[bool] | None = None
+    alarm: list[bool] | None = None
     members: dict[str, list[float]] | None = None
     reason: list[str | None] | None = None
     sensors: list[list[str]] | None = None
     contributions: dict[str, list[float]] | None = None
     top_sensors: list[list[str]] | None = None
+    alarm_state: str
+    alarm_restarted: bool
 
 
 @dataclass
@@ -152,6 +166,7 @@ class ParsedRequest:
     n_history: int
     columnar: bool
     explain: bool = False
+    alarm_state: str | None = None
     n_readings: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -325,7 +340,8 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
     unknown = [k for k in document if k not in _FIELDS]
     if unknown:
         raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))} in request body; "
-                                f"expected 'readings' or 'columns' (and optionally 'history', 'explain')")
+                                f"expected 'readings' or 'columns' (and optionally 'history', 'explain', "
+                                f"'alarm_state')")
     given = [k for k in ("readings", "columns") if document.get(k) is not None]
     if len(given) != 1:
         raise RequestError(422, "request body must hold exactly one of 'readings' (a list of objects "
@@ -350,14 +366,32 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
     explain = document.get("explain", False)
     if not isinstance(explain, bool):
         raise RequestError(422, f"'explain' must be true or false, got {_describe(explain)}")
-    return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar, explain)
+    alarm_state = document.get("alarm_state")
+    if alarm_state is not None and not isinstance(alarm_state, str):
+        raise RequestError(422, f"'alarm_state' must be the string a previous answer returned, got {_describe(alarm_state)}")
+    return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar, explain, alarm_state)
+
+
+def parse_alarm_state(token: str | None, logic: AlarmLogic) -> AlarmState | None:
+    """The alarm state a request sent back (None: none, or one made for other alarm settings).
+
+    Raises:
+        RequestError: 422 for a token this model did not write.
+    """
+    if token is None:
+        return None
+    try:
+        return AlarmState.from_token(token, logic)
+    except ValueError as exc:
+        raise RequestError(422, str(exc)) from None
 
 
 def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[str, str],
                      threshold: float, sensors: list[str]) -> dict[str, Any]:
     """The JSON answer for ``parsed`` from the runtime's ``result`` (history rows already dropped):
-    score, ``is_anomaly``, member scores, and the fail-closed ``reason`` (null when none) and its ``sensors``;
-    with ``parsed.explain``, the per-sensor ``contributions`` and ``top_sensors``.
+    score, ``is_anomaly``, ``alarm``, member scores, and the fail-closed ``reason`` (null when none) and its
+    ``sensors``; with ``parsed.explain``, the per-sensor ``contributions`` and ``top_sensors``; ``alarm_state``
+    and ``alarm_restarted`` from ``result`` (the handler adds them).
 
     Raises:
         ValueError: if a score is not finite (the runtime guarantees they are; never answer one).
@@ -367,11 +401,13 @@ def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[
     if not (np.isfinite(score).all() and all(np.isfinite(v).all() for v in members.values())):
         raise ValueError("the runtime returned a non-finite score")
     flags = np.asarray(result["is_anomaly"], dtype=bool).tolist()
+    alarms = np.asarray(result["alarm"], dtype=bool).tolist()
     reasons = [str(r) or None for r in result["reason"]]
     reason_sensors = [list(s) for s in result["reason_sensors"]]
     score_list = score.tolist()
     member_lists = {k: v.tolist() for k, v in members.items()}
-    out: dict[str, Any] = {"model": model, "threshold": threshold}
+    out: dict[str, Any] = {"model": model, "threshold": threshold, "alarm_state": result["alarm_state"],
+                           "alarm_restarted": bool(result["alarm_restarted"])}
     if parsed.explain:
         contributions = np.asarray(result["contributions"], dtype=np.float64)
         if not np.isfinite(contributions).all():
@@ -379,14 +415,15 @@ def predict_response(parsed: ParsedRequest, result: dict[str, Any], model: dict[
         by_sensor = dict(zip(sensors, contributions.T.tolist()))
         top = [list(t) for t in result["top_sensors"]]
     if parsed.columnar:
-        out.update(score=score_list, is_anomaly=flags, members=member_lists, reason=reasons, sensors=reason_sensors)
+        out.update(score=score_list, is_anomaly=flags, alarm=alarms, members=member_lists, reason=reasons,
+                   sensors=reason_sensors)
         if parsed.explain:
             out.update(contributions=by_sensor, top_sensors=top)
     else:
         names = list(member_lists)
         out["predictions"] = [
-            {"score": s, "is_anomaly": a, "members": {n: member_lists[n][i] for n in names}, "reason": r,
-             "sensors": z}
+            {"score": s, "is_anomaly": a, "alarm": alarms[i], "members": {n: member_lists[n][i] for n in names},
+             "reason": r, "sensors": z}
             for i, (s, a, r, z) in enumerate(zip(score_list, flags, reasons, reason_sensors))]
         if parsed.explain:
             for i, prediction in enumerate(out["predictions"]):

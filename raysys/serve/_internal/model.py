@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from raysys.ensemble.alarms import AlarmState
 from raysys.ensemble.runtime import EnsembleRuntime, load_runtime, resolve_ensemble_dir
 from raysys.layout import ENSEMBLE_SPEC, EVALUATION_DIR, GATE_REPORT, METRICS_FILE
 
@@ -139,7 +140,8 @@ class ServedModel:
 
     def card(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers: name, version, members, feature schema, threshold, score smoothing,
-        history (rows a streaming client sends before new readings), gate metrics."""
+        history (rows a streaming client sends before new readings), alarm logic, the asked false-alarm rate
+        (``far_asked``, when the threshold was set for one), gate metrics."""
         spec = self.runtime.spec
         members = [{k: m[k] for k in ("name", "family", "window", "weight", "center", "scale") if k in m}
                    for m in spec["members"]]
@@ -151,12 +153,21 @@ class ServedModel:
             "threshold": self.threshold,
             "smoothing": self.runtime.smoothing,
             "history": self.runtime.history,
+            "alarm": self.runtime.alarm_logic.to_spec(),
+            "far_asked": spec.get("target_far"),
             "members": members,
             "gates": self.source.gates,
             "test_metrics": self.source.test_metrics,
             "threshold_method": spec.get("threshold_method"),
             "created_at": spec.get("created_at"),
         }
+
+    def with_alarms(self, result: dict[str, Any], state: AlarmState | None) -> dict[str, Any]:
+        """One request's ``result`` (its readings only) with ``alarm`` per reading, continuing from the
+        ``state`` the client sent back (None: afresh, ``alarm_restarted``), and the token of the state after it."""
+        alarm, after = self.runtime.alarms(result, state)
+        return {**result, "alarm": alarm, "alarm_state": after.to_token(self.runtime.alarm_logic),
+                "alarm_restarted": state is None}
 
     def score_many(self, parts: list[np.ndarray], explain: bool = False) -> list[dict[str, Any]]:
         """Score several requests' rows in one onnxruntime call per member file.
