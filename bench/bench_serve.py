@@ -75,7 +75,7 @@ def build(workdir: Path, rows: int) -> tuple[Path, dict[str, Path], list[str], n
     for name, params in MEMBERS.items():
         detectors[name] = build_detector(name, seed=0, **params).fit(X, y)
         detectors[name].save(dirs[name])
-    ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False).directory
+    ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False, pca=False).directory  # as the baseline
     marker.write_text(json.dumps({"rows": rows, "members": MEMBERS}))
     return ensemble, dirs, dataset.sensors, dataset.features("test")
 
@@ -115,16 +115,17 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
-def bodies(sensors: list[str], rows: np.ndarray, batch: int, n: int = 64, columns: bool = False) -> list[bytes]:
+def bodies(sensors: list[str], rows: np.ndarray, batch: int, n: int = 64, columns: bool = False,
+           explain: bool = False) -> list[bytes]:
     """``n`` request bodies of ``batch`` consecutive readings each, encoded once: records form, or the
-    columnar form only Serve takes."""
+    columnar form only Serve takes; with ``explain``, asking Serve for per-sensor contributions."""
     out = []
     for i in range(n):
         start = (i * batch) % max(1, len(rows) - batch)
         chunk = rows[start:start + batch]
         document = ({"columns": {s: chunk[:, j].astype(float).tolist() for j, s in enumerate(sensors)}} if columns
                     else {"readings": [dict(zip(sensors, map(float, r))) for r in chunk]})
-        out.append(json.dumps(document).encode())
+        out.append(json.dumps({**document, "explain": True} if explain else document).encode())
     return out
 
 
@@ -216,12 +217,15 @@ def measure_serve(args: argparse.Namespace, ingress: str, ensemble: Path, sensor
             raise SystemExit("the two servers disagree: stale --workdir? (delete it)")
         name = f"Serve, {ingress}" + ("" if optimized == (ingress == "haproxy") else
                                       ", optimized path" if optimized else ", standard path")
-        urls = {"baseline": baseline_url, name: serve_url, f"{name}, columnar body": serve_url}
+        urls = {"baseline": baseline_url, name: serve_url, f"{name}, columnar body": serve_url,
+                f"{name}, explain": serve_url}
         results = []
         for batch in args.batch_sizes:
             payloads = {"baseline": bodies(sensors, rows, batch), name: bodies(sensors, rows, batch)}
             if batch > 1:
                 payloads[f"{name}, columnar body"] = bodies(sensors, rows, batch, columns=True)
+            if args.explain:  # the same readings, each answered with its per-sensor contributions
+                payloads[f"{name}, explain"] = bodies(sensors, rows, batch, explain=True)
             for concurrency in args.concurrency:
                 cell = {}
                 for server, server_payloads in payloads.items():
@@ -259,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                              "default), off behind the proxy (Serve's default)")
     parser.add_argument("--workdir", help="keep the data, detectors and ensemble here (default: a temp dir)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--explain", action="store_true",
+                        help="also measure requests that ask for per-sensor contributions (\"explain\": true)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny run: 2 cells, 1 s each")
     args = parser.parse_args(argv)
     if args.smoke_test:
