@@ -8,6 +8,8 @@ re-spells a name that another one owns. Only the standard library: the productio
 
     <dataset>/                      raysys generate / prepare
         train.parquet val.parquet test.parquet metadata.json
+    <fleet dataset>/                raysys generate --assets N (Hive-partitioned by asset)
+        metadata.json {train,val,test}/asset_id=<id>/part-0.parquet
     <detector>/                     BaseDeepDetector.save
         detector.json model.pt scaler.json
     <storage>/<run>/                raysys train (one Ray Train run)
@@ -37,6 +39,24 @@ DATASET_METADATA = "metadata.json"
 def split_file(root: str | os.PathLike, split: str) -> Path:
     """The Parquet file of ``split`` in the prepared dataset ``root``."""
     return Path(root) / f"{split}.parquet"
+
+
+#: Partition key of a fleet dataset: ``<fleet>/<split>/asset_id=<id>/part-0.parquet`` (Hive style, so
+#: pyarrow and Ray Data read ``asset_id`` back as a column).
+ASSET_ID = "asset_id"
+_ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def asset_split_file(root: str | os.PathLike, split: str, asset_id: str) -> Path:
+    """The Parquet file of ``split`` for asset ``asset_id`` in the fleet dataset ``root``.
+
+    Raises:
+        ValueError: an asset id that is not a plain name (letters, digits, ``.``, ``_``, ``-``).
+    """
+    if not _ASSET.match(asset_id):
+        raise ValueError(f"asset id {asset_id!r} must start with a letter or digit and hold only letters, digits, "
+                         "'.', '_' and '-'")
+    return Path(root) / split / f"{ASSET_ID}={asset_id}" / "part-0.parquet"
 
 
 # -- a fitted detector ------------------------------------------------------------------------

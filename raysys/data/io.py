@@ -6,6 +6,7 @@ A prepared dataset is a directory with ``train.parquet``, ``val.parquet``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -320,7 +321,8 @@ def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = (
             "test": frame.iloc[b:].reset_index(drop=True)}
 
 
-def _counts(frame: pd.DataFrame) -> dict[str, int]:
+def anomaly_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Anomalous rows per ``anomaly_type`` (empty without the column)."""
     if ANOMALY_TYPE not in frame.columns:
         return {}
     types = frame.loc[frame[ANOMALY_TYPE] != NORMAL, ANOMALY_TYPE]
@@ -335,15 +337,8 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
     Written into a temporary sibling directory and renamed at the end, so a failure
     never leaves a half-written dataset behind.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: output path exists and is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: output directory exists and is not empty (pass overwrite to replace it)")
     splits = split_by_time(frame, fractions)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out_dir, overwrite) as tmp:
         for name, part in splits.items():
             pq.write_table(pa.Table.from_pandas(part, preserve_index=False), split_file(tmp, name))
         meta = dict(metadata)
@@ -351,20 +346,39 @@ def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.Pat
             "sensors": sensors,
             "rows": int(len(frame)),
             "splits": {name: {"rows": len(part), "start": str(part[TIMESTAMP].iloc[0]),
-                              "end": str(part[TIMESTAMP].iloc[-1]), "anomaly_counts": _counts(part)}
+                              "end": str(part[TIMESTAMP].iloc[-1]), "anomaly_counts": anomaly_counts(part)}
                        for name, part in splits.items()},
-            "anomaly_counts": _counts(frame),
+            "anomaly_counts": anomaly_counts(frame),
         })
         if "events" in meta:  # the long per-event list last, after the summary
             meta["events"] = meta.pop("events")
         (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+    return Path(out_dir)
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` to write into; renamed to ``out_dir`` when the block ends
+    without an error, removed otherwise, so a failure never leaves a half-written directory.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or a non-empty directory and not ``overwrite``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: output path exists and is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: output directory exists and is not empty (pass overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -26,18 +28,37 @@ def plant_load(n_rows: int, freq_minutes: float, rng: np.random.Generator) -> np
     return np.clip(load, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where one machine of a fleet runs, relative to the profile (the default: the profile itself).
+
+    Args:
+        load_offset: Added to the latent plant load (in [0, 1] before clipping): a busier or idler machine.
+        phase_rows: Rows by which its daily and weekly load pattern leads the profile's.
+        noise: Extra sensor noise, as a fraction of each sensor's standard deviation.
+    """
+
+    load_offset: float = 0.0
+    phase_rows: int = 0
+    noise: float = 0.0
+
+
 def generate_with_events(profile: str = "water_treatment", rows: int = 20_000, seed: int = 0,
                          anomaly_rate: float = 0.05, freq_minutes: float = 5.0, start: str = "2026-01-01",
-                         types: tuple[str, ...] | None = None, difficulty: str = "easy"
-                         ) -> tuple[pd.DataFrame, list[AnomalyEvent]]:
-    """:func:`generate`, and the events injected (their rows and the sensors each changed)."""
+                         types: tuple[str, ...] | None = None, difficulty: str = "easy",
+                         operating: OperatingPoint = OperatingPoint()) -> tuple[pd.DataFrame, list[AnomalyEvent]]:
+    """:func:`generate`, and the events injected (their rows and the sensors each changed); ``operating``
+    moves the machine's operating point (the default changes nothing)."""
     if rows < 500:
         raise ValueError(f"rows must be at least 500 to hold daily cycles and anomaly events, got {rows}")
     level = get_level(difficulty)
     prof = get_profile(profile)
     rng = np.random.default_rng(seed)
-    load = plant_load(rows, freq_minutes, rng)
+    load = np.clip(plant_load(rows + operating.phase_rows, freq_minutes, rng)[operating.phase_rows:]
+                   + operating.load_offset, 0.0, 1.0)
     frame = pd.DataFrame(prof.simulate(load, rng))[prof.sensors]
+    if operating.noise:
+        frame += rng.normal(0.0, 1.0, frame.shape) * (operating.noise * frame.std(axis=0)).to_numpy()
     frame.insert(0, TIMESTAMP, pd.date_range(start, periods=rows, freq=pd.Timedelta(minutes=freq_minutes)))
     return inject_events(frame, prof.sensors, anomaly_rate, rng, level, types)
 
