@@ -407,9 +407,14 @@ def test_a_chunked_body_over_the_limit_is_refused_while_read(served, client):
 
     started = time.monotonic()
     try:
-        response = client.post(f"{url}/v1/predict", content=body(), headers={"content-type": "application/json"})
-        assert response.status_code == 413, response.text[:300]
-        assert "max_body_bytes" in strict_json(response)["detail"]
+        with client.stream("POST", f"{url}/v1/predict", content=body(),
+                           headers={"content-type": "application/json"}) as response:
+            assert response.status_code == 413
+            try:
+                detail = json.loads(response.read())["detail"]
+            except httpx.RemoteProtocolError:  # the 413 came, then the connection closed before its body
+                detail = None
+            assert detail is None or "max_body_bytes" in detail, detail
     except httpx.WriteError:  # the server closed the connection on a body it would not read
         pass
     print(f"\nchunked body refused after {sum(sent) / 2**20:.1f} MiB sent in {time.monotonic() - started:.1f}s")
