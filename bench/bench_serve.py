@@ -75,7 +75,8 @@ def build(workdir: Path, rows: int) -> tuple[Path, dict[str, Path], list[str], n
     for name, params in MEMBERS.items():
         detectors[name] = build_detector(name, seed=0, **params).fit(X, y)
         detectors[name].save(dirs[name])
-    ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False, pca=False).directory  # as the baseline
+    # no Isolation Forest or PCA member: the baseline has no PyTorch version of them
+    ensemble = build_ensemble(detectors, dataset, workdir / "ensemble", iforest=False, pca=False).directory
     marker.write_text(json.dumps({"rows": rows, "members": MEMBERS}))
     return ensemble, dirs, dataset.sensors, dataset.features("test")
 

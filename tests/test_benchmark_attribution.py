@@ -39,7 +39,8 @@ def test_labelled_events_are_the_runs_of_one_event_in_the_test_split(small_datas
     assert events and sum(b - a for e in events for a, b in [e["rows"]]) == int(labels.sum())
     for event in events:
         a, b = event["rows"]
-        assert all(sensors[i] == event["sensors"] for i in range(a, b)) and set(event["sensors"]) <= set(dataset.sensors)
+        assert all(sensors[i] == event["sensors"] for i in range(a, b))
+        assert set(event["sensors"]) <= set(dataset.sensors)
         assert all(types[i] == event["type"] for i in range(a, b))
         assert a == 0 or labels[a - 1] == 0 or (types[a - 1], sensors[a - 1]) != (event["type"], event["sensors"])
 

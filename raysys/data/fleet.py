@@ -78,9 +78,9 @@ def generate_fleet(out_dir: str | os.PathLike, assets: int, profile: str = "wate
             records.append({ASSET_ID: asset, "seed": asset_seed, "operating_point": asdict(point),
                             "rows": {name: len(part) for name, part in splits.items()},
                             "anomaly_counts": anomaly_counts(frame), "events": event_records(frame, events, fractions)})
-        meta = {"source": "synthetic", "layout": "fleet", "partitioning": ASSET_ID, "profile": profile, "seed": seed,
-                "anomaly_rate": anomaly_rate, "difficulty": difficulty, "units": prof.units, "fractions": list(fractions),
-                "sensors": prof.sensors, "rows_per_asset": rows, "assets": records}
+        meta = {"source": "synthetic", "layout": "fleet", "partitioning": ASSET_ID, "profile": profile,
+                "seed": seed, "anomaly_rate": anomaly_rate, "difficulty": difficulty, "units": prof.units,
+                "fractions": list(fractions), "sensors": prof.sensors, "rows_per_asset": rows, "assets": records}
         (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
     return Path(out_dir)
 
@@ -130,7 +130,8 @@ def load_fleet(path: str | os.PathLike) -> FleetDataset:
     root = Path(path)
     meta_path = root / DATASET_METADATA
     if not meta_path.exists():
-        raise DataValidationError(f"{root}: not a fleet dataset (no {DATASET_METADATA}); run `raysys generate --assets N`")
+        raise DataValidationError(f"{root}: not a fleet dataset (no {DATASET_METADATA}); "
+                                  "run `raysys generate --assets N`")
     metadata = read_metadata(meta_path)
     if metadata.get("layout") != "fleet" or not isinstance(metadata.get("assets"), list):
         raise DataValidationError(f"{meta_path}: not a fleet dataset (expected 'layout': 'fleet' and an 'assets' list)")

@@ -111,8 +111,8 @@ class AlarmState:
 
     def to_token(self, logic: AlarmLogic) -> str:
         """An opaque string for a client to send back (base64 of JSON, bound to ``logic``)."""
-        body = {"v": self.TOKEN_VERSION, "logic": logic.to_spec(), "recent": "".join("1" if f else "0" for f in self.recent),
-                "active": self.active, "quiet": self.quiet}
+        body = {"v": self.TOKEN_VERSION, "logic": logic.to_spec(),
+                "recent": "".join("1" if f else "0" for f in self.recent), "active": self.active, "quiet": self.quiet}
         return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
 
     @classmethod
@@ -147,7 +147,8 @@ def alarm_rows(flags: np.ndarray, scores: np.ndarray, threshold: float, logic: A
     toward the next start.
     """
     clear = threshold if logic.clear_level is None else logic.clear_level
-    recent, active, quiet = list(state.recent) if state else [], bool(state and state.active), state.quiet if state else 0
+    state = state or AlarmState()
+    recent, active, quiet = list(state.recent), state.active, state.quiet
     alarm = np.zeros(len(flags), dtype=bool)
     for i, (flag, score) in enumerate(zip(np.asarray(flags, dtype=bool).tolist(),
                                           np.asarray(scores, dtype=np.float64).tolist())):

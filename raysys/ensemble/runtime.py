@@ -194,8 +194,8 @@ def attribute(normalised: np.ndarray, weights: np.ndarray, terms: np.ndarray) ->
         shares = np.where(usable[..., None], terms / np.where(usable, total, 1.0)[..., None], 0.0)
         have = np.where(usable, weights, 0.0)
         weight_sum = have.sum(axis=1, keepdims=True)
-        fallback = np.where(weight_sum > 0, np.einsum("nm,nms->ns", have, shares) / np.where(weight_sum > 0, weight_sum, 1),
-                            1.0 / n_sensors)
+        mixed = np.einsum("nm,nms->ns", have, shares) / np.where(weight_sum > 0, weight_sum, 1.0)
+        fallback = np.where(weight_sum > 0, mixed, 1.0 / n_sensors)
         shares = np.where(usable[..., None], shares, fallback[:, None, :])
         part = np.where(weights > 0, normalised, 0.0) * weights
         return np.einsum("nm,nms->ns", part, shares)

@@ -11,7 +11,8 @@ from raysys._lazy import lazy_exports
 THRESHOLD_METHODS = ("best_f1", "percentile", "far")
 
 _LAZY = {name: "raysys.evaluation.metrics" for name in (
-    "alarm_sensor_share", "best_f1_threshold", "calibrate_threshold", "default_threshold_method", "detection_metrics", "flat_metrics",
+    "alarm_sensor_share", "best_f1_threshold", "calibrate_threshold", "default_threshold_method", "detection_metrics",
+    "flat_metrics",
     "headline", "metrics_table")} | {name: "raysys.evaluation.events" for name in (
     "event_metrics", "events_of", "range_pr_auc", "vus_pr")}
 

@@ -95,7 +95,8 @@ def alarm_sensor_share(contributions: np.ndarray, alarms: np.ndarray, sensors: S
     """Each sensor's share of the positive per-sensor contributions over the ``alarms`` rows (summing to
     1; empty when no row is alarmed or none has a positive contribution): which sensors the alarms
     of a split point at (docs/attribution.md)."""
-    positive = np.clip(np.asarray(contributions, dtype=np.float64)[np.asarray(alarms, dtype=bool)], 0.0, None).sum(axis=0)
+    alarmed = np.asarray(contributions, dtype=np.float64)[np.asarray(alarms, dtype=bool)]
+    positive = np.clip(alarmed, 0.0, None).sum(axis=0)
     total = positive.sum()
     return {} if not total > 0 else {s: float(v / total) for s, v in zip(sensors, positive)}
 

@@ -368,7 +368,8 @@ def parse_predict_request(document: Any, sensors: list[str], max_rows: int) -> P
         raise RequestError(422, f"'explain' must be true or false, got {_describe(explain)}")
     alarm_state = document.get("alarm_state")
     if alarm_state is not None and not isinstance(alarm_state, str):
-        raise RequestError(422, f"'alarm_state' must be the string a previous answer returned, got {_describe(alarm_state)}")
+        raise RequestError(422, "'alarm_state' must be the string a previous answer returned, got "
+                                f"{_describe(alarm_state)}")
     return ParsedRequest(np.concatenate([past, rows]) if len(past) else rows, len(past), columnar, explain, alarm_state)
 
 
