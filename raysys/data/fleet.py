@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysys.data.io import (DataValidationError, SensorDataset, anomaly_counts, atomic_directory, read_metadata,
-                            read_table, split_by_time, validate_table)
+                            read_split, split_by_time)
 from raysys.data.prepare import event_records
 from raysys.data.profiles import get_profile
 from raysys.data.synthetic import OperatingPoint, generate_with_events
@@ -109,18 +109,12 @@ class FleetDataset:
         parts = {}
         for name in SPLITS:
             file = asset_split_file(self.path, name, asset_id)
-            source = f"asset {asset_id!r}: {file}"
             try:
-                table = validate_table(read_table(file), source, min_rows=1)
-            except DataValidationError as exc:
+                parts[name] = read_split(file, self.sensors, self.path / DATASET_METADATA, f"asset {asset_id!r}: {file}")
+            except DataValidationError as exc:  # a missing file is named by its path alone
                 message = str(exc)
                 raise DataValidationError(message if message.startswith("asset ") else f"asset {asset_id!r}: {message}"
                                           ) from None
-            missing = [s for s in self.sensors if s not in table.sensors]
-            if missing:
-                raise DataValidationError(f"{source}: missing sensor columns {missing} listed in "
-                                          f"{self.path / DATASET_METADATA}")
-            parts[name] = table.frame
         return SensorDataset(self.path, parts["train"], parts["val"], parts["test"],
                              {**self.metadata, ASSET_ID: asset_id})
 

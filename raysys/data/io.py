@@ -458,12 +458,16 @@ def load_dataset(path: str | os.PathLike) -> SensorDataset:
         raise DataValidationError(f"{root}: not a prepared dataset (no metadata.json); run `raysys generate` "
                                   "or `raysys prepare` first")
     metadata = read_metadata(meta_path)
-    parts = {}
-    for name in SPLITS:
-        file = split_file(root, name)
-        table = validate_table(read_table(file), str(file), min_rows=1)
-        missing = [s for s in metadata["sensors"] if s not in table.sensors]
-        if missing:
-            raise DataValidationError(f"{file}: missing sensor columns {missing} listed in {meta_path}")
-        parts[name] = table.frame
+    parts = {name: read_split(split_file(root, name), metadata["sensors"], meta_path) for name in SPLITS}
     return SensorDataset(root, parts["train"], parts["val"], parts["test"], metadata)
+
+
+def read_split(file: Path, sensors: list[str], meta_path: Path, source: str | None = None) -> pd.DataFrame:
+    """One split file of a prepared dataset, validated, holding every sensor ``meta_path`` lists;
+    ``source`` names it in errors (default: the file)."""
+    source = source or str(file)
+    table = validate_table(read_table(file), source, min_rows=1)
+    missing = [s for s in sensors if s not in table.sensors]
+    if missing:
+        raise DataValidationError(f"{source}: missing sensor columns {missing} listed in {meta_path}")
+    return table.frame
