@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -71,7 +71,7 @@ class AlarmLogic:
             return cls()
         if not isinstance(spec, Mapping):
             raise ValueError(f"{source}: alarm must be an object with k, n, clear_level, off_delay, got {spec!r}")
-        unknown = sorted(set(spec) - {"k", "n", "clear_level", "off_delay"})
+        unknown = sorted(set(spec) - set(cls.keys()))
         if unknown:
             raise ValueError(f"{source}: unknown alarm key(s) {unknown}; expected k, n, clear_level, off_delay")
         try:
@@ -85,13 +85,18 @@ class AlarmLogic:
         values: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
-            if not sep or key not in ("k", "n", "clear_level", "off_delay"):
+            if not sep or key not in cls.keys():
                 raise ValueError(f"alarm setting {part!r}: expected k=INT, n=INT, off_delay=INT or clear_level=NUMBER")
             try:
                 values[key] = float(value) if key == "clear_level" else int(value)
             except ValueError:
                 raise ValueError(f"alarm setting {part!r}: {value!r} is not a number") from None
         return cls(**values)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The settings' names, as ``ensemble.json`` and the command line spell them."""
+        return tuple(f.name for f in fields(cls))
 
     def to_spec(self) -> dict[str, Any]:
         return asdict(self)
