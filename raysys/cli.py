@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recalibrate": ("raysys.ensemble.cli",
                     "move a registered ensemble's threshold to new normal data, without retraining"),
     "serve": ("raysys.serve.cli", "serve the ensemble over HTTP with Ray Serve (autoscaling, dynamic batching)"),
+    "fleet": ("raysys.fleet.cli", "train, register and promote one detector set per asset of a fleet (Ray tasks)"),
     "pipeline": ("raysys.pipeline.cli", "end to end: data, sweep, ensemble, gates, registry, report"),
     "submit": ("raysys.jobs.cli", "submit a job to a Ray cluster and follow its logs"),
     "benchmark": ("raysys.benchmarks.cli",

@@ -22,6 +22,8 @@ re-spells a name that another one owns. Only the standard library: the productio
         ensemble.json *.onnx
     <ensemble>/../evaluation/       metrics.json gate_report.json plots/
     <pipeline run>/pipeline.json    raysys pipeline
+    <fleet>/                        raysys fleet train (one detector set per asset)
+        fleet.json assets.csv plots/ assets/<asset_id>/ensemble.json *.onnx
 """
 
 from __future__ import annotations
@@ -47,16 +49,21 @@ ASSET_ID = "asset_id"
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def asset_split_file(root: str | os.PathLike, split: str, asset_id: str) -> Path:
-    """The Parquet file of ``split`` for asset ``asset_id`` in the fleet dataset ``root``.
+def check_asset_id(asset_id: str) -> str:
+    """``asset_id`` if it is a plain name (letters, digits, ``.``, ``_``, ``-``: safe as a directory name).
 
     Raises:
-        ValueError: an asset id that is not a plain name (letters, digits, ``.``, ``_``, ``-``).
+        ValueError: naming the id.
     """
-    if not _ASSET.match(asset_id):
+    if not isinstance(asset_id, str) or not _ASSET.match(asset_id):
         raise ValueError(f"asset id {asset_id!r} must start with a letter or digit and hold only letters, digits, "
                          "'.', '_' and '-'")
-    return Path(root) / split / f"{ASSET_ID}={asset_id}" / "part-0.parquet"
+    return asset_id
+
+
+def asset_split_file(root: str | os.PathLike, split: str, asset_id: str) -> Path:
+    """The Parquet file of ``split`` for asset ``asset_id`` in the fleet dataset ``root``."""
+    return Path(root) / split / f"{ASSET_ID}={check_asset_id(asset_id)}" / "part-0.parquet"
 
 
 # -- a fitted detector ------------------------------------------------------------------------
@@ -121,3 +128,16 @@ GATE_REPORT = "gate_report.json"
 
 # -- a pipeline run ---------------------------------------------------------------------------
 PIPELINE_STATE = "pipeline.json"
+
+# -- a fleet ----------------------------------------------------------------------------------
+#: The fleet's manifest: its config, data, MLflow run, and every asset's status, metrics and model path.
+FLEET_MANIFEST = "fleet.json"
+#: One row per asset: status, reason, threshold, metrics, gates, data range (also logged to MLflow).
+FLEET_TABLE = "assets.csv"
+FLEET_PLOTS = "plots"
+FLEET_ASSETS_DIR = "assets"
+
+
+def fleet_asset_dir(root: str | os.PathLike, asset_id: str) -> Path:
+    """The ensemble directory of asset ``asset_id`` in the fleet ``root``."""
+    return Path(root) / FLEET_ASSETS_DIR / check_asset_id(asset_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,30 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(extra_env: dict[str, str] | None = None) -> int:
+    """(Re)start Ray Serve with the HAProxy ingress on 127.0.0.1 at a free port, HAProxy's stats, metrics and
+    fallback-proxy ports free too (other Serve instances may run on this machine); returns the HTTP port.
+    Stops a Serve an earlier module left, which would keep its own port."""
+    from ray import serve
+
+    from raysys.serve.config import serve_env
+
+    port = free_port()
+    serve.shutdown()
+    haproxy_ports = {name: str(free_port()) for name in (
+        "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options={
+        "runtime_env": {"env_vars": {**(extra_env or {}), **haproxy_ports, **serve_env("haproxy", True)}}})
+    return port
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, start_serve
 
 httpx = pytest.importorskip("httpx")
 
@@ -42,12 +43,6 @@ SERVE_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
              "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 MAX_ROWS = 512
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,15 +82,7 @@ def served(ray_cluster, ensembles):
     """Serve on 127.0.0.1:<free port> with the champion deployed; Serve is shut down after the module."""
     from ray import serve
 
-    from raysys.serve.config import serve_env
-
-    port = free_port()
-    serve.shutdown()  # a Serve left by an earlier module would keep its own HTTP port
-    # HAProxy's stats, metrics and fallback-proxy ports on free ports: other Serve instances may run here
-    haproxy_ports = {name: str(free_port()) for name in (
-        "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")}
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options={
-        "runtime_env": {"env_vars": {**SERVE_ENV, **haproxy_ports, **serve_env("haproxy", True)}}})
+    port = start_serve(SERVE_ENV)
     config = ServeConfig(
         host="127.0.0.1", port=port, ingress="haproxy", throughput_optimized=True,
         tracking_uri=ensembles.tracking_uri,

@@ -131,11 +131,14 @@ def _calibrate(sessions: MemberSessions, windows: np.ndarray, dataset: SensorDat
 
     With labels: greedy weights and the threshold method on labelled rows. Without: every row is
     taken as normal, the weights are equal (the label-free rule, docs/ensemble.md) and the threshold
-    is the label-free one (:func:`raysys.evaluation.calibration.label_free_threshold`). Weights are
+    is the label-free one (:func:`raysys.evaluation.calibration.label_free_threshold`); so is a split whose
+    labels hold no anomaly (e.g. one asset of a fleet). Weights are
     chosen on the members' own scores; the threshold on the ensemble score as the runtime computes
     it, smoothed over ``smoothing`` rows.
     """
     y_val = dataset.known_labels("val")
+    if y_val is not None and not y_val.any():  # labelled, but no anomaly to weigh on: every row is normal
+        y_val = None
     raw = sessions.raw_scores(dataset.features("val")).astype(np.float64)
     center, scale = normalisation_stats(raw if y_val is None else raw[y_val == 0])
     normalised = normalise(raw, center, scale)

@@ -59,7 +59,12 @@ def _alarm_logic(text: str):
 def run_predict_command(args: argparse.Namespace) -> int:
     from raysys.ensemble.predict import events_path, predict_file
 
-    scored, events = predict_file(args.model, args.input, args.output, args.mlflow_uri, args.threads, args.explain)
+    model = args.model
+    if args.asset:
+        from raysys.fleet.source import asset_model
+
+        model = asset_model(args.model, args.asset, args.mlflow_uri)
+    scored, events = predict_file(model, args.input, args.output, args.mlflow_uri, args.threads, args.explain)
     print(f"scored {len(scored)} rows, {int(scored['is_anomaly'].sum())} flagged as anomalies, {len(events)} alarm "
           f"events -> {args.output}, {events_path(args.output)}")
     return 0
@@ -116,7 +121,9 @@ def add_parsers(subparsers: Any) -> None:
 
     pred = subparsers.add_parser("predict", help="score a CSV/Parquet file with an ensemble (batch inference)")
     pred.add_argument("--model", required=True, metavar="URI_OR_DIR",
-                      help="ensemble directory or MLflow URI, e.g. models:/raysys-detector@champion")
+                      help="ensemble directory or MLflow URI, e.g. models:/raysys-detector@champion; with --asset, "
+                           "a fleet: its directory or models:/raysys-fleet@champion")
+    pred.add_argument("--asset", metavar="ID", help="score with this asset's ensemble from the fleet --model")
     pred.add_argument("--input", required=True, help="CSV or Parquet file with the sensor columns, in time order")
     pred.add_argument("--output", required=True, help="output file (.parquet or .csv)")
     pred.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")

@@ -88,7 +88,7 @@ def run_metrics(build: EnsembleBuild) -> dict[str, float]:
     return metrics
 
 
-def _promote(client: MlflowClient, name: str, version: str) -> None:
+def promote_version(client: MlflowClient, name: str, version: str) -> None:
     """Point ``champion`` at ``version``; the version it left keeps the alias ``previous``."""
     try:
         old = str(client.get_model_version_by_alias(name, CHAMPION).version)
@@ -101,7 +101,7 @@ def _promote(client: MlflowClient, name: str, version: str) -> None:
 
 def log_model(directory: str | os.PathLike, spec: dict[str, Any], example: pd.DataFrame, name: str) -> str:
     """In the active run, log the ensemble ``directory`` as the pyfunc model and register it as a new
-    version of ``name``; returns the version (aliases untouched: see :func:`_promote`)."""
+    version of ``name``; returns the version (aliases untouched: see :func:`promote_version`)."""
     with tempfile.TemporaryDirectory() as tmp:
         # MLflow keeps an artifact directory's own name: stage it as artifacts/ensemble
         staged = shutil.copytree(directory, Path(tmp) / ENSEMBLE_MODEL_ARTIFACT)
@@ -151,7 +151,7 @@ def register_ensemble(build: EnsembleBuild, report: GateReport, name: str = DEFA
     if metrics.get("heldout_false_alarm_rate") is not None:
         client.set_model_version_tag(name, version, "heldout_false_alarm_rate",
                                      f"{metrics['heldout_false_alarm_rate']:.4f}")
-    _promote(client, name, version)
+    promote_version(client, name, version)
     return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")
 
 
@@ -177,5 +177,5 @@ def register_directory(directory: str | os.PathLike, spec: dict[str, Any], examp
     client = MlflowClient(uri)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version, key, value)
-    _promote(client, name, version)
+    promote_version(client, name, version)
     return Registration(run.info.run_id, name, version, f"models:/{name}/{version}")

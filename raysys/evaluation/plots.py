@@ -144,3 +144,22 @@ def timeline(timestamps: np.ndarray, sensors: Mapping[str, np.ndarray], scores: 
     score_ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=4)
     axes[0].set_title(title)
     return save_figure(fig, path)
+
+
+def fleet_distributions(values: Mapping[str, np.ndarray], far_asked: float | None, path: str | os.PathLike,
+                        title: str = "Per-asset metrics") -> Path:
+    """One histogram per metric over a fleet's assets (``values``: metric -> one value per asset, NaN where
+    an asset could not measure it); false-alarm panels mark the rate asked for."""
+    names = [n for n, v in values.items() if np.isfinite(np.asarray(v, dtype=float)).any()] or list(values)[:1]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        data = np.asarray(values[name], dtype=float)
+        data = data[np.isfinite(data)]
+        ax.hist(data, bins=min(30, max(5, len(data) // 3)), color="tab:blue", alpha=0.8)
+        if far_asked is not None and "false_alarm" in name:
+            ax.axvline(far_asked, color="tab:red", linestyle="--", label=f"asked {far_asked:g}")
+            ax.legend()
+        ax.set(title=f"{name} ({len(data)} assets)", xlabel=name, ylabel="assets")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    return save_figure(fig, path)

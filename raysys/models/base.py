@@ -193,20 +193,23 @@ class BaseDeepDetector(BaseEstimator, ABC):
         self.threshold_method_ = method
         return self
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "BaseDeepDetector":
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None, device: str = "cpu") -> "BaseDeepDetector":
         """Train in-process, with early stopping on a held-out tail of the samples.
 
         Args:
             X: Raw sensor values, shape (rows, sensors), in time order.
             y: Optional 0/1 labels; rows (or windows) holding a 1 are left out of training.
+            device: Where the network trains (``"cuda"`` for a GPU); the fitted detector is on the CPU.
         """
         train, val = split_validation(torch.from_numpy(self.init_fit(X, y)), self.validation_fraction)
+        self.module_.to(device)
         generator = torch.Generator().manual_seed(self.seed)
         train_loader = DataLoader(TensorDataset(train), batch_size=self.batch_size, shuffle=True, generator=generator)
         val_loader = DataLoader(TensorDataset(val), batch_size=EVAL_BATCH_SIZE)
         optimizer, scheduler = make_optimizer(self.module_, self.lr, self.weight_decay)
         state = run_epochs(self.module_, train_loader, val_loader, optimizer, scheduler, epochs=self.epochs,
-                           patience=self.patience, grad_clip=self.grad_clip, device=torch.device("cpu"))
+                           patience=self.patience, grad_clip=self.grad_clip, device=torch.device(device))
+        self.module_.cpu()
         self.history_ = state.history
         return self.finish_fit(X, y, state.best_module)
 

@@ -201,7 +201,8 @@ class AnomalyDetector:
 
 
 def build_app(args: dict[str, Any]) -> tuple[Application, ModelSource]:
-    """The application for ``args`` (:class:`raysys.serve.config.AppArgs`) and the model version it serves.
+    """The application for ``args`` (:class:`raysys.serve.config.AppArgs`) and the model version it serves:
+    a fleet (``fleet.json`` directory, or a registered fleet) gets the fleet endpoint (:mod:`raysys.fleet.serve`).
 
     Raises:
         ValueError: naming each invalid arg.
@@ -215,6 +216,14 @@ def build_app(args: dict[str, Any]) -> tuple[Application, ModelSource]:
         from raysys.tracking import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(tracking_uri)  # absolute, so replicas (other processes) agree
+    from raysys.fleet.source import fleet_source
+
+    fleet = fleet_source(parsed.model_uri, tracking_uri)
+    if fleet is not None:  # a fleet directory or a registered fleet: the multiplexed fleet endpoint
+        from raysys.fleet.serve import build_fleet_app
+
+        return build_fleet_app(fleet, parsed, tracking_uri), ModelSource(
+            parsed.model_uri, fleet.requested, fleet.name, fleet.version, fleet.alias, fleet.manifest.run_id)
     source = pin_model(parsed.model_uri, tracking_uri)
     threads = parsed.intra_op_threads or None
     app = AnomalyDetector.options(**parsed.deployment_options()).bind(source.to_dict(), tracking_uri, threads)

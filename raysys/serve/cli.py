@@ -52,6 +52,7 @@ _OVERRIDES = {
     "max_request_rows": "user_config.max_request_rows",
     "num_cpus": "deployment.num_cpus",
     "max_ongoing_requests": "deployment.max_ongoing_requests",
+    "max_models_per_replica": "max_models_per_replica",
 }
 
 
@@ -147,11 +148,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p = subparsers.add_parser(
         "serve", help="serve the ensemble over HTTP with Ray Serve (autoscaling, dynamic batching)",
         description="Deploy the ensemble as the Ray Serve application 'raysys' (deployment AnomalyDetector): "
-                    "POST /v1/predict, GET /v1/model, /healthz, /readyz. Flags override --config.")
+                    "POST /v1/predict, GET /v1/model, /healthz, /readyz. A fleet (a `raysys fleet train` directory "
+                    "or models:/raysys-fleet@champion) gets the fleet endpoint: POST /v1/assets/ASSET/predict "
+                    "(docs/fleet.md). Flags override --config.")
     _scale, _batch, _replica = _DEFAULTS.autoscaling_config, _DEFAULTS.user_config, _DEFAULTS.deployment
     p.add_argument("--model", metavar="URI",
                    help="ensemble directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS, "
-                        "e.g. models:/raysys-detector@champion (required here or in --config)")
+                        "e.g. models:/raysys-detector@champion, or a fleet: models:/raysys-fleet@champion "
+                        "(required here or in --config)")
     p.add_argument("--config", metavar="FILE.yaml",
                    help="serve settings: raysys's flat form or a Serve config / serveConfigV2 document")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
@@ -190,6 +194,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     rep.add_argument("--num-cpus", type=float, help=f"CPUs reserved per replica (default {_replica.num_cpus:g})")
     rep.add_argument("--max-ongoing-requests", type=int,
                      help=f"requests per replica at once (default {_replica.max_ongoing_requests})")
+    rep.add_argument("--max-models-per-replica", type=int,
+                     help=f"a fleet's asset models each replica keeps loaded, least recently used evicted "
+                          f"(default {_DEFAULTS.max_models_per_replica})")
     p.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=None,
                    help="keep running until Ctrl-C, then delete the app (default: only when this process "
                         "started a local Ray cluster, which would otherwise end with it)")

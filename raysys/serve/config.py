@@ -192,11 +192,14 @@ class AppArgs(_Settings):
         num_replicas: Replica count when ``autoscaling_config`` is ``None``.
         user_config: Batching and request limits, changeable on running replicas.
         intra_op_threads: onnxruntime threads per call in a replica (0: onnxruntime's default, all cores).
+        max_models_per_replica: For a fleet (docs/fleet.md#serving): assets' ensembles each scorer replica
+            keeps loaded; past it the least recently used is evicted (``@serve.multiplexed``).
     """
 
     model_uri: str
     tracking_uri: str | None = None
     intra_op_threads: int = Field(default=1, ge=0)
+    max_models_per_replica: int = Field(default=16, ge=1)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
     autoscaling_config: AutoscalingSettings | None = Field(default_factory=AutoscalingSettings)
     num_replicas: int = Field(default=1, ge=1)
@@ -408,7 +411,8 @@ def to_serve_config_v2(config: ServeConfig) -> dict[str, Any]:
             "name": config.app_name,
             "route_prefix": config.route_prefix,
             "import_path": IMPORT_PATH,
-            "args": {k: args[k] for k in ("model_uri", "tracking_uri", "intra_op_threads") if k in args},
+            "args": {k: args[k] for k in ("model_uri", "tracking_uri", "intra_op_threads", "max_models_per_replica")
+                     if k in args},
             "deployments": [{"name": DEPLOYMENT_NAME, **options}],
         }],
     }

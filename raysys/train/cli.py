@@ -12,7 +12,8 @@ from raysys.evaluation import THRESHOLD_METHODS
 from raysys.models import FAMILY_NAMES, with_spellings
 
 
-def _param(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (the value read as YAML: numbers, booleans, lists) for ``--param``."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -65,7 +66,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
     tr.add_argument("--max-epochs", type=int, help="the detector's epochs parameter (default 30)")
     tr.add_argument("--patience", type=int, help="the detector's early-stopping patience in epochs (default 5)")
-    tr.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
+    tr.add_argument("--param", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="detector parameter, e.g. --param latent_dim=4 --param 'hidden_dims=[32,16]'")
     tr.add_argument("--run-name", help="Ray Train run name (default: MODEL-TIMESTAMP)")
     tr.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")

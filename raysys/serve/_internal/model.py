@@ -52,6 +52,21 @@ class ModelSource:
         return asdict(self)
 
 
+def parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """``(name, alias, version)`` of ``models:/NAME@ALIAS`` (version None) or ``models:/NAME/VERSION``
+    (alias None).
+
+    Raises:
+        ValueError: any other URI, naming it.
+    """
+    alias, version = _MODELS_ALIAS.match(model_uri), _MODELS_VERSION.match(model_uri)
+    if alias:
+        return alias["name"], alias["alias"], None
+    if version:
+        return version["name"], None, version["version"]
+    raise ValueError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+
+
 def _local_version(directory: Path) -> str:
     return "local-" + hashlib.sha256((resolve_ensemble_dir(directory) / ENSEMBLE_SPEC).read_bytes()).hexdigest()[:12]
 
@@ -106,15 +121,12 @@ def pin_model(model_uri: str, tracking_uri: str | None = None) -> ModelSource:
         gates, metrics = _run_evaluation(client, run_match["run"])
         return ModelSource(model_uri, model_uri, None, run_match["run"], run_id=run_match["run"], gates=gates,
                            test_metrics=metrics)
-    if alias:
-        name = alias["name"]
-        version = client.get_model_version_by_alias(name, alias["alias"])
-    else:
-        name = version_match["name"]
-        version = client.get_model_version(name, version_match["version"])
+    name, alias_name, number = parse_models_uri(model_uri)
+    version = client.get_model_version_by_alias(name, alias_name) if alias_name else client.get_model_version(name,
+                                                                                                            number)
     gates, metrics = _run_evaluation(client, version.run_id) if version.run_id else (None, None)
-    return ModelSource(model_uri, f"models:/{name}/{version.version}", name, str(version.version),
-                       alias["alias"] if alias else None, version.run_id, gates, metrics)
+    return ModelSource(model_uri, f"models:/{name}/{version.version}", name, str(version.version), alias_name,
+                       version.run_id, gates, metrics)
 
 
 class ServedModel:
