@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -39,7 +39,7 @@ from raysys.serve._internal.model import ModelSource, ServedModel
 from raysys.serve.app import JSONBytesResponse
 from raysys.serve.config import UserConfig, active_serve_settings
 from raysys.serve.schemas import (RequestError, parse_alarm_state, parse_json, parse_predict_request,
-                                  predict_response, read_body)
+                                  predict_response, read_body, to_strict_json)
 
 logger = logging.getLogger("ray.serve")
 
@@ -124,8 +124,13 @@ class FleetScorer:
                 results[i] = result
         return results
 
-    async def predict(self, asset_id: str, payload: Any) -> tuple[int, dict[str, Any], dict[str, str] | None]:
-        """``(status, body, headers)`` for one request's parsed JSON ``payload``."""
+    async def predict(self, asset_id: str, body: bytes) -> tuple[int, bytes, dict[str, str] | None]:
+        """``(status, JSON body, headers)`` for one request's ``body`` (bytes in and out: the hop from the
+        ingress pickles no parsed document)."""
+        status, answer, headers = await self._answer(asset_id, body)
+        return status, to_strict_json(answer), headers
+
+    async def _answer(self, asset_id: str, body: bytes) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         if asset_id not in self._uris:
             return 404, {"detail": f"unknown asset {asset_id!r}"}, None
         try:
@@ -135,7 +140,7 @@ class FleetScorer:
             return 503, {"detail": f"asset {asset_id!r}: its model could not be loaded: {type(exc).__name__}: "
                                    f"{exc}"}, {"Retry-After": "5"}
         try:
-            parsed = parse_predict_request(payload, model.sensors, self._settings.max_request_rows)
+            parsed = parse_predict_request(parse_json(body), model.sensors, self._settings.max_request_rows)
             state = parse_alarm_state(parsed.alarm_state, model.runtime.alarm_logic)
         except RequestError as exc:
             return _error(exc)
@@ -192,15 +197,14 @@ class FleetIngress:
         try:
             body = await read_body(request.stream(), request.headers.get("content-length"),
                                    self._settings.max_body_bytes, self._settings.body_timeout_s)
-            payload = parse_json(body)
         except RequestError as exc:
             self._rejected.inc(tags={"status": str(exc.status)})
             return JSONBytesResponse(exc.body(), status_code=exc.status, headers=exc.headers())
         status, answer, headers = await self._scorer.options(multiplexed_model_id=asset_id).predict.remote(
-            asset_id, payload)
+            asset_id, body)
         if status != 200:
             self._rejected.inc(tags={"status": str(status)})
-        return JSONBytesResponse(answer, status_code=status, headers=headers)
+        return Response(answer, status_code=status, headers=headers, media_type="application/json")
 
     @fleet_api.post("/v1/assets/{asset_id}/predict")
     async def predict_asset(self, asset_id: str, request: Request) -> JSONBytesResponse:
