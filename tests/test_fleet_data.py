@@ -102,3 +102,59 @@ def test_generate_command_writes_a_fleet(tmp_path, capsys):
     assert args.func(args) == 0
     assert "2 assets x 600 rows" in capsys.readouterr().out
     assert load_fleet(tmp_path / "f").assets == ["asset-0000", "asset-0001"]
+
+
+def plant_frame(assets: dict[str, int], sensors=("temp", "vib"), seed: int = 0) -> pd.DataFrame:
+    """A user's fleet file: ``timestamp``, ``asset_id`` and the sensors, assets interleaved in time."""
+    rng = np.random.default_rng(seed)
+    parts = [pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=rows, freq="1min"), "asset_id": asset,
+                           **{s: rng.normal(size=rows) for s in sensors}}) for asset, rows in assets.items()]
+    return pd.concat(parts).sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def test_prepare_reads_an_asset_column_or_a_file_per_asset_into_the_same_fleet(tmp_path, capsys):
+    import argparse
+
+    frame = plant_frame({"pump-1": 600, "pump-2": 900})
+    frame.to_csv(tmp_path / "plant.csv", index=False)
+    (tmp_path / "per-asset").mkdir()
+    for asset, part in frame.groupby("asset_id"):
+        part.drop(columns="asset_id").to_parquet(tmp_path / "per-asset" / f"{asset}.parquet")
+    parser = argparse.ArgumentParser(prog="raysys")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    for source, out in ((["--input", str(tmp_path / "plant.csv"), "--asset-column", "asset_id"], "a"),
+                        (["--input", str(tmp_path / "per-asset")], "b")):
+        args = parser.parse_args(["prepare", *source, "--out", str(tmp_path / out)])
+        assert args.func(args) == 0
+    assert "2 assets" in capsys.readouterr().out
+    for out in ("a", "b"):
+        data = load_fleet(tmp_path / out)
+        assert data.assets == ["pump-1", "pump-2"] and data.sensors == ["temp", "vib"]
+        pump = data.asset("pump-2")
+        assert (len(pump.train), len(pump.val), len(pump.test)) == (630, 135, 135)  # its own time split
+        expected = frame[frame["asset_id"] == "pump-2"]["vib"].to_numpy()
+        np.testing.assert_allclose(np.concatenate([pump.train["vib"], pump.val["vib"], pump.test["vib"]]), expected)
+
+
+def test_prepare_errors_name_the_asset_and_write_nothing(tmp_path):
+    from raysys.data.fleet import prepare_fleet
+
+    frame = plant_frame({"pump-1": 600, "pump-2": 600})
+    frame.loc[frame["asset_id"] == "pump-2", "vib"] = np.nan
+    frame.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"nan.csv asset 'pump-2': column 'vib' is all NaN"):
+        prepare_fleet(tmp_path / "nan.csv", tmp_path / "out")
+    plant_frame({"pump-1": 600}).drop(columns="asset_id").to_csv(tmp_path / "flat.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"flat.csv: no asset column 'asset_id'"):
+        prepare_fleet(tmp_path / "flat.csv", tmp_path / "out")
+    (tmp_path / "mixed").mkdir()  # one file per asset, and the second asset's sensors differ
+    plant_frame({"pump-1": 600}).drop(columns="asset_id").to_csv(tmp_path / "mixed" / "pump-1.csv", index=False)
+    plant_frame({"pump-2": 600}, sensors=("temp", "flow")).drop(columns="asset_id").to_csv(
+        tmp_path / "mixed" / "pump-2.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"pump-2.csv: asset 'pump-2' has sensors \['temp', 'flow'\], "
+                                                  r"expected \['temp', 'vib'\] \(as asset 'pump-1'\)"):
+        prepare_fleet(tmp_path / "mixed", tmp_path / "out")
+    plant_frame({"../etc": 600}).to_csv(tmp_path / "bad-id.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"asset id '\.\./etc' must start with a letter or digit"):
+        prepare_fleet(tmp_path / "bad-id.csv", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from raysys.serve.config import AutoscalingSettings, DeploymentSettings, ServeConfig, UserConfig
+from raysys.serve.config import AppArgs, AutoscalingSettings, DeploymentSettings, ServeConfig, UserConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "raysys"
@@ -210,6 +210,7 @@ def test_manifests_folder_has_every_object_the_issue_asks_for():
         ("RayCluster", "raysys"),
         ("RayJob", "raysys-train"),
         ("RayJob", "raysys-sweep"),
+        ("RayJob", "raysys-fleet"),
         ("RayService", "raysys-detector"),
     }
     assert kinds == expected
@@ -369,6 +370,23 @@ def test_rayservice_pods_start_serve_with_the_chosen_settings(ingress, throughpu
                 got = {k: env.get(k) for k in expected}
                 assert got == (expected if obj["kind"] == "RayService" else dict.fromkeys(expected)), \
                     f"{obj['kind']} {where}: {env}"
+
+
+def test_a_fleet_rayservice_configures_the_fleet_scorer_and_passes_rays_schema():
+    """``rayService.fleet`` serves a registered fleet: the deployment options go to ``FleetScorer`` (the name
+    raysys.fleet.serve gives it), ``max_models_per_replica`` to app_builder; Ray's ServeDeploySchema accepts it."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from raysys.fleet.serve import SCORER_NAME
+
+    values = generate.load_values(VALUES["all"])
+    values["rayService"].update(fleet=True, modelUri="models:/raysys-fleet@champion", maxModelsPerReplica=32)
+    service = next(o for o in _render(values) if o["kind"] == "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    app = config["applications"][0]
+    assert app["deployments"][0]["name"] == SCORER_NAME
+    assert AppArgs.model_validate(app["args"]).max_models_per_replica == 32
 
 
 def test_chart_auth_values_use_the_existing_token_secret():
@@ -1081,11 +1099,13 @@ SERVE_SETTINGS: dict[str, tuple[type[BaseModel], str]] = {
     "ingress": (ServeConfig, "ingress"),
     "throughputOptimized": (ServeConfig, "throughput_optimized"),
     "retryOn": (ServeConfig, "retry_on"),
+    "maxModelsPerReplica": (AppArgs, "max_models_per_replica"),
 }
 #: rayService keys with no raysys.serve.config counterpart: the chart's own switch, the model the
 #: RayService serves (``raysys serve`` has no default model), per-replica GPUs and the pods' grace
-#: period (chart-only; test_rayservice_pods_outlast_serves_drain checks it against Serve's drain).
-CHART_ONLY_SETTINGS = {"enabled", "modelUri", "numGpus", "terminationGracePeriodSeconds"}
+#: period (chart-only; test_rayservice_pods_outlast_serves_drain checks it against Serve's drain), and whether
+#: the model is a fleet (``raysys serve`` reads that from the model).
+CHART_ONLY_SETTINGS = {"enabled", "modelUri", "numGpus", "terminationGracePeriodSeconds", "fleet"}
 #: annotated_types constraint -> JSON Schema keyword (draft-07 numbers).
 _BOUND_KEYWORDS = {
     annotated_types.Ge: ("ge", "minimum"),

@@ -42,9 +42,21 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from raysys.data.prepare import prepare_dataset
 
     missing = MissingValues(args.max_missing_fraction, args.max_missing_run, args.inf_as_missing)
+    if args.asset_column or Path(args.input).is_dir():
+        from raysys.data.fleet import prepare_fleet
+
+        if args.no_header:
+            raise ValueError("--no-header files carry no asset column: prepare each asset's file alone")
+        path = prepare_fleet(args.input, args.out, args.asset_column or "asset_id", args.timestamp_column,
+                             args.label_column or None, args.splits, args.overwrite, missing)
+        meta = json.loads((path / DATASET_METADATA).read_text())
+        print(f"wrote {path}: {len(meta['assets'])} assets, sensors {meta['sensors']}, Hive-partitioned by asset_id")
+        return 0
     if (args.transpose or args.columns) and not args.no_header:
         raise ValueError("--transpose and --columns describe a headerless numeric file: add --no-header")
     headerless = (HeaderlessFormat(args.transpose, args.sample_interval,
@@ -77,7 +89,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     gen.set_defaults(func=run_generate)
 
     prep = subparsers.add_parser("prepare", parents=[common], help="validate your CSV/Parquet file and split it")
-    prep.add_argument("--input", required=True, help="CSV or Parquet file with a timestamp column")
+    prep.add_argument("--input", required=True,
+                      help="CSV or Parquet file with a timestamp column; for a fleet, a file with an asset column "
+                           "(--asset-column) or a directory of files, one per asset (named by the asset id)")
+    prep.add_argument("--asset-column", metavar="NAME",
+                      help="the file holds many assets, named in column NAME: write a fleet dataset "
+                           "(docs/data.md#fleet-datasets)")
     prep.add_argument("--timestamp-column", default="timestamp")
     prep.add_argument("--label-column", default="is_anomaly", help="0/1 label column if present ('' for none)")
     defaults = MissingValues()

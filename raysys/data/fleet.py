@@ -20,18 +20,19 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysys.data.io import (DataValidationError, SensorDataset, anomaly_counts, atomic_directory, read_metadata,
-                            read_split, split_by_time)
+from raysys.data.io import (DataValidationError, MissingValues, SensorDataset, anomaly_counts, atomic_directory,
+                            read_metadata, read_split, read_table, split_by_time, validate_table)
 from raysys.data.prepare import event_records
 from raysys.data.profiles import get_profile
-from raysys.data.synthetic import OperatingPoint, generate_with_events
-from raysys.layout import ASSET_ID, DATASET_METADATA, SPLITS, asset_split_file
+from raysys.data.synthetic import TIMESTAMP, OperatingPoint, generate_with_events
+from raysys.layout import ASSET_ID, DATASET_METADATA, SPLITS, asset_split_file, check_asset_id
 
 #: How far the machines of a generated fleet spread: load offset, load phase (as a share of a day of
 #: rows), extra noise (as a share of each sensor's spread), each drawn uniformly.
@@ -53,6 +54,30 @@ def operating_point(rng: np.random.Generator, freq_minutes: float = 5.0) -> Oper
                           noise=float(rng.uniform(*SPREAD["noise"])))
 
 
+def write_fleet(out_dir: str | os.PathLike, assets: Iterable[tuple[str, pd.DataFrame, dict[str, Any]]],
+                metadata: dict[str, Any], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                overwrite: bool = False) -> Path:
+    """Write ``assets`` (id, validated frame in time order, extra ``metadata.json`` record) as a fleet dataset:
+    each asset split by its own time, Hive-partitioned by asset (module docstring). Written whole or not at all."""
+    records = []
+    with atomic_directory(out_dir, overwrite) as tmp:
+        for asset, frame, record in assets:
+            splits = split_by_time(frame, fractions)
+            for name, part in splits.items():
+                path = asset_split_file(tmp, name, asset)
+                path.parent.mkdir(parents=True)
+                pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path)
+            entry = {ASSET_ID: asset, **{k: v for k, v in record.items() if k != "events"},
+                     "rows": {name: len(part) for name, part in splits.items()},
+                     "start": str(frame[TIMESTAMP].iloc[0]), "end": str(frame[TIMESTAMP].iloc[-1]),
+                     "anomaly_counts": anomaly_counts(frame)}
+            records.append({**entry, **({"events": record["events"]} if "events" in record else {})})
+        meta = {**metadata, "layout": "fleet", "partitioning": ASSET_ID, "fractions": list(fractions),
+                "assets": records}
+        (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+    return Path(out_dir)
+
+
 def generate_fleet(out_dir: str | os.PathLike, assets: int, profile: str = "water_treatment", rows: int = 20_000,
                    seed: int = 0, anomaly_rate: float = 0.05,
                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), overwrite: bool = False,
@@ -62,27 +87,71 @@ def generate_fleet(out_dir: str | os.PathLike, assets: int, profile: str = "wate
     and write them as a fleet dataset (module docstring). Written whole or not at all."""
     prof = get_profile(profile)
     ids = asset_ids(assets)
-    children = np.random.SeedSequence(seed).spawn(len(ids))
-    records = []
-    with atomic_directory(out_dir, overwrite) as tmp:
-        for asset, child in zip(ids, children):
+
+    def machines() -> Iterator[tuple[str, pd.DataFrame, dict[str, Any]]]:
+        for asset, child in zip(ids, np.random.SeedSequence(seed).spawn(len(ids))):
             asset_seed = int(child.generate_state(1)[0])
             point = operating_point(np.random.default_rng(child))
             frame, events = generate_with_events(profile, rows, asset_seed, anomaly_rate, difficulty=difficulty,
                                                  operating=point)
-            splits = split_by_time(frame, fractions)
-            for name, part in splits.items():
-                path = asset_split_file(tmp, name, asset)
-                path.parent.mkdir(parents=True)
-                pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path)
-            records.append({ASSET_ID: asset, "seed": asset_seed, "operating_point": asdict(point),
-                            "rows": {name: len(part) for name, part in splits.items()},
-                            "anomaly_counts": anomaly_counts(frame), "events": event_records(frame, events, fractions)})
-        meta = {"source": "synthetic", "layout": "fleet", "partitioning": ASSET_ID, "profile": profile,
-                "seed": seed, "anomaly_rate": anomaly_rate, "difficulty": difficulty, "units": prof.units,
-                "fractions": list(fractions), "sensors": prof.sensors, "rows_per_asset": rows, "assets": records}
-        (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2, default=str))
-    return Path(out_dir)
+            yield asset, frame, {"seed": asset_seed, "operating_point": asdict(point),
+                                 "events": event_records(frame, events, fractions)}
+
+    meta = {"source": "synthetic", "profile": profile, "seed": seed, "anomaly_rate": anomaly_rate,
+            "difficulty": difficulty, "units": prof.units, "sensors": prof.sensors, "rows_per_asset": rows}
+    return write_fleet(out_dir, machines(), meta, fractions, overwrite)
+
+
+def _asset_frames(input_path: Path, asset_column: str) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(asset id, source name, raw frame) per asset: a directory of files (one per asset, named by its stem), or
+    one file whose ``asset_column`` names the asset of each row."""
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.iterdir() if p.suffix.lower() in (".csv", ".parquet"))
+        if not files:
+            raise DataValidationError(f"{input_path}: no .csv or .parquet files (one per asset, named by the asset id)")
+        for file in files:
+            yield file.stem, str(file), read_table(file)
+        return
+    frame = read_table(input_path)
+    if asset_column not in frame.columns:
+        raise DataValidationError(f"{input_path}: no asset column {asset_column!r} (columns: {list(frame.columns)}); "
+                                  "give --asset-column, or a directory with one file per asset")
+    if frame[asset_column].isna().any():
+        raise DataValidationError(f"{input_path}: column {asset_column!r} is empty in row "
+                                  f"{int(np.flatnonzero(frame[asset_column].isna())[0])}")
+    for asset, part in frame.groupby(frame[asset_column].astype(str), sort=True):
+        yield str(asset), f"{input_path} asset {asset!r}", part.drop(columns=[asset_column]).reset_index(drop=True)
+
+
+def prepare_fleet(input_path: str | os.PathLike, out_dir: str | os.PathLike, asset_column: str = ASSET_ID,
+                  timestamp_col: str = TIMESTAMP, label_col: str | None = "is_anomaly",
+                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), overwrite: bool = False,
+                  missing: MissingValues = MissingValues()) -> Path:
+    """Validate a user's fleet data and write it as a fleet dataset: one CSV/Parquet file with an
+    ``asset_column``, or a directory of files, one per asset. Each asset is validated as
+    ``raysys prepare`` validates a file (errors name the asset); every asset must have the same sensors."""
+    sensors: list[str] | None = None
+    first = ""
+
+    def assets() -> Iterator[tuple[str, pd.DataFrame, dict[str, Any]]]:
+        nonlocal sensors, first
+        for asset, source, raw in _asset_frames(Path(input_path), asset_column):
+            try:
+                check_asset_id(asset)
+            except ValueError as exc:
+                raise DataValidationError(f"{source}: {exc}") from None
+            table = validate_table(raw, source, timestamp_col, label_col, missing=missing)
+            if sensors is None:
+                sensors, first = table.sensors, asset
+            elif table.sensors != sensors:
+                raise DataValidationError(f"{source}: asset {asset!r} has sensors {table.sensors}, expected "
+                                          f"{sensors} (as asset {first!r})")
+            yield asset, table.frame, {"interpolated": table.interpolated, "time_gaps": table.time_gaps}
+
+    meta: dict[str, Any] = {"source": str(input_path), "profile": "custom", "asset_column": asset_column}
+    frames = list(assets())  # validate every asset before writing any
+    meta.update(sensors=sensors, units={s: "" for s in sensors or []})
+    return write_fleet(out_dir, frames, meta, fractions, overwrite)
 
 
 @dataclass

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_pipeline_config(args.config, data=args.data, profile=args.profile, rows=args.rows, seed=args.seed,
                                quick=args.quick or None, serve=args.serve or None, output_dir=args.output_dir,
-                               tracking_uri=args.mlflow_uri, model_name=args.name)
+                               tracking_uri=args.mlflow_uri, model_name=args.name, assets=args.assets)
     init_ray(args.address)
     console = Console()
     try:
@@ -44,7 +44,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", help="prepared dataset directory (default: generate one)")
     source.add_argument("--profile", choices=sorted(PROFILES), help="facility profile of generated data")
-    p.add_argument("--rows", type=int, help="rows of generated data")
+    p.add_argument("--rows", type=int, help="rows of generated data (per asset with --assets)")
+    p.add_argument("--assets", type=int, metavar="N",
+                   help="the fleet path: N generated assets, one detector set each (docs/fleet.md)")
     p.add_argument("--seed", type=int)
     p.add_argument("--quick", action="store_true", help="a few trials and epochs: minutes on 2 CPU cores")
     p.add_argument("--serve", action="store_true", help="then serve the champion and send one request")

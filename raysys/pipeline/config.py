@@ -36,6 +36,11 @@ class PipelineConfig:
         experiment: MLflow experiment.
         serve: After registering, start the endpoint and send one request.
         serve_port: HTTP port of the endpoint when ``serve`` is set.
+        assets: Run the fleet path instead (docs/fleet.md): a generated fleet of this many assets (``rows``
+            each), or the fleet dataset ``data``; one detector set per asset, registered as ``model_name``
+            (default then ``raysys-fleet``); the report gets a fleet section.
+        fleet: Settings of :class:`raysys.fleet.config.FleetConfig` for the fleet path (e.g. ``families``,
+            ``params``, ``classical``); ``quick`` trains 3 epochs.
     """
 
     data: str | None = None
@@ -55,6 +60,8 @@ class PipelineConfig:
     experiment: str = "raysys"
     serve: bool = False
     serve_port: int = 8000
+    assets: int | None = None
+    fleet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -65,6 +72,19 @@ class PipelineConfig:
             raise ValueError(f"rows must be >= 500, got {self.rows}")
         if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or self.smoothing < 1:
             raise ValueError(f"smoothing must be an int >= 1, got {self.smoothing!r}")
+        if self.assets is not None and self.assets < 1:
+            raise ValueError(f"assets must be >= 1, got {self.assets}")
+
+    def fleet_config(self) -> Any:
+        """The :class:`raysys.fleet.config.FleetConfig` of the fleet path."""
+        from raysys.fleet.config import FleetConfig
+
+        settings = {"seed": self.seed, "target_far": self.target_far, **self.fleet}
+        if self.threshold_method:
+            settings.setdefault("threshold_method", self.threshold_method)
+        if self.quick:
+            settings["params"] = {"epochs": 3, **settings.get("params", {})}
+        return FleetConfig.model_validate(settings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

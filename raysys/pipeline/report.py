@@ -7,7 +7,7 @@ import html
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -120,4 +120,26 @@ def write_pipeline_report(out_dir: str | os.PathLike, dataset, sweep, ensemble, 
         ("What was caught and what was missed" if labelled else "What was flagged",
          [("Test split timeline" + (" (orange: true anomalies, red: flagged)" if labelled else " (red: flagged)"),
            figures / "test_timeline.png")]),
+    ])
+
+
+def write_fleet_report(out_dir: str | os.PathLike, run: Any, model_name: str) -> Path:
+    """The fleet path's report: asset counts, the per-asset metric distributions, the assets that failed
+    (training or a gate) with why, and every asset's row of ``assets.csv``."""
+    from raysys.layout import FLEET_PLOTS, FLEET_TABLE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = shutil.copy(run.directory / FLEET_PLOTS / "metrics.png", out / "fleet_metrics.png")
+    table = pd.read_csv(run.directory / FLEET_TABLE)
+    counts = pd.DataFrame([run.manifest.counts()])
+    failed = table[table["status"] != "SUCCEEDED"][["asset_id", "status", "reason"]]
+    shown = ["asset_id", "status", "threshold", "roc_auc", "f1", "false_alarm_rate", "heldout_false_alarm_rate",
+             "far_asked", "rows_train", "start", "end"]
+    summary = {"fleet": str(run.directory), "MLflow run": str(run.run_id),
+               "model": f"models:/{model_name}/{run.version}" if run.version else "not registered"}
+    return write_report(out / "report.html", "raysys fleet report", summary, [
+        ("Fleet", [counts, ("Per-asset metrics (trained assets)", Path(plot))]),
+        ("Assets that failed or failed a gate", [failed]),
+        ("Every asset", [table[[c for c in shown if c in table.columns]]]),
     ])

@@ -1,4 +1,5 @@
-"""``run_pipeline``: data -> sweep -> ensemble (gates, registry) -> report [-> serve], one MLflow parent run."""
+"""``run_pipeline``: data -> sweep -> ensemble (gates, registry) -> report [-> serve], one MLflow parent run;
+for a fleet (``assets``, or a fleet dataset), data -> fleet (one detector set per asset) -> report [-> serve]."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from raysys.tune import SweepConfig, SweepResult, load_sweep_config, run_sweep
 
 logger = logging.getLogger(__name__)
 STAGES = ["data", "sweep", "ensemble", "report"]
+FLEET_STAGES = ["data", "fleet", "report"]
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -35,18 +37,20 @@ class PipelineResult:
         parent_run_id: The MLflow parent run holding every stage as a child run.
         model_uri: The registered champion (``models:/NAME@champion``), None if a gate failed.
         report: The HTML report.
-        ensemble: The ensemble stage's result (metrics, gates, registration).
-        sweep: The sweep stage's result (leaderboard, best trial per family).
+        ensemble: The ensemble stage's result (metrics, gates, registration); None on the fleet path.
+        sweep: The sweep stage's result (leaderboard, best trial per family); None on the fleet path.
         endpoint: The endpoint's base URL when ``serve`` was asked for.
+        fleet: The fleet stage's result on the fleet path.
     """
 
     run_dir: Path
     parent_run_id: str
     model_uri: str | None
     report: Path
-    ensemble: EnsembleResult
-    sweep: SweepResult
+    ensemble: EnsembleResult | None
+    sweep: SweepResult | None
     endpoint: str | None = None
+    fleet: Any = None
 
 
 def _sweep_config(cfg: PipelineConfig, run_dir: Path, tracking_uri: str) -> SweepConfig:
@@ -71,12 +75,15 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> Pipelin
     experiment_id = get_experiment_id(uri, cfg.experiment)
     run_dir = Path(cfg.output_dir).resolve() / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
-    state = PipelineState(run_dir, STAGES + (["serve"] if cfg.serve else []), cfg.to_dict())
+    fleet = cfg.assets is not None or (cfg.data is not None and is_fleet_dataset(cfg.data))
+    state = PipelineState(run_dir, (FLEET_STAGES if fleet else STAGES) + (["serve"] if cfg.serve else []),
+                          cfg.to_dict())
     parent = client.create_run(experiment_id, run_name=f"pipeline-{run_dir.name}",
                                tags={"raysys.stage": "pipeline", "raysys.run_dir": str(run_dir)}).info.run_id
     client.log_dict(parent, cfg.to_dict(), "pipeline_config.json")
     try:
-        result = _run_stages(cfg, state, client, experiment_id, parent, run_dir, uri, console)
+        stages = _run_fleet_stages if fleet else _run_stages
+        result = stages(cfg, state, client, experiment_id, parent, run_dir, uri, console)
     except BaseException as exc:
         client.log_artifact(parent, str(state.path))
         if not isinstance(exc, Exception):
@@ -147,22 +154,94 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
     return PipelineResult(run_dir, parent, model_uri, report, ensemble, sweep, endpoint)
 
 
-def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str, console: Console) -> str:
-    """Deploy the champion with Ray Serve and show one request answering."""
+def _run_fleet_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient, experiment_id: str,
+                      parent: str, run_dir: Path, uri: str, console: Console) -> PipelineResult:
+    from raysys.data.fleet import generate_fleet, load_fleet
+    from raysys.ensemble.registry import DEFAULT_MODEL_NAME
+    from raysys.fleet.report import summary_metrics
+    from raysys.fleet.tracking import DEFAULT_FLEET_MODEL
+    from raysys.fleet.train import train_fleet
+    from raysys.pipeline.report import write_fleet_report
+
+    console.rule("[bold]1/3 data")
+    with state.stage("data") as out:
+        path = Path(cfg.data) if cfg.data else generate_fleet(run_dir / "data", int(cfg.assets or 0), cfg.profile,
+                                                              cfg.rows, cfg.seed)
+        fleet = load_fleet(path)
+        child = _child_run(client, experiment_id, parent, "data")
+        client.log_dict(child, fleet.metadata, "metadata.json")
+        client.set_terminated(child, "FINISHED")
+        out.update(path=str(fleet.path), assets=len(fleet.assets), sensors=fleet.sensors, mlflow_run_id=child)
+        console.print(f"fleet dataset {fleet.path}: {len(fleet.assets)} assets, sensors {fleet.sensors}")
+
+    console.rule("[bold]2/3 fleet")
+    name = DEFAULT_FLEET_MODEL if cfg.model_name == DEFAULT_MODEL_NAME else cfg.model_name
+    with state.stage("fleet") as out:
+        run = train_fleet(fleet.path, run_dir / "fleet", cfg.fleet_config(), tracking_uri=uri,
+                          experiment=cfg.experiment, register=name)
+        client.set_tag(run.run_id, PARENT_TAG, parent)
+        console.print(run.summary())
+        model_uri = f"models:/{name}@champion" if run.version else None
+        out.update(fleet_dir=str(run.directory), assets=run.manifest.counts(), version=run.version,
+                   model_uri=model_uri, mlflow_run_id=run.run_id)
+
+    console.rule("[bold]3/3 report")
+    with state.stage("report") as out:
+        report = write_fleet_report(run_dir / "report", run, name)
+        child = _child_run(client, experiment_id, parent, "report")
+        client.log_artifacts(child, str(report.parent))
+        client.set_terminated(child, "FINISHED")
+        client.log_artifact(parent, str(report))
+        out.update(report=str(report), mlflow_run_id=child)
+    for key, value in summary_metrics(run.manifest).items():
+        client.log_metric(parent, f"fleet_{key}", value)
+
+    endpoint = None
+    if cfg.serve:
+        console.rule("[bold]serve")
+        with state.stage("serve") as out:
+            if model_uri is None:
+                raise RuntimeError("no asset passed its gates, so no fleet was registered and nothing can be served")
+            asset = run.manifest.servable()[0]
+            endpoint = _serve_and_probe(model_uri, fleet.asset(asset), cfg, uri, console, f"/v1/assets/{asset}/predict")
+            out.update(endpoint=endpoint)
+    return PipelineResult(run_dir, parent, model_uri, report, None, None, endpoint, fleet=run)
+
+
+def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str, console: Console,
+                     route: str = "/v1/predict") -> str:
+    """Deploy the champion with Ray Serve and show one request to ``route`` answering."""
     import httpx
 
     from raysys.serve.deploy import deploy
 
     url = deploy(model_uri, tracking_uri=uri, port=cfg.serve_port)
     row = dataset.test[dataset.sensors].iloc[0].to_dict()
-    response = httpx.post(f"{url}/v1/predict", json={"readings": [row]}, timeout=30)
+    response = httpx.post(f"{url}{route}", json={"readings": [row]}, timeout=30)
     response.raise_for_status()
-    console.print(f"POST {url}/v1/predict {row}\n-> {response.json()}")
+    console.print(f"POST {url}{route} {row}\n-> {response.json()}")
     return url
+
+
+def is_fleet_dataset(path: str | Path) -> bool:
+    """Whether ``path`` holds a fleet dataset (its ``metadata.json`` says ``layout: fleet``)."""
+    import json
+
+    from raysys.layout import DATASET_METADATA
+
+    meta = Path(path) / DATASET_METADATA
+    return meta.exists() and json.loads(meta.read_text()).get("layout") == "fleet"
 
 
 def summary_lines(result: PipelineResult, tracking_uri: str) -> list[str]:
     """What the user needs next: where things are and how to look at them."""
+    if result.fleet is not None:
+        lines = [f"run directory : {result.run_dir}", f"report        : {result.report}",
+                 f"MLflow        : parent run {result.parent_run_id} (browse: mlflow ui --backend-store-uri "
+                 f"{tracking_uri})", *result.fleet.summary().splitlines(),
+                 f"model         : {result.model_uri or 'not registered (no asset passed its gates)'}"
+                 + (f" (version {result.fleet.version})" if result.fleet.version else "")]
+        return lines + ([f"endpoint      : {result.endpoint}/v1/assets/<asset_id>/predict"] if result.endpoint else [])
     lines = [
         f"run directory : {result.run_dir}",
         f"report        : {result.report}",
