@@ -171,3 +171,26 @@ def test_pipeline_config_rejects_unknown_keys(tmp_path):
         load_pipeline_config(path)
     path.write_text("rows: 5000\nquick: true\n")
     assert load_pipeline_config(path, seed=4) == PipelineConfig(rows=5000, quick=True, seed=4)
+
+
+def test_pipeline_assets_runs_the_fleet_path_end_to_end(ray_cluster, tmp_path, capsys):
+    from raysys.pipeline.runner import FLEET_STAGES
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["pipeline", "--assets", "3", "--rows", "600", "--quick", "--output-dir", str(tmp_path / "runs"),
+                 "--mlflow-uri", uri])
+    out = capsys.readouterr().out
+    run_dir = next((tmp_path / "runs").iterdir())
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert [state["stages"][s]["status"] for s in FLEET_STAGES] == ["done"] * len(FLEET_STAGES)
+    assert state["stages"]["fleet"]["assets"]["total"] == 3 and state["config"]["assets"] == 3
+    fleet_run = MlflowClient(uri).get_run(state["stages"]["fleet"]["mlflow_run_id"])
+    assert fleet_run.data.tags[PARENT_TAG] == MlflowClient(uri).search_runs(
+        [fleet_run.info.experiment_id], "tags.`raysys.stage` = 'pipeline'")[0].info.run_id
+    assert json.loads(fleet_run.data.params["params"]) == {"epochs": 3}  # --quick
+    html = (run_dir / "report" / "report.html").read_text()
+    assert "raysys fleet report" in html and "Every asset" in html and html.count("asset-000") >= 3
+    served = state["stages"]["fleet"]["assets"]["succeeded"]
+    assert code == (0 if served else 1) and "fleet " in out
+    if served:
+        assert state["stages"]["fleet"]["model_uri"] == "models:/raysys-fleet@champion"

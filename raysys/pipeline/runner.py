@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlflow.tracking import MlflowClient
 from rich.console import Console
@@ -64,6 +64,15 @@ def _sweep_config(cfg: PipelineConfig, run_dir: Path, tracking_uri: str) -> Swee
 def _child_run(client: MlflowClient, experiment_id: str, parent: str, stage: str) -> str:
     run = client.create_run(experiment_id, run_name=stage, tags={PARENT_TAG: parent, "raysys.stage": stage})
     return run.info.run_id
+
+
+def _log_report(client: MlflowClient, experiment_id: str, parent: str, report: Path) -> str:
+    """Log the report's folder as the ``report`` child run and the HTML on the parent; returns the child's id."""
+    child = _child_run(client, experiment_id, parent, "report")
+    client.log_artifacts(child, str(report.parent))
+    client.set_terminated(child, "FINISHED")
+    client.log_artifact(parent, str(report))
+    return child
 
 
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> PipelineResult:
@@ -134,23 +143,14 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
     console.rule("[bold]4/4 report")
     with state.stage("report") as out:
         report = write_pipeline_report(run_dir / "report", dataset, sweep, ensemble, client, cfg.model_name)
-        child = _child_run(client, experiment_id, parent, "report")
-        client.log_artifacts(child, str(report.parent))
-        client.set_terminated(child, "FINISHED")
-        client.log_artifact(parent, str(report))
-        out.update(report=str(report), mlflow_run_id=child)
+        out.update(report=str(report), mlflow_run_id=_log_report(client, experiment_id, parent, report))
     for key, value in ensemble.metrics["ensemble"].items():
         if isinstance(value, float):
             client.log_metric(parent, f"ensemble_test_{key}", value)
 
-    endpoint = None
-    if cfg.serve:
-        console.rule("[bold]serve")
-        with state.stage("serve") as out:
-            if model_uri is None:
-                raise RuntimeError("no champion was registered (a quality gate failed), so there is nothing to serve")
-            endpoint = _serve_and_probe(model_uri, dataset, cfg, uri, console)
-            out.update(endpoint=endpoint)
+    endpoint = _serve_stage(state, console, model_uri, "no champion was registered (a quality gate failed), so there "
+                            "is nothing to serve", lambda m: _serve_and_probe(m, dataset, cfg, uri, console)
+                            ) if cfg.serve else None
     return PipelineResult(run_dir, parent, model_uri, report, ensemble, sweep, endpoint)
 
 
@@ -188,24 +188,29 @@ def _run_fleet_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowC
     console.rule("[bold]3/3 report")
     with state.stage("report") as out:
         report = write_fleet_report(run_dir / "report", run, name)
-        child = _child_run(client, experiment_id, parent, "report")
-        client.log_artifacts(child, str(report.parent))
-        client.set_terminated(child, "FINISHED")
-        client.log_artifact(parent, str(report))
-        out.update(report=str(report), mlflow_run_id=child)
+        out.update(report=str(report), mlflow_run_id=_log_report(client, experiment_id, parent, report))
     for key, value in summary_metrics(run.manifest).items():
         client.log_metric(parent, f"fleet_{key}", value)
 
-    endpoint = None
-    if cfg.serve:
-        console.rule("[bold]serve")
-        with state.stage("serve") as out:
-            if model_uri is None:
-                raise RuntimeError("no asset passed its gates, so no fleet was registered and nothing can be served")
-            asset = run.manifest.servable()[0]
-            endpoint = _serve_and_probe(model_uri, fleet.asset(asset), cfg, uri, console, f"/v1/assets/{asset}/predict")
-            out.update(endpoint=endpoint)
+    first = (run.manifest.servable() or [""])[0]
+    endpoint = _serve_stage(state, console, model_uri, "no asset passed its gates, so no fleet was registered and "
+                            "nothing can be served", lambda m: _serve_and_probe(
+                                m, fleet.asset(first), cfg, uri, console, f"/v1/assets/{first}/predict")
+                            ) if cfg.serve else None
     return PipelineResult(run_dir, parent, model_uri, report, None, None, endpoint, fleet=run)
+
+
+def _serve_stage(state: PipelineState, console: Console, model_uri: str | None, why_none: str,
+                 serve: Callable[[str], str]) -> str:
+    """The ``serve`` stage: ``serve(model_uri)`` deploys and probes; fails with ``why_none`` when nothing was
+    registered. Returns the endpoint."""
+    console.rule("[bold]serve")
+    with state.stage("serve") as out:
+        if model_uri is None:
+            raise RuntimeError(why_none)
+        endpoint = serve(model_uri)
+        out.update(endpoint=endpoint)
+    return endpoint
 
 
 def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str, console: Console,
