@@ -32,6 +32,12 @@ BROKEN = "asset-0007"
 CONFIG = FleetConfig(params={"epochs": 3, "hidden_dims": [16], "latent_dim": 4}, gates={})
 
 
+def registry(uri: str) -> MlflowClient:
+    """A client of ``uri``'s tracking store and registry (never MLflow's process-wide registry URI, which other
+    test modules set)."""
+    return MlflowClient(uri, registry_uri=uri)
+
+
 @dataclass
 class Trained:
     data: Path
@@ -69,7 +75,7 @@ def test_a_corrupt_asset_fails_alone_with_its_reason(trained):
     table = pd.read_csv(trained.out / FLEET_TABLE)
     assert len(table) == ASSETS and (trained.out / FLEET_PLOTS / "metrics.png").stat().st_size > 0
     # the version the first call registered serves the 19 others and lists the broken one with its reason
-    version = MlflowClient(trained.tracking_uri).get_model_version("raysys-fleet", trained.first.version)
+    version = registry(trained.tracking_uri).get_model_version("raysys-fleet", trained.first.version)
     registered = read_manifest(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
                                                                    tracking_uri=trained.tracking_uri))
     assert len(registered.servable()) == ASSETS - 1 and registered.assets[BROKEN].reason == entry.reason
@@ -83,18 +89,18 @@ def test_resume_trains_only_the_fixed_asset(trained):
     assert manifest.counts()["succeeded"] == ASSETS and manifest.assets[BROKEN].status == SUCCEEDED
     assert manifest.config.params == CONFIG.params  # the fleet's own settings, not the resuming call's defaults
     assert resumed.run_id == first.run_id  # the same MLflow run goes on
-    run = MlflowClient(trained.tracking_uri).get_run(first.run_id)
+    run = registry(trained.tracking_uri).get_run(first.run_id)
     assert run.data.metrics["assets_succeeded"] == ASSETS and run.data.metrics["assets_failed"] == 0
     assert run.info.status == "FINISHED"
     # one run for the fleet, no run per asset by default
-    runs = MlflowClient(trained.tracking_uri).search_runs([run.info.experiment_id])
+    runs = registry(trained.tracking_uri).search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [first.run_id]
-    artifacts = {a.path for a in MlflowClient(trained.tracking_uri).list_artifacts(first.run_id)}
+    artifacts = {a.path for a in registry(trained.tracking_uri).list_artifacts(first.run_id)}
     assert {"assets", "assets.csv", "fleet.json", "plots", "registry"} <= artifacts
 
 
 def test_the_registered_fleet_is_one_model_whose_versions_point_at_each_asset(trained):
-    client = MlflowClient(trained.tracking_uri)
+    client = registry(trained.tracking_uri)
     champion = client.get_model_version_by_alias("raysys-fleet", "champion")
     assert str(champion.version) == trained.resumed.version == "2" and trained.first.version == "1"
     assert str(client.get_model_version_by_alias("raysys-fleet", "previous").version) == "1"
@@ -184,11 +190,12 @@ def test_promoting_one_asset_leaves_every_other_entry_as_it_was(trained, tmp_pat
     retrained = train_fleet(trained.data, tmp_path / "one", CONFIG.model_copy(update={"seed": 9}),
                             assets=["asset-0003"], tracking_uri=trained.tracking_uri, register="", progress=False)
     assert retrained.version is None and retrained.trained == ["asset-0003"]
-    before = read_manifest(mlflow.artifacts.download_artifacts(artifact_uri="models:/raysys-fleet@champion",
+    champion = registry(trained.tracking_uri).get_model_version_by_alias("raysys-fleet", "champion")
+    before = read_manifest(mlflow.artifacts.download_artifacts(artifact_uri=champion.source,
                                                                tracking_uri=trained.tracking_uri))
     assert main(["fleet", "promote", "--asset", "asset-0003", "--source", str(tmp_path / "one"),
                  "--mlflow-uri", trained.tracking_uri]) == 0
-    client = MlflowClient(trained.tracking_uri)
+    client = registry(trained.tracking_uri)
     version = client.get_model_version_by_alias("raysys-fleet", "champion")
     after = read_manifest(mlflow.artifacts.download_artifacts(artifact_uri=version.source,
                                                               tracking_uri=trained.tracking_uri))
@@ -214,11 +221,11 @@ def test_assets_that_fail_a_gate_are_kept_listed_and_not_registered(trained, tmp
     assert all("roc_auc" in e.reason and e.gates_failed == ["roc_auc"] for e in run.manifest.assets.values())
     assert all((tmp_path / "gated" / "assets" / a / "ensemble.json").exists() for a in run.manifest.assets)
     assert run.version is None
-    mlflow_run = MlflowClient(trained.tracking_uri).get_run(run.run_id)
+    mlflow_run = registry(trained.tracking_uri).get_run(run.run_id)
     assert mlflow_run.data.tags["raysys.assets_gate_failed"] == "asset-0001,asset-0002"
     assert mlflow_run.data.metrics["assets_gate_failed"] == 2
     with pytest.raises(mlflow.exceptions.MlflowException):
-        MlflowClient(trained.tracking_uri).get_registered_model("gated-fleet")
+        registry(trained.tracking_uri).get_registered_model("gated-fleet")
 
 
 def test_fleet_settings_are_checked_and_named():

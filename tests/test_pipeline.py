@@ -183,14 +183,15 @@ def test_pipeline_assets_runs_the_fleet_path_end_to_end(ray_cluster, tmp_path, c
     run_dir = next((tmp_path / "runs").iterdir())
     state = json.loads((run_dir / "pipeline.json").read_text())
     assert [state["stages"][s]["status"] for s in FLEET_STAGES] == ["done"] * len(FLEET_STAGES)
-    assert state["stages"]["fleet"]["assets"]["total"] == 3 and state["config"]["assets"] == 3
-    fleet_run = MlflowClient(uri).get_run(state["stages"]["fleet"]["mlflow_run_id"])
+    fleet = state["stages"]["fleet"]["outputs"]
+    assert fleet["assets"]["total"] == 3 and state["config"]["assets"] == 3
+    fleet_run = MlflowClient(uri).get_run(fleet["mlflow_run_id"])
     assert fleet_run.data.tags[PARENT_TAG] == MlflowClient(uri).search_runs(
         [fleet_run.info.experiment_id], "tags.`raysys.stage` = 'pipeline'")[0].info.run_id
     assert json.loads(fleet_run.data.params["params"]) == {"epochs": 3}  # --quick
     html = (run_dir / "report" / "report.html").read_text()
     assert "raysys fleet report" in html and "Every asset" in html and html.count("asset-000") >= 3
-    served = state["stages"]["fleet"]["assets"]["succeeded"]
+    served = fleet["assets"]["succeeded"]
     assert code == (0 if served else 1) and "fleet " in out
     if served:
-        assert state["stages"]["fleet"]["model_uri"] == "models:/raysys-fleet@champion"
+        assert fleet["model_uri"] == "models:/raysys-fleet@champion"

@@ -44,7 +44,8 @@ KIND_TAG, FLEET_KIND = "raysys.kind", "fleet"
 def start_fleet_run(manifest: FleetManifest, tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT,
                     run_name: str = "fleet") -> str:
     """Create the fleet's run (or reopen ``manifest.run_id`` on resume); returns its id."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri, registry_uri=uri)
     if manifest.run_id:
         client.update_run(manifest.run_id, status="RUNNING")
         return manifest.run_id
@@ -109,7 +110,8 @@ def finish_fleet_run(manifest: FleetManifest, out_dir: str | os.PathLike, run_id
                      per_asset_runs: bool = False, interrupted: bool = False) -> str | None:
     """Log the fleet run's summary and the ensembles of ``trained`` (this call's assets), then register the
     manifest as a new version of ``register`` if any asset is servable; returns the version (or None)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri, registry_uri=uri)  # never MLflow's process-wide registry URI
     out = Path(out_dir)
     write_summary(manifest, out)
     for asset_id in trained:
