@@ -235,3 +235,21 @@ def test_fleet_settings_are_checked_and_named():
         FleetConfig(families=[])
     with pytest.raises(ValueError, match="num_cpus"):
         FleetConfig(num_cpus=0)
+
+
+def test_fleet_train_flags_make_the_fleet_config():
+    from raysys.cli import build_parser
+    from raysys.fleet.cli import config_from_args
+    from raysys.fleet.config import FLEET_GATES
+
+    args = build_parser().parse_args([
+        "fleet", "train", "--data", "d", "--out", "o", "--model", "ae", "--model", "lstm", "--ensemble",
+        "--max-epochs", "7", "--param", "hidden_size=8", "--gate", "roc_auc=0.9", "--gate", "heldout_far_ratio=off",
+        "--cpus-per-asset", "0.5", "--gpus-per-asset", "0.25", "--max-concurrent", "4", "--assets", "a,b"])
+    config = config_from_args(args)
+    assert config.families == ["ae", "lstm"] and config.classical
+    assert config.params == {"hidden_size": 8, "epochs": 7}
+    assert config.gates == {**{k: v for k, v in FLEET_GATES.items() if k != "heldout_far_ratio"}, "roc_auc": 0.9}
+    assert config.resources == {"num_cpus": 0.5, "num_gpus": 0.25} and config.max_concurrent == 4
+    assert args.assets == ["a", "b"]
+    assert main(["fleet", "train", "--data", "d"]) == 2  # neither --out nor --resume: a clear error
