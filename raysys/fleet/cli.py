@@ -16,6 +16,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~raysys.fleet.config.FleetConfig` of ``raysys fleet train``'s flags."""
     from raysys.ensemble.gates import parse_gates
     from raysys.fleet.config import FLEET_GATES, FleetConfig
+
     params = dict(args.param)
     if args.max_epochs is not None:
         params["epochs"] = args.max_epochs
@@ -46,7 +47,7 @@ def run_train(args: argparse.Namespace) -> int:
     if run.version:
         print(f"registered {args.name} version {run.version} (alias champion): "
               f"raysys serve --model models:/{args.name}@champion")
-    return 0
+    return 0 if run.manifest.servable() else 1  # a fleet with nothing to serve fails its job
 
 
 def run_promote(args: argparse.Namespace) -> int:

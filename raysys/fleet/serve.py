@@ -26,7 +26,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 from ray import serve
