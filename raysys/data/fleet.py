@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysys.data.io import (DataValidationError, MissingValues, SensorDataset, anomaly_counts, atomic_directory,
-                            read_metadata, read_split, read_table, split_by_time, validate_table)
+                            open_metadata, read_split, read_table, split_by_time, validate_table)
 from raysys.data.prepare import event_records
 from raysys.data.profiles import get_profile
 from raysys.data.synthetic import TIMESTAMP, OperatingPoint, generate_with_events
@@ -188,14 +188,24 @@ class FleetDataset:
                              {**self.metadata, ASSET_ID: asset_id})
 
 
+def _is_fleet(metadata: dict[str, Any]) -> bool:
+    return metadata.get("layout") == "fleet" and isinstance(metadata.get("assets"), list)
+
+
 def load_fleet(path: str | os.PathLike) -> FleetDataset:
     """Open a fleet dataset (reads ``metadata.json``; the assets' files are read by :meth:`FleetDataset.asset`)."""
     root = Path(path)
-    meta_path = root / DATASET_METADATA
-    if not meta_path.exists():
-        raise DataValidationError(f"{root}: not a fleet dataset (no {DATASET_METADATA}); "
-                                  "run `raysys generate --assets N`")
-    metadata = read_metadata(meta_path)
-    if metadata.get("layout") != "fleet" or not isinstance(metadata.get("assets"), list):
+    meta_path, metadata = open_metadata(root, f"not a fleet dataset (no {DATASET_METADATA}); "
+                                              "run `raysys generate --assets N`")
+    if not _is_fleet(metadata):
         raise DataValidationError(f"{meta_path}: not a fleet dataset (expected 'layout': 'fleet' and an 'assets' list)")
     return FleetDataset(root, metadata)
+
+
+def is_fleet_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a fleet dataset (its ``metadata.json`` says ``layout: fleet``; a missing or
+    unreadable one is not a fleet: loading it reports why)."""
+    try:
+        return _is_fleet(open_metadata(Path(path), "")[1])
+    except DataValidationError:
+        return False

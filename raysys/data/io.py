@@ -450,14 +450,20 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
+def open_metadata(root: Path, missing: str) -> tuple[Path, dict[str, Any]]:
+    """``(path, content)`` of ``root``'s ``metadata.json`` (:func:`read_metadata`); without one, a
+    ``DataValidationError`` saying ``<root>: <missing>``."""
+    meta_path = root / DATASET_METADATA
+    if not meta_path.exists():
+        raise DataValidationError(f"{root}: {missing}")
+    return meta_path, read_metadata(meta_path)
+
+
 def load_dataset(path: str | os.PathLike) -> SensorDataset:
     """Load a prepared dataset directory, validating each split."""
     root = Path(path)
-    meta_path = root / DATASET_METADATA
-    if not meta_path.exists():
-        raise DataValidationError(f"{root}: not a prepared dataset (no metadata.json); run `raysys generate` "
-                                  "or `raysys prepare` first")
-    metadata = read_metadata(meta_path)
+    meta_path, metadata = open_metadata(root, "not a prepared dataset (no metadata.json); run `raysys generate` "
+                                              "or `raysys prepare` first")
     parts = {name: read_split(split_file(root, name), metadata["sensors"], meta_path) for name in SPLITS}
     return SensorDataset(root, parts["train"], parts["val"], parts["test"], metadata)
 

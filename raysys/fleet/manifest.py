@@ -86,10 +86,10 @@ class FleetManifest(BaseModel):
     updated_at: str = Field(default_factory=_now)
     assets: dict[str, AssetEntry] = Field(default_factory=dict)
 
-    def counts(self, total: int | None = None) -> dict[str, int]:
-        """Assets per status (and ``total``: the fleet's size, default the entries)."""
+    def counts(self) -> dict[str, int]:
+        """``total`` assets and how many per status (``succeeded``, ``gate_failed``, ``failed``)."""
         out = {status.lower(): sum(e.status == status for e in self.assets.values()) for status in STATUSES}
-        return {"total": len(self.assets) if total is None else total, **out}
+        return {"total": len(self.assets), **out}
 
     def servable(self) -> list[str]:
         """The assets a fleet endpoint answers for: trained, gates passed."""

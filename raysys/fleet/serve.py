@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
@@ -51,13 +50,6 @@ MODEL_ID_HEADER = "serve_multiplexed_model_id"
 fleet_api = FastAPI(default_response_class=JSONBytesResponse, title="raysys fleet anomaly detector",
                     version=__version__, description="Anomaly scores per asset, from each asset's own ensemble.")
 _START = UserConfig()
-
-
-def _settings(user_config: dict[str, Any] | None) -> UserConfig:
-    try:
-        return UserConfig.model_validate(user_config or {})
-    except ValidationError as exc:
-        raise ValueError(f"invalid user_config {user_config!r}: {exc}") from None
 
 
 def _error(exc: RequestError) -> tuple[int, dict[str, Any], dict[str, str] | None]:
@@ -102,7 +94,7 @@ class FleetScorer:
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply ``user_config`` (batch size and wait, request rows) to this running replica."""
-        settings = _settings(user_config)
+        settings = UserConfig.parse(user_config)
         self._score_batch.set_max_batch_size(settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings
@@ -180,7 +172,7 @@ class FleetIngress:
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply ``user_config`` (body size and time limits) to this running replica."""
-        self._settings = _settings(user_config)
+        self._settings = UserConfig.parse(user_config)
 
     def _unknown(self, asset_id: str) -> JSONBytesResponse:
         why = self._not_served.get(asset_id)

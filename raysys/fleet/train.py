@@ -14,6 +14,7 @@ only the assets that are missing or ``FAILED``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from raysys.data.fleet import FleetDataset, load_fleet
+from raysys.data.io import atomic_directory
 from raysys.fleet.asset import FAILED, AssetResult, train_asset
 from raysys.fleet.config import FleetConfig
 from raysys.fleet.manifest import AssetEntry, FleetManifest, read_manifest
@@ -103,17 +105,14 @@ def _store(out: Path, result: AssetResult) -> str | None:
     """Write an asset's ensemble files into ``assets/<id>/`` (replacing an older one whole); returns its
     path relative to the fleet, or None for a failed asset (whose old directory is removed)."""
     final = fleet_asset_dir(out, result.asset_id)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if result.status != FAILED:
+    if result.status == FAILED:
+        shutil.rmtree(final, ignore_errors=True)
+        return None
+    with atomic_directory(final, overwrite=True) as tmp:
         for name, data in result.files.items():
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    shutil.rmtree(final, ignore_errors=True)
-    if result.status == FAILED:
-        return None
-    os.replace(tmp, final)
     return str(final.relative_to(out))
 
 
@@ -138,11 +137,12 @@ def run_tasks(data: str | os.PathLike, asset_ids: list[str], config: FleetConfig
         limit = max(1, int(slots / (config.num_gpus or config.num_cpus)) * IN_FLIGHT_PER_SLOT)
     data = str(Path(data).resolve())
     pending: dict[Any, str] = {}
-    queue = list(asset_ids)
-    while queue or pending:
-        while queue and len(pending) < limit:
-            asset_id = queue.pop(0)
+    queue = iter(asset_ids)
+    while True:
+        for asset_id in itertools.islice(queue, max(0, limit - len(pending))):
             pending[task.remote(data, asset_id, config)] = asset_id
+        if not pending:
+            return
         done, _ = ray.wait(list(pending), num_returns=1)
         asset_id = pending.pop(done[0])
         try:

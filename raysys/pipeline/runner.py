@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from raysys.data import generate_dataset, load_dataset
+from raysys.data.fleet import is_fleet_dataset
 from raysys.ensemble.gates import DEFAULT_GATES
 from raysys.ensemble.workflow import EnsembleResult, run_ensemble
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
@@ -227,15 +228,6 @@ def _serve_and_probe(model_uri: str, dataset: Any, cfg: PipelineConfig, uri: str
     console.print(f"POST {url}{route} {row}\n-> {response.json()}")
     return url
 
-
-def is_fleet_dataset(path: str | Path) -> bool:
-    """Whether ``path`` holds a fleet dataset (its ``metadata.json`` says ``layout: fleet``)."""
-    import json
-
-    from raysys.layout import DATASET_METADATA
-
-    meta = Path(path) / DATASET_METADATA
-    return meta.exists() and json.loads(meta.read_text()).get("layout") == "fleet"
 
 
 def summary_lines(result: PipelineResult, tracking_uri: str) -> list[str]:

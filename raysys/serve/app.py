@@ -121,10 +121,7 @@ class AnomalyDetector:
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply ``user_config`` (batch size and wait, request limit) to this running replica."""
-        try:
-            settings = UserConfig.model_validate(user_config or {})
-        except ValidationError as exc:
-            raise ValueError(f"invalid user_config {user_config!r}: {exc}") from None
+        settings = UserConfig.parse(user_config)
         self._score_batch.set_max_batch_size(settings.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings

@@ -110,6 +110,18 @@ class UserConfig(_Settings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
 
+    @classmethod
+    def parse(cls, user_config: dict[str, Any] | None) -> "UserConfig":
+        """The settings of a deployment's ``user_config`` (None: the defaults), as ``reconfigure`` gets it.
+
+        Raises:
+            ValueError: naming the ``user_config`` and each bad field.
+        """
+        try:
+            return cls.model_validate(user_config or {})
+        except ValidationError as exc:
+            raise ValueError(f"invalid user_config {user_config!r}: {exc}") from None
+
 
 class AutoscalingSettings(_Settings):
     """The deployment's ``autoscaling_config`` (see ``ray.serve.config.AutoscalingConfig``).
