@@ -30,7 +30,8 @@ RUNS = {
     "lstm": ("small_dataset", 2, {"window": 8, "stride": 2}),
     "conv": ("small_dataset", 2, {"window": 8, "stride": 2}),
 }
-EXPECTED_PARAMS = {"data", "model", "num_workers", "use_gpu", "storage_path", "run_name",
+EXPECTED_PARAMS = {"data", "ingest", "storage_options", "cpus_per_worker", "model", "num_workers", "use_gpu",
+                   "storage_path", "run_name",
                    "threshold_method", "percentile", "target_far", "max_failures", "experiment"}
 PLOTS = {"loss_curves.png", "score_distribution.png", "roc_pr.png", "confusion_matrix.png", "recall_by_type.png"}
 

@@ -33,6 +33,9 @@ ANOMALY_TYPE = "anomaly_type"
 #: Columns that are never sensors: text columns describing the labels (kept only with a label column).
 RESERVED: tuple[str, ...] = (ANOMALY_TYPE, ANOMALY_SENSORS)
 MIN_ROWS = 100
+#: A time gap: an interval longer than this many times the median sampling interval (counted by validation;
+#: a streamed training run starts new windows after one).
+GAP_FACTOR = 1.5
 
 
 class DataValidationError(ValueError):
@@ -102,7 +105,7 @@ class SensorTable:
         frame: Rows sorted by timestamp; sensor columns float64, labels if present.
         sensors: Sensor column names in order.
         interpolated: Sensor name to the number of missing values filled by interpolation.
-        time_gaps: Number of intervals longer than 1.5 times the median sampling interval.
+        time_gaps: Number of intervals longer than ``GAP_FACTOR`` times the median sampling interval.
     """
 
     frame: pd.DataFrame
@@ -290,11 +293,11 @@ def validate_table(frame: pd.DataFrame, source: str, timestamp_col: str = TIMEST
             touched = frame[ANOMALY_SENSORS]
             out[ANOMALY_SENSORS] = np.where(touched.isna(), "", touched.astype(str)).astype(str)
     steps = np.diff(ts.to_numpy().astype("int64"))
-    gaps = int((steps > 1.5 * np.median(steps)).sum()) if len(steps) else 0
+    gaps = int((steps > GAP_FACTOR * np.median(steps)).sum()) if len(steps) else 0
     if interpolated:
         logger.warning("%s: interpolated missing values %s", source, interpolated)
     if gaps:
-        logger.warning("%s: %d gaps in the timestamps longer than 1.5x the median interval", source, gaps)
+        logger.warning("%s: %d gaps in the timestamps longer than %gx the median interval", source, gaps, GAP_FACTOR)
     return SensorTable(out, sensors, interpolated, gaps)
 
 
@@ -383,9 +386,10 @@ def atomic_directory(out_dir: str | os.PathLike, overwrite: bool = False) -> Ite
 
 @dataclass
 class SensorDataset:
-    """A prepared dataset directory loaded into memory."""
+    """A prepared dataset directory loaded into memory (or a streamed data set's bounded sample:
+    ``raysys.data.source.DataSource.sample``, whose ``path`` is its URI)."""
 
-    path: Path
+    path: Path | str
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame

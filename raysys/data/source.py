@@ -12,17 +12,26 @@ after ``ray.init``. docs/data.md#data-in-object-storage.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysys.data.io import DataValidationError
-from raysys.layout import SPLITS
+from raysys.data.io import LABEL, RESERVED, DataValidationError, SensorDataset, validate_table
+from raysys.data.synthetic import TIMESTAMP
+from raysys.layout import ASSET_ID, DATASET_METADATA, SPLITS
+
+#: Rows of each split that stages needing a split in memory (evaluation, threshold calibration, the ensemble's
+#: classical members, the report) read from a streamed data set: :meth:`DataSource.sample`.
+SAMPLE_ROWS = 200_000
+#: The column Ray Data adds to every row: the file it came from.
+PATH = "path"
 
 #: pyarrow filesystem class per URI scheme (what ``storage_options`` are passed to).
 FILESYSTEMS = {"s3": pafs.S3FileSystem, "gs": pafs.GcsFileSystem, "gcs": pafs.GcsFileSystem,
@@ -104,14 +113,85 @@ class DataSource:
             raise DataValidationError(f"{self.uri}: no files to read")
         return first
 
-    def read(self, split: str, sensors: list[str], **read_args: Any) -> Any:
-        """Split ``split`` as a Ray Data dataset (streamed, block by block), after :meth:`check_files`; each
-        row carries the ``path`` of its file (windows must not cross files)."""
+    def metadata(self) -> dict[str, Any]:
+        """The data set's ``metadata.json`` when it has one; otherwise ``{"sensors": [...]}`` with every numeric
+        column of the first training file other than the timestamp, the label and partition keys."""
+        path = f"{self.root}/{DATASET_METADATA}"
+        if self.filesystem.get_file_info(path).type == pafs.FileType.File:
+            with self.filesystem.open_input_stream(path) as stream:
+                try:
+                    metadata = json.loads(stream.read())
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise DataValidationError(f"{self.display(path)}: not valid JSON: {exc}") from None
+            if not isinstance(metadata, dict) or not metadata.get("sensors"):
+                raise DataValidationError(f"{self.display(path)}: missing key 'sensors' (the list of sensor columns)")
+            return metadata
+        first = self.split_files("train")[0]
+        schema = self.check_files([first], [])
+        sensors = [f.name for f in schema if f.name not in (TIMESTAMP, LABEL, ASSET_ID, PATH, *RESERVED)
+                   and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+        if not sensors:
+            raise DataValidationError(f"{self.display(first)}: no numeric sensor columns (columns: {schema.names})")
+        return {"sensors": sensors}
+
+    def row_counts(self, files: list[str]) -> list[int]:
+        """Rows of each file, from its Parquet footer."""
+        return [self._parquet(path).metadata.num_rows for path in files]
+
+    def _parquet(self, path: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(self.filesystem.open_input_file(path))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataValidationError(f"{self.display(path)}: not a readable Parquet file ({exc})") from None
+
+    def sample_split(self, split: str, sensors: list[str], max_rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+        """At most ``max_rows`` rows of ``split``, validated: all of it when it is smaller, else whole Parquet row
+        groups evenly spaced over its files in order (each a run of consecutive rows, so the sample spans the
+        split's whole time range). Each row group is validated as a table of its own, naming its file."""
+        files = self.split_files(split)
+        groups = [(path, g, meta.row_group(g).num_rows) for path in files
+                  for meta in [self._parquet(path).metadata] for g in range(meta.num_row_groups)]
+        total = sum(n for *_, n in groups)
+        keep = min(len(groups), int(len(groups) * max_rows / max(total, 1)) + 1)  # about the budget, then fit it
+        while keep > 1 and sum(n for *_, n in _evenly(groups, keep)) > max_rows:
+            keep -= 1
+        parts = [validate_table(self._parquet(path).read_row_group(group).to_pandas(), self.display(path),
+                                min_rows=1).frame for path, group, _ in _evenly(groups, keep)]
+        return pd.concat(parts, ignore_index=True).iloc[:max_rows]  # one row group can exceed the budget
+
+    def sample(self, max_rows: int = SAMPLE_ROWS) -> SensorDataset:
+        """The data set as a :class:`SensorDataset` of at most ``max_rows`` rows per split (:meth:`sample_split`):
+        what a streamed run evaluates, calibrates and reports on."""
+        metadata = self.metadata()
+        splits = {name: self.sample_split(name, metadata["sensors"], max_rows) for name in SPLITS}
+        metadata = {**metadata, "sample": {"max_rows": max_rows, **{k: len(v) for k, v in splits.items()}},
+                    "source": self.uri}
+        return SensorDataset(self.uri, splits["train"], splits["val"], splits["test"], metadata)
+
+    def read(self, split: str, sensors: list[str], check: bool = True, **read_args: Any) -> Any:
+        """Split ``split`` as a Ray Data dataset (streamed, block by block), after :meth:`check_files` (unless
+        the caller has checked them); each row carries the ``path`` of its file (windows must not cross files)."""
         import ray
 
         files = self.split_files(split)
-        self.check_files(files, sensors)
+        if check:
+            self.check_files(files, sensors)
         return ray.data.read_parquet(files, filesystem=self.filesystem, include_paths=True, **read_args)
+
+
+#: Words that mark a storage option as a secret: never written to a run record, MLflow or a log.
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
+
+
+def public_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the ones whose name holds a :data:`SECRET_WORDS` word (``access_key``,
+    ``secret_key``, ``session_token``, ``account_key``...)."""
+    return {k: v for k, v in options.items() if not any(w in k.lower() for w in SECRET_WORDS)}
+
+
+def _evenly(items: list, k: int) -> list:
+    """``k`` of ``items``, evenly spaced from the first to the last."""
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, k).round().astype(int))]
 
 
 def open_source(uri: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> DataSource:

@@ -105,8 +105,9 @@ class BaseDeepDetector(BaseEstimator, ABC):
     def _validate(self, X: np.ndarray, fitted: bool) -> np.ndarray:
         return check_rows(X, np.float32, self.n_features_in_ if fitted else None, self.min_rows())
 
-    def _normal(self, samples: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        """The training ``samples`` (made from rows labelled ``y``) that hold no known anomaly (``y == 1``)."""
+    def drop_anomalous(self, samples: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        """The training ``samples`` (made from rows labelled ``y`` by :meth:`training_samples`) that hold no
+        known anomaly (``y == 1``)."""
         if y is None:
             return samples
         y = np.asarray(y).reshape(-1, 1)
@@ -117,7 +118,7 @@ class BaseDeepDetector(BaseEstimator, ABC):
         """Scaled training samples that hold no known anomaly (``y == 1``)."""
         if y is not None and len(y) != len(X):
             raise ValueError(f"y has {len(y)} labels for {len(X)} rows of X")
-        return self._normal(self.training_samples(self.scaler_.transform(X).astype(np.float32)), y)
+        return self.drop_anomalous(self.training_samples(self.scaler_.transform(X).astype(np.float32)), y)
 
     def heldout_rows(self, n_rows: int, y: np.ndarray | None = None) -> np.ndarray:
         """Which of ``n_rows`` training rows (labelled ``y``) ``fit`` held out: mask, shape (n_rows,).
@@ -128,7 +129,7 @@ class BaseDeepDetector(BaseEstimator, ABC):
         anomaly (``y == 1``) is not a held-out normal row.
         """
         rows = np.arange(n_rows, dtype=np.float64).reshape(-1, 1)
-        covered = self._normal(self.training_samples(rows), y)  # the rows each training sample reads
+        covered = self.drop_anomalous(self.training_samples(rows), y)  # the rows each training sample reads
         fitted, _ = split_validation(torch.from_numpy(covered), self.validation_fraction)
 
         def per_row(reduce, values: np.ndarray) -> np.ndarray:  # over the rows each scoring sample reads
@@ -146,12 +147,19 @@ class BaseDeepDetector(BaseEstimator, ABC):
         """
         check_params(self.family, self.get_params(), list(self.get_params()))
         X = self._validate(X, fitted=False)
-        torch.manual_seed(self.seed)
-        self.n_features_in_ = X.shape[1]
         normal = X if y is None else X[np.asarray(y) == 0]
-        self.scaler_ = fit_scaler(self.scaler, normal)
-        self.module_ = self.build_module(self.n_features_in_)
+        self.init_module(X.shape[1], fit_scaler(self.scaler, normal))
         return self.normal_samples(X, y)
+
+    def init_module(self, n_features: int, scaler: Any) -> "BaseDeepDetector":
+        """Take a fitted ``scaler`` (one for ``self.scaler``) and build the untrained network for ``n_features``
+        sensors (seeded): what :meth:`init_fit` does after fitting the scaler, and what a streamed training run
+        does with the scaler it computed in one pass over the data (``raysys.train.ingest``)."""
+        torch.manual_seed(self.seed)
+        self.n_features_in_ = n_features
+        self.scaler_ = scaler
+        self.module_ = self.build_module(n_features)
+        return self
 
     def finish_fit(self, X: np.ndarray, y: np.ndarray | None = None,
                    best_module: dict[str, torch.Tensor] | None = None) -> "BaseDeepDetector":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import yaml
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.console import Console
 from raysys.cluster import init_ray
 from raysys.evaluation import THRESHOLD_METHODS
 from raysys.models import FAMILY_NAMES, with_spellings
+from raysys.train.ingest import INGEST_MODES
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -20,17 +22,42 @@ def key_value(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def storage_options(text: str) -> dict[str, object]:
+    """``--storage-options``: a JSON object of the object store's pyarrow filesystem arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def data_args(parser: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+    """``--data``, ``--ingest`` and ``--storage-options``: where a training run reads its data, and how."""
+    parser.add_argument("--data", required=required, metavar="URI", help=help or (
+        "data set: a prepared directory, a directory of Parquet splits (train/ val/ test/, Hive-partitioned or "
+        "not), or the same under s3:// gs:// abfs://"))
+    parser.add_argument("--ingest", choices=INGEST_MODES, default="auto",
+                        help="load the data set into every worker (memory), stream it through Ray Data (stream), or "
+                             "choose by where it is and its size (auto; docs/data.md#streaming-training)")
+    parser.add_argument("--storage-options", type=storage_options, default={}, metavar="JSON",
+                        help='object-store filesystem arguments, e.g. \'{"endpoint_override": "http://minio:9000"}\'; '
+                             "pass credentials through the store's environment variables, not here")
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from raysys.data import load_dataset
     from raysys.train.config import TrainConfig
     from raysys.train.driver import train
+    from raysys.train.ingest import check_training_data
 
     params = with_spellings(dict(args.param), max_epochs=args.max_epochs, patience=args.patience)
-    cfg = TrainConfig(data=args.data, model=args.model, params=params, num_workers=args.num_workers,
-                      use_gpu=args.gpu, storage_path=args.storage_path, run_name=args.run_name, threshold_method=args.threshold,
-                      percentile=args.percentile, target_far=args.target_far, tracking_uri=args.mlflow_uri,
-                      experiment=args.experiment)
-    load_dataset(cfg.data)  # bad data fails here, before any Ray work
+    cfg = TrainConfig(data=args.data, ingest=args.ingest, storage_options=args.storage_options, model=args.model,
+                      params=params, num_workers=args.num_workers, use_gpu=args.gpu,
+                      cpus_per_worker=args.cpus_per_worker, storage_path=args.storage_path,
+                      run_name=args.run_name, threshold_method=args.threshold, percentile=args.percentile,
+                      target_far=args.target_far, tracking_uri=args.mlflow_uri, experiment=args.experiment)
+    check_training_data(cfg.data, cfg.ingest, cfg.storage_options)  # bad data fails here, before any Ray work
     init_ray(args.address)
     result = train(cfg, resume=args.resume)
     print(f"run {result.run_name}: MLflow run {result.run_id}, {result.epochs} epochs")
@@ -60,10 +87,12 @@ def _threshold_args(parser: argparse.ArgumentParser) -> None:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr = subparsers.add_parser("train", help="train a detector with Ray Train, tracked in MLflow")
-    tr.add_argument("--data", required=True, help="prepared dataset directory")
+    data_args(tr)
     tr.add_argument("--model", choices=sorted(FAMILY_NAMES), default="ae")
     tr.add_argument("--num-workers", type=int, default=2)
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    tr.add_argument("--cpus-per-worker", type=float, default=1.0,
+                    help="CPUs each worker holds (fractions allowed; streaming leaves Ray Data one CPU)")
     tr.add_argument("--max-epochs", type=int, help="the detector's epochs parameter (default 30)")
     tr.add_argument("--patience", type=int, help="the detector's early-stopping patience in epochs (default 5)")
     tr.add_argument("--param", type=key_value, action="append", default=[], metavar="KEY=VALUE",

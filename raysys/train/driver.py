@@ -19,15 +19,15 @@ from ray.train.v2.api.callback import UserCallback
 from rich.console import Console
 
 from raysys.cluster import train_log_level
-from raysys.data import load_dataset
 from raysys.evaluation import flat_metrics, metrics_table
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
-from raysys.layout import DATASET_METADATA, DETECTOR_DIR, RUN_RECORD, TRAIN_STATE, checkpoints
+from raysys.layout import DATASET_METADATA, DETECTOR_DIR, RUN_RECORD, SPLITS, TRAIN_STATE, checkpoints
 from raysys.models import load_detector
 from raysys.models.base import load_weights
 from raysys.tracking import get_experiment_id, resolve_tracking_uri
 from raysys.train.config import TrainConfig
 from raysys.train.evaluate import Evaluation, evaluate_detector, write_evaluation
+from raysys.train.ingest import TrainingData, check_data_cpus, open_training_data
 from raysys.train.worker import train_fn_per_worker
 
 logger = logging.getLogger(__name__)
@@ -59,18 +59,25 @@ class MlflowEpochLogger(UserCallback):
 def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback],
                   extra_loop_config: dict[str, Any] | None = None, *,
                   train_fn: Callable[[dict[str, Any]], None] = train_fn_per_worker,
-                  resources_per_worker: dict[str, float] | None = None) -> TorchTrainer:
+                  resources_per_worker: dict[str, float] | None = None,
+                  data: TrainingData | None = None) -> TorchTrainer:
     """The Ray Train ``TorchTrainer`` for ``cfg``; reusing ``run_name`` resumes that run.
 
     ``train_fn`` (a wrapper of :func:`train_fn_per_worker`) and ``resources_per_worker``
-    (default: Ray's 1 CPU, plus 1 GPU with ``use_gpu``) let a sweep trial adapt it.
+    (default: ``cfg.cpus_per_worker``, plus 1 GPU with ``use_gpu``) let a sweep trial adapt it. ``data``: the run's
+    data when the caller has opened it already (default: :func:`open_run_data`, without loading it here).
     """
-    loop_config = {"data": str(Path(cfg.data).resolve()), "model": cfg.model, "params": cfg.params,
-                   **(extra_loop_config or {})}
+    data = data or open_run_data(cfg, load=False)
+    if resources_per_worker is None:
+        resources_per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    if data.ingest == "stream":
+        check_data_cpus(cfg.num_workers, resources_per_worker.get("CPU", 1.0))
+    loop_config = {"model": cfg.model, "params": cfg.params, **data.loop_config, **(extra_loop_config or {})}
     os.environ.setdefault(HEALTH_CHECK_ENV, str(HEALTH_CHECK_INTERVAL_S))  # Ray Train passes it to its actors
     return TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
+        datasets=data.datasets or None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources_per_worker),
         run_config=RunConfig(
@@ -82,6 +89,12 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
             logging_config=LoggingConfig(log_level=train_log_level()),
         ),
     )
+
+
+def open_run_data(cfg: TrainConfig, load: bool = True) -> TrainingData:
+    """``cfg``'s data (``raysys.train.ingest.open_training_data``); ``load=False`` leaves an in-memory data set
+    on disk (the workers load it)."""
+    return open_training_data(cfg.data, cfg.model, cfg.params, cfg.ingest, cfg.storage_options, load=load)
 
 
 @dataclass
@@ -113,7 +126,10 @@ def _start_or_resume(cfg: TrainConfig, resume: str | None, client: MlflowClient)
         if not record_path.exists():
             raise FileNotFoundError(f"cannot resume {resume!r}: no {RUN_RECORD} under {storage / resume}")
         record = json.loads(record_path.read_text())
-        saved = TrainConfig(**{**record["config"], "storage_path": str(storage), "tracking_uri": cfg.tracking_uri})
+        saved = TrainConfig(**{**record["config"], "storage_path": str(storage), "tracking_uri": cfg.tracking_uri,
+                               # secrets were not recorded: this invocation's options (or the environment) give them
+                               "storage_options": {**record["config"].get("storage_options", {}),
+                                                   **cfg.storage_options}})
         client.update_run(record["mlflow_run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
         return saved, resume, record["mlflow_run_id"]
     run_name = cfg.run_name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -173,7 +189,11 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
     console = console or Console()
     client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri))
     cfg, run_name, run_id = _start_or_resume(cfg, resume, client)
-    dataset = load_dataset(cfg.data)
+    data = open_run_data(cfg)
+    dataset = data.dataset
+    if data.ingest == "stream":
+        console.print(f"[{run_name}] streaming {cfg.data} into the workers; evaluating on a sample of "
+                      f"{', '.join(f'{n} {k}' for k, n in dataset.metadata['sample'].items() if k in SPLITS)} rows")
     extra: dict[str, Any] = {"diagnostics_dir": diagnostics_dir} if diagnostics_dir else {}
     on_disk = latest_checkpoint_on_disk(Path(cfg.storage_path).resolve() / run_name) if resume else None
     try:
@@ -181,7 +201,7 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
             extra["resume_from"] = str(on_disk[0])
             _log_missing_epochs(client, run_id, on_disk[1].get("history", []))
         trainer = build_trainer(cfg, run_name, [MlflowEpochLogger(client.tracking_uri, run_id, cfg.detector().epochs,
-                                                                  run_name)], extra or None)
+                                                                  run_name)], extra or None, data=data)
         result = trainer.fit()
         # a run killed after its last checkpoint reports nothing more when resumed
         checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else on_disk[0]

@@ -19,11 +19,13 @@ from sklearn.metrics import average_precision_score
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from raysys.data import SensorDataset, load_dataset
+from raysys.data.preprocessing import scaler_from_dict
 from raysys.layout import DETECTOR_DIR, TRAIN_STATE, checkpoint_name
 from raysys.models import BaseDeepDetector, build_detector
 from raysys.models._training import (EVAL_BATCH_SIZE, LoopState, core_module, is_finished, make_optimizer,
                                      run_epochs, split_validation, worker_batch_size)
 from raysys.models.base import load_weights
+from raysys.train.ingest import HOLDOUT, TRAIN, ShardLoader
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -41,33 +43,43 @@ def _weights_checksum(module: torch.nn.Module) -> float:
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Train one detector data-parallel; every epoch reports metrics and (rank 0) a checkpoint.
 
-    Config keys: ``data``, ``model``, ``params`` (the detector's parameters: ``epochs``,
+    Config keys: ``model``, ``params`` (the detector's parameters: ``epochs``,
     ``patience`` and ``batch_size``, the global batch, come from there), optional
     ``detection_metric`` (also report validation PR AUC, when the validation split has labels), ``diagnostics_dir`` (each rank
     writes which samples it trained on and a checksum of its final weights) and ``resume_from``
-    (a checkpoint directory to continue from when Ray Train has none registered, or an older one).
+    (a checkpoint directory to continue from when Ray Train has none registered, or an older one), and
+    the data's (``raysys.train.ingest.TrainingData.loop_config``): ``ingest`` ``memory`` with ``data`` (a prepared
+    directory every worker loads), or ``stream`` with ``scaler`` and ``sample`` (the bounded sample, an object
+    ref), the samples then coming from the trainer's ``train`` and ``holdout`` dataset shards.
     """
-    data_dir = config["data"]
     detector = build_detector(config["model"], **config.get("params", {}))
     diagnostics_dir = config.get("diagnostics_dir")
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    dataset = load_dataset(data_dir)
+    streamed = config.get("ingest") == "stream"
+    # streamed: the bounded sample (evaluation, final statistics); in memory: the whole data set
+    dataset = ray.get(config["sample"]) if streamed else load_dataset(config["data"])
     detection_metric = bool(config.get("detection_metric", False)) and dataset.labelled("val")
     X_train, y_train = dataset.features("train"), dataset.known_labels("train")
-    train_samples, val_samples = split_validation(torch.from_numpy(detector.init_fit(X_train, y_train)),
-                                                  detector.validation_fraction)
-
     device = ray.train.torch.get_device()
+    batch_size = worker_batch_size(detector.batch_size, world_size)
+    if streamed:
+        detector.init_module(len(dataset.sensors), scaler_from_dict(config["scaler"], "the streamed scaler"))
+        train_loader = ShardLoader(ray.train.get_dataset_shard(TRAIN), batch_size, shuffle=True,
+                                   seed=detector.seed + rank, record=bool(diagnostics_dir))
+        val_loader = ShardLoader(ray.train.get_dataset_shard(HOLDOUT), EVAL_BATCH_SIZE, shuffle=False, seed=0)
+    else:
+        train_samples, val_samples = split_validation(torch.from_numpy(detector.init_fit(X_train, y_train)),
+                                                      detector.validation_fraction)
+        generator = torch.Generator().manual_seed(detector.seed)
+        train_loader = ray.train.torch.prepare_data_loader(DataLoader(
+            TensorDataset(train_samples), batch_size=batch_size, shuffle=True, generator=generator),
+            move_to_device=device.type != "cpu")
+        val_loader = ray.train.torch.prepare_data_loader(DataLoader(TensorDataset(val_samples),
+                                                                    batch_size=EVAL_BATCH_SIZE),
+                                                         move_to_device=device.type != "cpu")
     model = ray.train.torch.prepare_model(detector.module_)
-    generator = torch.Generator().manual_seed(detector.seed)
-    train_loader = ray.train.torch.prepare_data_loader(DataLoader(
-        TensorDataset(train_samples), batch_size=worker_batch_size(detector.batch_size, world_size), shuffle=True,
-        generator=generator), move_to_device=device.type != "cpu")
-    val_loader = ray.train.torch.prepare_data_loader(DataLoader(TensorDataset(val_samples),
-                                                                batch_size=EVAL_BATCH_SIZE),
-                                                     move_to_device=device.type != "cpu")
     optimizer, scheduler = make_optimizer(model, detector.lr, detector.weight_decay)
 
     state = LoopState()
@@ -118,8 +130,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     if diagnostics_dir:
         out = Path(diagnostics_dir)
         out.mkdir(parents=True, exist_ok=True)
+        stream = ({"samples": train_loader.first_pass, "max_batch": train_loader.max_batch,
+                   "batch_size": batch_size, "times": train_loader.times} if streamed else None)
         (out / f"rank{rank}.json").write_text(json.dumps({
-            "rank": rank, "world_size": world_size, "indices": shard_indices,
+            "rank": rank, "world_size": world_size, "indices": shard_indices, "stream": stream,
             "weights_checksum": _weights_checksum(core_module(model))}))
 
 
