@@ -5,6 +5,7 @@ streaming from s3://."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,9 @@ from raysys.data.preprocessing import fit_scaler
 from raysys.data.source import QUANTILE_PRECISION, QUANTILE_RANK_ERROR, open_source, streaming_scaler
 from raysys.layout import RUN_RECORD
 from raysys.train import TrainConfig, train
-from raysys.train.ingest import TRAIN, open_training_data
+from raysys.models import load_detector
+from raysys.train.ingest import TRAIN, evaluation_dataset, open_training_data
+from raysys.tune.export import materialize_detector
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -140,6 +143,15 @@ def test_training_streams_from_s3_through_an_endpoint_override(ray_cluster, s3, 
     assert len(ranks) == 2 and not times[0] & times[1]
     expected = open_training_data(cfg.data, "lstm", params, "stream", options).datasets[TRAIN].count()
     assert expected - 2 < sum(r["samples"] for r in ranks) <= expected
+    # a checkpoint without its detector (a sweep trial stopped early) is rebuilt with the streamed scaler, not
+    # one refitted on the (here 500-row) sample it is rebuilt on
+    checkpoint = shutil.copytree(result.detector_dir.parent, tmp_path / "stopped")
+    shutil.rmtree(checkpoint / "detector")
+    sample = evaluation_dataset(cfg.data, "stream", options, sample_rows=500)
+    rebuilt = load_detector(materialize_detector(checkpoint, "lstm", params, sample, tmp_path / "rebuilt"))
+    streamed = load_detector(result.detector_dir).scaler_.mean_
+    np.testing.assert_allclose(rebuilt.scaler_.mean_, streamed)
+    assert not np.allclose(fit_scaler("standard", sample.features("train", normal_only=True)).mean_, streamed)
     logged = MlflowClient(uri).get_run(result.run_id).data.params["storage_options"]
     record = json.loads((tmp_path / "runs" / "s3" / RUN_RECORD).read_text())["config"]["storage_options"]
     for kept in (logged, str(record)):

@@ -1,7 +1,7 @@
 """Streamed training (raysys.train.ingest): samples made block by block never straddle a file, an asset or a
-time gap; bad files are named before training; ``auto`` picks memory or stream; and a split larger than the
+time gap; bad files are named before training; ``auto`` picks memory or stream; a split larger than the
 object store of a small dedicated Ray cluster trains with 2 workers reading disjoint shards that cover it,
-batch by batch (the workers never hold the split)."""
+batch by batch (the workers never hold the split); and a sweep streams its trials."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from raysys.data import DataValidationError, load_dataset
 from raysys.data.preprocessing import fit_scaler, scaler_to_dict
 from raysys.data.source import PATH, open_source
 from raysys.layout import ASSET_ID
-from raysys.train.ingest import HOLDOUT, STREAM_MIN_ROWS, TRAIN, BlockSamples, check_training_data, resolve_ingest
+from raysys.train.ingest import (HOLDOUT, STREAM_MIN_ROWS, TRAIN, BlockSamples, check_training_data,
+                                 open_training_data, resolve_ingest)
 
 SENSORS = ["a", "b"]
 
@@ -174,3 +175,22 @@ def test_a_split_larger_than_the_object_store_streams_into_two_workers(tmp_path)
     cut = stamps[0] + (stamps[-1] - stamps[0]) * (1 - 0.1)
     expected = {t.value // 1000 for t in stamps[stamps < cut]}
     assert times[0] | times[1] <= expected and len(expected - (times[0] | times[1])) < 2
+
+
+def test_a_sweep_streams_its_trials_and_exports_from_the_sample(ray_cluster, split_dirs, mlflow_uri, tmp_path):
+    """raysys tune on split directories: the trial streams (2 workers at 0.5 CPU), the best detector is exported
+    with the streamed scaler, and the sweep's record says how it read the data."""
+    from raysys.models import load_detector
+    from raysys.tune import SweepConfig, run_sweep
+
+    config = SweepConfig.quick(name="streamed", families=["ae"], num_samples=1, max_epochs=1, workers_per_trial=2,
+                               cpus_per_worker=0.5, max_concurrent=1, storage_path=str(tmp_path / "runs"),
+                               tracking_uri=mlflow_uri, seed=0)
+    result = run_sweep(config, split_dirs, ingest="stream")
+    assert result.finished and list(result.best) == ["ae"]
+    record = json.loads((result.sweep_dir / "raysys_sweep.json").read_text())
+    assert (record["data"], record["ingest"]) == (str(split_dirs), "stream")
+    detector = load_detector(result.best["ae"]["checkpoint"])
+    streamed = open_training_data(str(split_dirs), "ae", {}, "stream").loop_config["scaler"]
+    np.testing.assert_allclose(detector.scaler_.mean_, streamed["mean_"])
+    assert 0 <= result.best["ae"]["metric"] <= 1  # validation PR AUC on the sample (here: the whole split)

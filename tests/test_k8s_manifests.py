@@ -131,6 +131,7 @@ VALUES = {
     "gpu": CHART / "ci" / "gpu-values.yaml",
     "all": CHART / "ci" / "all-values.yaml",
     "auth": CHART / "ci" / "auth-values.yaml",
+    "object-store": CHART / "ci" / "object-store-values.yaml",
 }
 
 
@@ -414,8 +415,11 @@ def test_chart_lints_clean():
         {"mlflow": {"backendStore": {"url": "postgresql://x"}}},
         {"rayService": {"ingress": "nginx"}},
         {"rayService": {"retryOn": " "}},
+        {"objectStore": {"env": {"AWS_SECRET_ACCESS_KEY": "x"}}},
+        {"rayJobs": {"train": {"data": "http://example.com/data"}}},
     ],
-    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url", "bad-ingress", "blank-retryOn"],
+    ids=["maxReplica", "modle", "bad-model", "bad-upscalingMode", "backendStore-url", "bad-ingress", "blank-retryOn",
+         "secret-in-objectStore-env", "bad-data-uri"],
 )
 def test_chart_rejects_misspelt_or_invalid_values(values):
     """values.schema.json: a typo in -f/--set values fails the install instead of being ignored."""
@@ -873,6 +877,38 @@ def test_mlflow_runs_basic_auth_and_every_ray_container_gets_the_credentials(tmp
         if obj["kind"] == "RayJob":
             assert "MLFLOW_TRACKING_PASSWORD" not in obj["spec"]["runtimeEnvYAML"]
     assert count == 12
+
+
+def test_object_store_credentials_reach_every_ray_container_from_secrets_only():
+    """ci/object-store-values.yaml: the train RayJob reads s3:// (no data generated), and every Ray container of
+    every Ray object gets the S3 Secret as envFrom, the endpoint as plain env and the GCS key as a read-only file;
+    no secret value is in the rendered objects (there is none in the values)."""
+    objects = [obj for _, obj in chart_objects("object-store")]
+    job = _one(objects, "RayJob", "raysys-train")
+    commands = _commands(job["spec"]["entrypoint"])
+    assert len(commands) == 1 and commands[0][1].endswith("jobs/train.py")
+    words = commands[0]
+    assert words[words.index("--data") + 1] == "s3://plant-history/line-3"
+    assert words[words.index("--ingest") + 1] == "stream"
+    count = 0
+    for obj in objects:
+        for where, container in _ray_containers(obj) if obj["kind"] in RAY_KINDS else []:
+            count += 1
+            assert container["envFrom"] == [{"secretRef": {"name": "raysys-s3"}}], where
+            env = _env(container)
+            assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+            assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"] == "/var/run/secrets/raysys/gcs/key.json"
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "gcs-key")
+            assert mount["readOnly"] and env["GOOGLE_APPLICATION_CREDENTIALS"]["value"].startswith(mount["mountPath"])
+    assert count > 0
+    for where, pod in (p for obj in objects for p in pod_specs(obj) if obj["kind"] in RAY_KINDS):
+        if where.startswith(("head", "worker")):
+            assert {"name": "gcs-key", "secret": {"secretName": "raysys-gcs",
+                                                  "items": [{"key": "key.json", "path": "key.json"}]}} in pod["volumes"]
+    # the default render has none of it
+    for obj in (o for _, o in chart_objects("default")):
+        for where, container in _ray_containers(obj) if obj["kind"] in RAY_KINDS else []:
+            assert "envFrom" not in container and "GOOGLE_APPLICATION_CREDENTIALS" not in _env(container)
 
 
 def test_the_image_has_what_mlflows_basic_auth_app_imports():

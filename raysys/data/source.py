@@ -134,6 +134,10 @@ class DataSource:
             raise DataValidationError(f"{self.display(first)}: no numeric sensor columns (columns: {schema.names})")
         return {"sensors": sensors}
 
+    def labelled(self, split: str) -> bool:
+        """Whether ``split`` has a label column (its first file's schema says)."""
+        return LABEL in self.check_files(self.split_files(split)[:1], []).names
+
     def row_counts(self, files: list[str]) -> list[int]:
         """Rows of each file, from its Parquet footer."""
         return [self._parquet(path).metadata.num_rows for path in files]
@@ -164,8 +168,9 @@ class DataSource:
         what a streamed run evaluates, calibrates and reports on."""
         metadata = self.metadata()
         splits = {name: self.sample_split(name, metadata["sensors"], max_rows) for name in SPLITS}
-        metadata = {**metadata, "sample": {"max_rows": max_rows, **{k: len(v) for k, v in splits.items()}},
-                    "source": self.uri}
+        rows = metadata.get("rows") or sum(sum(self.row_counts(self.split_files(name))) for name in SPLITS)
+        metadata = {**metadata, "rows": rows, "source": self.uri,
+                    "sample": {"max_rows": max_rows, **{k: len(v) for k, v in splits.items()}}}
         return SensorDataset(self.uri, splits["train"], splits["val"], splits["test"], metadata)
 
     def read(self, split: str, sensors: list[str], check: bool = True, **read_args: Any) -> Any:

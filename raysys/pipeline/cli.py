@@ -9,6 +9,7 @@ from rich.console import Console
 
 from raysys.cluster import init_ray
 from raysys.data.profiles import PROFILES
+from raysys.train.cli import data_args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from raysys.pipeline.state import StageError
     from raysys.tracking import resolve_tracking_uri
 
-    cfg = load_pipeline_config(args.config, data=args.data, profile=args.profile, rows=args.rows, seed=args.seed,
+    cfg = load_pipeline_config(args.config, data=args.data, ingest=args.ingest, storage_options=args.storage_options,
+                               profile=args.profile, rows=args.rows, seed=args.seed,
                                quick=args.quick or None, serve=args.serve or None, output_dir=args.output_dir,
                                tracking_uri=args.mlflow_uri, model_name=args.name, assets=args.assets)
     init_ray(args.address)
@@ -42,7 +44,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pipeline", help="end to end: data, sweep, ensemble, gates, registry, report")
     p.add_argument("--config", help="pipeline YAML: any fields of raysys.pipeline.PipelineConfig")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--data", help="prepared dataset directory (default: generate one)")
+    data_args(p, required=False, data_group=source, config_file=True)
     source.add_argument("--profile", choices=sorted(PROFILES), help="facility profile of generated data")
     p.add_argument("--rows", type=int, help="rows of generated data (per asset with --assets)")
     p.add_argument("--assets", type=int, metavar="N",

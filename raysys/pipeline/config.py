@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from raysys.data.profiles import PROFILES
+from raysys.data.source import public_options
 from raysys.evaluation import THRESHOLD_METHODS
 
 
@@ -18,7 +19,10 @@ class PipelineConfig:
     """What ``raysys pipeline`` runs.
 
     Args:
-        data: A prepared dataset directory; when empty, data is generated from ``profile``.
+        data: The data set (a prepared directory, split directories, or an object-store URI: see
+            ``raysys.train.ingest``); when empty, data is generated from ``profile``.
+        ingest: How the sweep's trials read ``data`` (``auto``, ``memory``, ``stream``).
+        storage_options: The object store's filesystem arguments (secrets are never written out).
         profile: Facility profile of generated data.
         rows: Rows of generated data.
         seed: Seed of generated data and of every stage.
@@ -44,6 +48,8 @@ class PipelineConfig:
     """
 
     data: str | None = None
+    ingest: str = "auto"
+    storage_options: dict[str, Any] = field(default_factory=dict)
     profile: str = "water_treatment"
     rows: int = 20_000
     seed: int = 0
@@ -87,7 +93,8 @@ class PipelineConfig:
         return FleetConfig.model_validate(settings)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as plain data, without secret storage options (what pipeline.json and MLflow keep)."""
+        return {**asdict(self), "storage_options": public_options(self.storage_options)}
 
 
 def load_pipeline_config(path: str | os.PathLike | None, **overrides: Any) -> PipelineConfig:

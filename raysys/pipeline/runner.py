@@ -14,6 +14,7 @@ from rich.console import Console
 
 from raysys.data import generate_dataset, load_dataset
 from raysys.data.fleet import is_fleet_dataset
+from raysys.train.ingest import evaluation_dataset
 from raysys.ensemble.gates import DEFAULT_GATES
 from raysys.ensemble.workflow import EnsembleResult, run_ensemble
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
@@ -110,8 +111,8 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
                 run_dir: Path, uri: str, console: Console) -> PipelineResult:
     console.rule("[bold]1/4 data")
     with state.stage("data") as out:
-        if cfg.data:
-            dataset = load_dataset(cfg.data)
+        if cfg.data:  # a streamed data set: its bounded sample (the trials stream the whole of it)
+            dataset = evaluation_dataset(cfg.data, cfg.ingest, cfg.storage_options)
         else:
             dataset = load_dataset(generate_dataset(run_dir / "data", cfg.profile, cfg.rows, cfg.seed))
         child = _child_run(client, experiment_id, parent, "data")
@@ -122,7 +123,8 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
 
     console.rule("[bold]2/4 sweep")
     with state.stage("sweep") as out:
-        sweep = run_sweep(_sweep_config(cfg, run_dir, uri), dataset.path, console=console)
+        sweep = run_sweep(_sweep_config(cfg, run_dir, uri), cfg.data or dataset.path, console=console,
+                          ingest=cfg.ingest, storage_options=cfg.storage_options)
         client.set_tag(sweep.parent_run_id, PARENT_TAG, parent)
         if not sweep.best:
             raise RuntimeError(f"no trial of the sweep finished; see {sweep.sweep_dir}")

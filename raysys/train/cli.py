@@ -33,15 +33,17 @@ def storage_options(text: str) -> dict[str, object]:
     return value
 
 
-def data_args(parser: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
-    """``--data``, ``--ingest`` and ``--storage-options``: where a training run reads its data, and how."""
-    parser.add_argument("--data", required=required, metavar="URI", help=help or (
+def data_args(parser: argparse.ArgumentParser, required: bool = True, data_group: argparse._ActionsContainer | None = None,
+              config_file: bool = False) -> None:
+    """``--data`` (in ``data_group`` when given), ``--ingest`` and ``--storage-options``: where a training run
+    reads its data, and how. ``config_file``: no defaults, so a command's config file can set them."""
+    (data_group or parser).add_argument("--data", required=required, metavar="URI", help=(
         "data set: a prepared directory, a directory of Parquet splits (train/ val/ test/, Hive-partitioned or "
         "not), or the same under s3:// gs:// abfs://"))
-    parser.add_argument("--ingest", choices=INGEST_MODES, default="auto",
+    parser.add_argument("--ingest", choices=INGEST_MODES, default=None if config_file else "auto",
                         help="load the data set into every worker (memory), stream it through Ray Data (stream), or "
                              "choose by where it is and its size (auto; docs/data.md#streaming-training)")
-    parser.add_argument("--storage-options", type=storage_options, default={}, metavar="JSON",
+    parser.add_argument("--storage-options", type=storage_options, default=None if config_file else {}, metavar="JSON",
                         help='object-store filesystem arguments, e.g. \'{"endpoint_override": "http://minio:9000"}\'; '
                              "pass credentials through the store's environment variables, not here")
 

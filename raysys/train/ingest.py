@@ -16,6 +16,7 @@ calibration and the workers' final statistics use a bounded sample of each split
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -41,6 +42,8 @@ TRAIN, HOLDOUT = "train", "holdout"
 #: CPUs a streamed run leaves to Ray Data beyond what its workers hold: its tasks (listing, reading, making
 #: samples) ask for one CPU each and would wait forever on a cluster the workers fill.
 DATA_CPUS = 1.0
+#: Batches a worker's iterator prepares ahead of the one training (Ray Data's ``prefetch_batches``).
+PREFETCH_BATCHES = 4
 #: Samples each worker shuffles among (Ray Data's local shuffle buffer), in batches: the streamed path shuffles
 #: within this window of its shard, not over the whole split as the in-memory loader does.
 SHUFFLE_BATCHES = 8
@@ -179,7 +182,6 @@ def open_training_data(data: str, model: str, params: dict[str, Any], ingest: st
         return TrainingData(data, mode, dataset, loop_config={"ingest": mode, "data": source.root})
 
     import ray
-    from ray.data.aggregate import Max, Min
     from ray.data.expressions import col, lit
 
     from raysys.models import build_detector
@@ -189,10 +191,7 @@ def open_training_data(data: str, model: str, params: dict[str, Any], ingest: st
     detector = build_detector(model, **params)
     sensors = checked_sensors(source)
     rows = source.read("train", sensors, check=False)
-    scaler = scaler_to_dict(streaming_scaler(rows, sensors, detector.scaler))
-    span = rows.select_columns([TIMESTAMP]).aggregate(Min(TIMESTAMP, alias_name="start"),
-                                                      Max(TIMESTAMP, alias_name="end"))
-    start, end = pd.Timestamp(span["start"]), pd.Timestamp(span["end"])
+    scaler, start, end = outside_placement_group(split_statistics, rows, sensors, detector.scaler)
     cut = start + (end - start) * (1.0 - detector.validation_fraction)
     samples = {TRAIN: rows.filter(expr=col(TIMESTAMP) < lit(cut)),
                HOLDOUT: rows.filter(expr=col(TIMESTAMP) >= lit(cut))}
@@ -201,6 +200,29 @@ def open_training_data(data: str, model: str, params: dict[str, Any], ingest: st
     sample = source.sample(sample_rows)
     return TrainingData(data, mode, sample, datasets,
                         {"ingest": mode, "scaler": scaler, "sample": ray.put(sample)})
+
+
+def split_statistics(rows: Any, sensors: list[str], scaler: str) -> tuple[dict[str, Any], pd.Timestamp, pd.Timestamp]:
+    """One pass for the scaler of kind ``scaler`` over a training split's normal ``rows`` (a Ray Data dataset)
+    and one over its timestamps: ``(scaler_to_dict, first timestamp, last timestamp)``."""
+    from ray.data.aggregate import Max, Min
+
+    fitted = scaler_to_dict(streaming_scaler(rows, sensors, scaler))
+    span = rows.select_columns([TIMESTAMP]).aggregate(Min(TIMESTAMP, alias_name="start"),
+                                                      Max(TIMESTAMP, alias_name="end"))
+    return fitted, pd.Timestamp(span["start"]), pd.Timestamp(span["end"])
+
+
+def outside_placement_group(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, in a Ray task outside the placement group this process runs in, if any: Ray Data's
+    shuffle tasks (aggregates) would otherwise be scheduled into it, and a Tune trial's holds no CPU."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if ray.util.get_current_placement_group() is None:
+        return fn(*args)
+    task = ray.remote(fn).options(num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(None))
+    return ray.get(task.remote(*args))
 
 
 def check_training_data(data: str, ingest: str = "auto", storage_options: dict[str, Any] | None = None) -> str:
@@ -214,6 +236,17 @@ def check_training_data(data: str, ingest: str = "auto", storage_options: dict[s
     else:
         checked_sensors(source)
     return mode
+
+
+def evaluation_dataset(data: str, ingest: str = "auto", storage_options: dict[str, Any] | None = None,
+                       sample_rows: int = SAMPLE_ROWS) -> SensorDataset:
+    """What the stages after training (evaluation, the sweep's export, the ensemble, reports) read of ``data``:
+    the whole data set when it trains in memory, its bounded sample (``DataSource.sample``) when it streams."""
+    source = open_source(data, storage_options)
+    if resolve_ingest(ingest, source) == "memory":
+        return load_dataset(source.root)
+    checked_sensors(source)
+    return source.sample(sample_rows)
 
 
 def checked_sensors(source: DataSource) -> list[str]:
@@ -246,18 +279,25 @@ class ShardLoader:
     within :data:`SHUFFLE_BATCHES` batches (a new seed per pass, for ``shuffle``).
 
     It keeps what the diagnostics of a run report: the largest batch it yielded, the samples of its first
-    pass and, with ``record``, their times.
+    pass and, with ``record``, their times, and the seconds training waited for batches.
     """
 
     def __init__(self, shard: Any, batch_size: int, shuffle: bool, seed: int, record: bool = False):
         self.shard, self.batch_size, self.shuffle, self.seed, self.record = shard, batch_size, shuffle, seed, record
-        self.passes, self.max_batch, self.first_pass, self.times = 0, 0, 0, []
+        self.passes, self.max_batch, self.first_pass, self.times, self.wait_seconds = 0, 0, 0, [], 0.0
 
     def __iter__(self) -> Iterator[Any]:
         self.passes += 1
         shuffle = {"local_shuffle_buffer_size": SHUFFLE_BATCHES * self.batch_size,
                    "local_shuffle_seed": self.seed + self.passes} if self.shuffle else {}
-        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, device="cpu", **shuffle):
+        batches = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, device="cpu",
+                                                     prefetch_batches=PREFETCH_BATCHES, **shuffle))
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            self.wait_seconds += time.perf_counter() - asked
+            if batch is None:
+                return
             self.max_batch = max(self.max_batch, len(batch["x"]))
             if self.passes == 1:
                 self.first_pass += len(batch["x"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,7 +112,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         wait_for_report()
         args = ({**metrics, "done": done}, rank, done, _snapshot({
             "module": core_module(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), **loop.to_dict()}), detector, X_train, y_train)
+            "scheduler": scheduler.state_dict(), **loop.to_dict(),
+            # a streamed run's scaler came from the whole split: an export of this checkpoint must not refit it
+            **({"scaler": config["scaler"]} if streamed else {})}), detector, X_train, y_train)
         if done:
             report_checkpoint(*args)
         else:
@@ -119,22 +122,29 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     sampler = getattr(train_loader, "sampler", None)
     shard_indices = sorted(int(i) for i in sampler) if isinstance(sampler, DistributedSampler) else []
+    started = time.perf_counter()
     try:
-        run_epochs(model, train_loader, val_loader, optimizer, scheduler, epochs=detector.epochs,
+        state = run_epochs(model, train_loader, val_loader, optimizer, scheduler, epochs=detector.epochs,
                    patience=detector.patience, grad_clip=detector.grad_clip, device=device, state=state,
                    all_reduce=_all_reduce, on_epoch=on_epoch)
         wait_for_report()
     finally:
         reporter.shutdown(wait=False)
+    train_seconds = time.perf_counter() - started
 
     if diagnostics_dir:
         out = Path(diagnostics_dir)
         out.mkdir(parents=True, exist_ok=True)
         stream = ({"samples": train_loader.first_pass, "max_batch": train_loader.max_batch,
-                   "batch_size": batch_size, "times": train_loader.times} if streamed else None)
+                   "batch_size": batch_size, "times": train_loader.times,
+                   "wait_seconds": {"train": train_loader.wait_seconds, "holdout": val_loader.wait_seconds}}
+                  if streamed else None)
         (out / f"rank{rank}.json").write_text(json.dumps({
             "rank": rank, "world_size": world_size, "indices": shard_indices, "stream": stream,
-            "weights_checksum": _weights_checksum(core_module(model))}))
+            "weights_checksum": _weights_checksum(core_module(model)),
+            # what bench/bench_ingest.py compares: this worker's epochs, samples per epoch, loop time, peak memory
+            "epochs": len(state.history), "samples_per_epoch": train_loader.first_pass if streamed else len(shard_indices),
+            "train_seconds": train_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def _snapshot(state: dict[str, Any]) -> dict[str, Any]:

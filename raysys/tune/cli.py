@@ -7,6 +7,7 @@ import logging
 import sys
 
 from raysys.cluster import init_ray
+from raysys.train.cli import data_args
 from raysys.tune.config import QUICK, SCHEDULERS, SEARCHERS, SweepConfig, default_config_path, load_sweep_config
 
 logger = logging.getLogger(__name__)
@@ -26,24 +27,24 @@ def sweep_config_from_args(args: argparse.Namespace) -> SweepConfig:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from raysys.data import load_dataset
+    from raysys.train.ingest import check_training_data
     from raysys.tune.sweep import run_sweep
 
     if args.resume:
         if args.config or args.data:
             logger.warning("--resume continues the sweep with its own config and data; --config/--data ignored")
         init_ray(args.address)
-        result = run_sweep(None, resume=args.resume)
+        result = run_sweep(None, resume=args.resume, storage_options=args.storage_options)
     else:
         config = sweep_config_from_args(args)  # a malformed config fails here, before any Ray work
         if args.print_config:
             print(config.to_yaml(), end="")
             return 0
         if not args.data:
-            raise ValueError("--data is required (a prepared dataset directory) unless --resume or --print-config")
-        load_dataset(args.data)
+            raise ValueError("--data is required (a data set) unless --resume or --print-config")
+        check_training_data(args.data, args.ingest, args.storage_options)  # bad data fails before any Ray work
         init_ray(args.address)
-        result = run_sweep(config, args.data)
+        result = run_sweep(config, args.data, ingest=args.ingest, storage_options=args.storage_options)
     print(f"sweep {result.sweep_dir}: MLflow parent run {result.parent_run_id}, "
           f"{len(result.leaderboard)} trials, {result.total_trial_epochs} trial-epochs")
     print(f"best per family: {result.sweep_dir / 'best.json'}")
@@ -55,7 +56,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "tune", help="hyperparameter sweep over ae / vae / lstm / conv with Ray Tune (each trial a Ray Train run)",
         description="Ray Tune sweep; each trial is a Ray Train run tracked as an MLflow child run. Writes "
                     "leaderboard.csv, leaderboard.png and best.json (best trial per family) into the sweep directory.")
-    tu.add_argument("--data", help="prepared dataset directory")
+    data_args(tu, required=False)
     tu.add_argument("--config", help=f"sweep config, YAML or JSON (default: {default_config_path()})")
     tu.add_argument("--quick", action="store_true",
                     help="tiny sweep: 3 trials (one per family), 2 epochs, 1 worker per trial (flags still override)")

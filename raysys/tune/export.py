@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from raysys.data import load_dataset
+from raysys.data import SensorDataset
+from raysys.data.preprocessing import scaler_from_dict
 from raysys.layout import DETECTOR_CONFIG, DETECTOR_DIR, SWEEP_BEST_DIR, TRAIN_STATE
 from raysys.models import build_detector, load_detector
 from raysys.models.base import load_weights
@@ -25,12 +26,13 @@ from raysys.tune.leaderboard import COMPLETED, STOPPED
 
 
 def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params: dict[str, Any],
-                         data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+                         dataset: SensorDataset, out_dir: str | os.PathLike) -> Path:
     """Write the fitted detector of a Train checkpoint to ``out_dir``.
 
-    Copies the checkpoint's ``detector/`` when it has one; otherwise fits the scaler on the
-    training split as the worker did, loads the best weights from ``train_state.pt`` and
-    computes the fitted state (threshold, latent statistics) like the worker's last epoch.
+    Copies the checkpoint's ``detector/`` when it has one; otherwise takes the scaler the run trained with
+    (a streamed run's, saved in ``train_state.pt``) or fits it on ``dataset``'s training split as the worker
+    did, loads the best weights from ``train_state.pt`` and computes the fitted state (threshold, latent
+    statistics) like the worker's last epoch, on ``dataset`` (the data set, or a streamed one's sample).
     """
     checkpoint_dir, out = Path(checkpoint_dir), Path(out_dir)
     if out.exists():
@@ -42,18 +44,19 @@ def materialize_detector(checkpoint_dir: str | os.PathLike, family: str, params:
     if not state_path.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: neither {DETECTOR_DIR}/ nor {TRAIN_STATE}; not a raysys checkpoint")
     state = load_weights(state_path)
-    dataset = load_dataset(data_dir)
     X, y = dataset.features("train"), dataset.known_labels("train")
     detector = build_detector(family, **params)
-    detector.init_fit(X, y)
+    if state.get("scaler") is not None:
+        detector.init_module(X.shape[1], scaler_from_dict(state["scaler"], f"{state_path} scaler"))
+    else:
+        detector.init_fit(X, y)
     best = state["best_module"] if state.get("best_module") is not None else state["module"]
     detector.finish_fit(X, y, best).save(out)
     return out
 
 
-def val_pr_auc(detector_dir: str | os.PathLike, data_dir: str | os.PathLike) -> float:
+def val_pr_auc(detector_dir: str | os.PathLike, dataset: SensorDataset) -> float:
     """PR AUC of a saved detector on the labelled validation split."""
-    dataset = load_dataset(data_dir)
     labels = dataset.labels("val")
     if not labels.any():
         return float("nan")
@@ -73,7 +76,7 @@ def best_per_family(leaderboard: pd.DataFrame, metric: str, mode: str) -> dict[s
     return best
 
 
-def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, data_dir: str | os.PathLike,
+def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, dataset: SensorDataset,
                 sweep_dir: str | os.PathLike, families: list[str]) -> dict[str, dict[str, Any]]:
     """Write ``<sweep_dir>/best/<family>/`` detectors; returns the ``best.json`` entries.
 
@@ -90,8 +93,8 @@ def export_best(leaderboard: pd.DataFrame, metric: str, mode: str, data_dir: str
         source = row["checkpoint_path"]
         if not (isinstance(source, str) and Path(source).exists()):
             source = row["latest_checkpoint"]
-        detector_dir = materialize_detector(source, family, params, data_dir, out_root / family)
-        value = val_pr_auc(detector_dir, data_dir) if metric == "val_pr_auc" else float(row["best_val_loss"])
+        detector_dir = materialize_detector(source, family, params, dataset, out_root / family)
+        value = val_pr_auc(detector_dir, dataset) if metric == "val_pr_auc" else float(row["best_val_loss"])
         best[family] = {"checkpoint": str(detector_dir), "run_id": row["run_id"], "trial_id": row["trial_id"],
                         "config": {"family": family, "params": params}, "metric": value, "metric_name": metric,
                         "trial_metric": float(row[metric]), "status": row["status"], "epochs": int(row["epochs"])}

@@ -30,12 +30,13 @@ from ray.tune import Callback
 from rich.console import Console
 
 from raysys.cluster import init_ray
-from raysys.data import load_dataset
-from raysys.tracking import get_experiment_id, resolve_tracking_uri
-from raysys.tune.config import SweepConfig
+from raysys.data.source import open_source, public_options
 from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
 from raysys.layout import LEADERBOARD_CSV, LEADERBOARD_PLOT, SWEEP_BEST, SWEEP_RECORD, SWEEP_TRAIN_DIR
 from raysys.models import with_spellings
+from raysys.tracking import get_experiment_id, resolve_tracking_uri
+from raysys.train.ingest import check_training_data, evaluation_dataset
+from raysys.tune.config import SweepConfig
 from raysys.tune.export import export_best
 from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
                                      leaderboard_table, plot_leaderboard, total_trial_epochs)
@@ -117,9 +118,11 @@ def _trial_name(trial) -> str:
     return f"{trial.config.get('family', 'trial')}_{trial.trial_id}"
 
 
-def _settings(record: dict[str, Any], config: SweepConfig, sweep_dir: Path) -> TrialSettings:
+def _settings(record: dict[str, Any], config: SweepConfig, sweep_dir: Path,
+              storage_options: dict[str, Any]) -> TrialSettings:
     return TrialSettings(
-        data=record["data"], train_storage=str(sweep_dir / SWEEP_TRAIN_DIR),
+        data=record["data"], ingest=record.get("ingest", "auto"), storage_options=storage_options,
+        train_storage=str(sweep_dir / SWEEP_TRAIN_DIR),
         train_params=with_spellings({}, max_epochs=config.max_epochs, patience=config.patience),
         workers_per_trial=config.workers_per_trial,
         cpus_per_worker=config.cpus_per_worker, gpus_per_worker=config.gpus_per_worker,
@@ -170,11 +173,12 @@ def label_free(config: SweepConfig, console: Console) -> SweepConfig:
     return config.replace(metric="val_loss", scheduler=scheduler)
 
 
-def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClient,
-           console: Console) -> tuple[Path, dict[str, Any]]:
-    """Create the sweep directory, its MLflow parent run and its record."""
-    data = str(Path(data_dir).resolve())
-    if not load_dataset(data).labelled("val"):  # a bad dataset fails here, before any Ray work
+def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClient, console: Console,
+           ingest: str, storage_options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Create the sweep directory, its MLflow parent run and its record (without secret storage options)."""
+    data = str(data_dir) if "://" in str(data_dir) else str(Path(data_dir).resolve())
+    check_training_data(data, ingest, storage_options)  # a bad dataset fails here, before any Ray work
+    if not open_source(data, storage_options).labelled("val"):
         config = label_free(config, console)
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     config = config.replace(name=name, storage_path=str(Path(config.storage_path).resolve()))
@@ -192,19 +196,24 @@ def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClien
     client.log_param(run_id, "data", data)
     client.log_text(run_id, config.to_yaml(), "sweep.yaml")
     sweep_dir.mkdir(parents=True)
-    record = {"config": config.to_dict(), "data": data, "tracking_uri": client.tracking_uri,
+    record = {"config": config.to_dict(), "data": data, "ingest": ingest,
+              "storage_options": public_options(storage_options), "tracking_uri": client.tracking_uri,
               "experiment_id": experiment_id, "parent_run_id": run_id}
     (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=2))
     return sweep_dir, record
 
 
 def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = None, resume: str | None = None,
-              console: Console | None = None) -> SweepResult:
+              console: Console | None = None, ingest: str = "auto",
+              storage_options: dict[str, Any] | None = None) -> SweepResult:
     """Run a sweep (or resume an interrupted one), then write the leaderboard and best trials.
 
     Args:
         config: What to sweep (ignored with ``resume``: the sweep's own config is used).
-        data_dir: Prepared dataset directory (ignored with ``resume``).
+        data_dir: The data set (a prepared directory, split directories, or an object-store URI; ignored with
+            ``resume``).
+        ingest, storage_options: How trials read it (``raysys.train.ingest``; with ``resume``, the recorded
+            ones, these storage options added: secrets are never recorded).
         resume: A sweep directory: continue it with ``Tuner.restore``; trials that finished are
             not run again, trials that were running resume from their Train checkpoints.
         console: Where tables are printed.
@@ -226,13 +235,14 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
         if config is None or data_dir is None:
             raise ValueError("a new sweep needs a config and a data directory")
         client = MlflowClient(resolve_tracking_uri(config.tracking_uri))
-        sweep_dir, record = _start(config, data_dir, client, console)
+        sweep_dir, record = _start(config, data_dir, client, console, ingest, dict(storage_options or {}))
         config = SweepConfig.from_dict(record["config"])
+    storage_options = {**record.get("storage_options", {}), **(storage_options or {})}
     console.print(f"sweep {config.name}: {sweep_dir} (MLflow parent run {record['parent_run_id']})")
 
     init_ray()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = _settings(record, config, sweep_dir)
+    settings = _settings(record, config, sweep_dir, storage_options)
     trainable = _trainable(settings)
     callbacks = [ReleaseTrainResources(settings.train_storage)]
     if resume and (sweep_dir / "tuner.pkl").exists():
@@ -253,12 +263,14 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
             client.set_tag(record["parent_run_id"], STATUS_TAG, INTERRUPTED)
         client.set_terminated(record["parent_run_id"], mlflow_status(exc))
         raise
-    return finalize_sweep(sweep_dir, console)
+    return finalize_sweep(sweep_dir, console, storage_options)
 
 
-def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None) -> SweepResult:
-    """Build the leaderboard from the Tune experiment, export the best trial per family, write
-    ``leaderboard.csv``, ``leaderboard.png`` and ``best.json``, and log them to the parent run."""
+def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None,
+                   storage_options: dict[str, Any] | None = None) -> SweepResult:
+    """Build the leaderboard from the Tune experiment, export the best trial per family (on the data set, or a
+    streamed one's sample), write ``leaderboard.csv``, ``leaderboard.png`` and ``best.json``, and log them to
+    the parent run."""
     from ray.tune import ExperimentAnalysis
 
     console = console or Console()
@@ -283,7 +295,9 @@ def finalize_sweep(sweep_dir: str | os.PathLike, console: Console | None = None)
         if run.info.run_id not in known and run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, "raysys.trial_status", "lost")
             client.set_terminated(run.info.run_id, "KILLED")
-    best = export_best(leaderboard, config.metric, config.mode, record["data"], sweep_dir, config.families)
+    dataset = evaluation_dataset(record["data"], record.get("ingest", "auto"),
+                                 {**record.get("storage_options", {}), **(storage_options or {})})
+    best = export_best(leaderboard, config.metric, config.mode, dataset, sweep_dir, config.families)
 
     leaderboard.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)
     plot_leaderboard(leaderboard, config.metric, config.mode, sweep_dir / LEADERBOARD_PLOT, config.name)

@@ -45,7 +45,9 @@ class TrialSettings:
     """What every trial of a sweep shares (passed with ``tune.with_parameters``).
 
     Args:
-        data: Absolute path of the prepared dataset.
+        data: The data set: an absolute path, or an object-store URI.
+        ingest: How trials read it (``raysys.train.ingest``).
+        storage_options: The object store's filesystem arguments (secrets included: in memory only).
         train_storage: Absolute storage path of the trials' Ray Train runs.
         train_params: Detector parameters every trial gets (``epochs`` and ``patience``, from the
             sweep's ``max_epochs`` and ``patience``), on top of its sampled ones.
@@ -60,6 +62,8 @@ class TrialSettings:
     """
 
     data: str
+    ingest: str
+    storage_options: dict[str, Any]
     train_storage: str
     train_params: dict[str, Any]
     workers_per_trial: int
@@ -165,7 +169,8 @@ def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, 
                         callbacks: list) -> TorchTrainer:
     """The trial's TorchTrainer: ``raysys.train.build_trainer``'s run, with the sweep's resources
     per worker and :func:`trial_worker_fn` as the worker function."""
-    cfg = TrainConfig(data=settings.data, model=family, params={**params, **settings.train_params},
+    cfg = TrainConfig(data=settings.data, ingest=settings.ingest, storage_options=settings.storage_options,
+                      cpus_per_worker=settings.cpus_per_worker or 1.0, model=family, params={**params, **settings.train_params},
                       num_workers=settings.workers_per_trial, use_gpu=settings.gpus_per_worker > 0,
                       storage_path=settings.train_storage, run_name=run_name,
                       max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,

@@ -192,8 +192,24 @@ env:
   - name: RAY_SERVE_HAPROXY_RETRY_ON
     value: {{ $root.Values.rayService.retryOn | quote }}
   {{- end }}
+{{- range $name, $value := $root.Values.objectStore.env }}
+  # Object-store setting (objectStore.env).
+  - name: {{ $name }}
+    value: {{ $value | quote }}
+{{- end }}
+{{- if $root.Values.objectStore.gcsKeySecret }}
+  # The GCS service-account key of objectStore.gcsKeySecret, mounted read-only.
+  - name: GOOGLE_APPLICATION_CREDENTIALS
+    value: /var/run/secrets/raysys/gcs/key.json
+{{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . | indent 2 }}
+{{- end }}
+{{- with $root.Values.objectStore.credentialsSecret }}
+# Object-store credentials: every key of the Secret becomes an environment variable.
+envFrom:
+  - secretRef:
+      name: {{ . }}
 {{- end }}
 {{- end }}
 
@@ -237,6 +253,12 @@ volumeMounts:
   - name: shared
     mountPath: {{ .root.Values.sharedStorage.mountPath }}
 {{- end }}
+{{- if .root.Values.objectStore.gcsKeySecret }}
+  # The GCS service-account key (objectStore.gcsKeySecret).
+  - name: gcs-key
+    mountPath: /var/run/secrets/raysys/gcs
+    readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* Volumes of every Ray pod; call with (dict "root" $ "shmSize" "2Gi" "serve" false). */}}
@@ -261,6 +283,15 @@ volumes:
   - name: shared
     persistentVolumeClaim:
       claimName: {{ include "raysys.sharedClaimName" .root }}
+{{- end }}
+{{- with .root.Values.objectStore.gcsKeySecret }}
+  # The GCS service-account key Secret, key.json only.
+  - name: gcs-key
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: key.json
+          path: key.json
 {{- end }}
 {{- end }}
 
