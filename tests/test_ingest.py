@@ -194,3 +194,48 @@ def test_a_sweep_streams_its_trials_and_exports_from_the_sample(ray_cluster, spl
     streamed = open_training_data(str(split_dirs), "ae", {}, "stream").loop_config["scaler"]
     np.testing.assert_allclose(detector.scaler_.mean_, streamed["mean_"])
     assert 0 <= result.best["ae"]["metric"] <= 1  # validation PR AUC on the sample (here: the whole split)
+
+
+def test_a_data_set_without_splits_is_split_by_time(ray_cluster, small_dataset, tmp_path):
+    """Parquet files with no split layout: train, val and test are the 70/15/15% of the time span (from the
+    footers' statistics), read through Ray Data and sampled from the row groups that reach into each."""
+    local = load_dataset(small_dataset)
+    whole = pd.concat([local.train, local.val, local.test], ignore_index=True)
+    root = tmp_path / "history"
+    root.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(whole)), 4)):
+        whole.iloc[part].to_parquet(root / f"day-{i}.parquet", index=False, row_group_size=250)
+    source = open_source(root)
+    assert source.time_split and source.split_files("train") == source.split_files("test")
+    assert resolve_ingest("auto", source) == "stream"
+    start, end = whole["timestamp"].min(), whole["timestamp"].max()
+    cuts = [None, start + (end - start) * 0.7, start + (end - start) * 0.85, None]
+    bounds = [start, cuts[1], cuts[2], end + pd.Timedelta(1, "s")]
+    for i, split in enumerate(("train", "val", "test")):
+        assert source.split_window(split) == (cuts[i], cuts[i + 1])
+        expected = whole[(whole["timestamp"] >= bounds[i]) & (whole["timestamp"] < bounds[i + 1])]
+        assert source.read(split, local.sensors).count() == len(expected)
+        sampled = source.sample_split(split, local.sensors)
+        np.testing.assert_allclose(sampled[local.sensors].to_numpy(), expected[local.sensors].to_numpy())
+    assert not open_source(small_dataset).time_split  # a prepared data set has its own splits
+
+
+def test_pipeline_and_tune_take_the_data_flags_and_never_write_secrets(tmp_path):
+    from raysys.cli import build_parser
+    from raysys.pipeline.config import load_pipeline_config
+
+    options = '{"endpoint_override": "http://minio:9000", "secret_key": "s3cr3t", "access_key": "AKIA"}'
+    for argv in (["pipeline", "--data", "s3://plant/line-3", "--ingest", "stream", "--storage-options", options],
+                 ["tune", "--data", "s3://plant/line-3", "--ingest", "stream", "--storage-options", options]):
+        args = build_parser().parse_args(argv)
+        assert (args.data, args.ingest, args.storage_options["secret_key"]) == ("s3://plant/line-3", "stream", "s3cr3t")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("ingest: stream\nstorage_options: {region: eu-west-1}\n")
+    args = build_parser().parse_args(["pipeline", "--config", str(config)])
+    cfg = load_pipeline_config(args.config, data="s3://plant/line-3", ingest=args.ingest,
+                               storage_options=args.storage_options)
+    assert (cfg.ingest, cfg.storage_options) == ("stream", {"region": "eu-west-1"})  # the file's, not the flags'
+    cfg = load_pipeline_config(None, data="s3://plant/line-3", storage_options=json.loads(options))
+    assert cfg.to_dict()["storage_options"] == {"endpoint_override": "http://minio:9000"}
+    with pytest.raises(SystemExit):  # argparse: "--storage-options: expected a JSON object"
+        build_parser().parse_args(["train", "--data", "x", "--storage-options", "[1, 2]"])

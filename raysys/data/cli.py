@@ -6,7 +6,7 @@ import argparse
 import json
 
 from raysys.data.anomalies import ALL_TYPES, DIFFICULTIES
-from raysys.data.io import HeaderlessFormat, MissingValues
+from raysys.data.io import SPLIT_FRACTIONS, HeaderlessFormat, MissingValues
 from raysys.data.profiles import PROFILES
 from raysys.layout import DATASET_METADATA
 
@@ -69,7 +69,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="output dataset directory")
-    common.add_argument("--splits", type=_fractions, default=(0.7, 0.15, 0.15),
+    common.add_argument("--splits", type=_fractions, default=SPLIT_FRACTIONS,
                         help="train,val,test fractions in time order (default 0.7,0.15,0.15)")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 

@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysys.data.io import (DataValidationError, MissingValues, SensorDataset, anomaly_counts, atomic_directory,
-                            open_metadata, read_split, read_table, split_by_time, validate_table)
+from raysys.data.io import (SPLIT_FRACTIONS, DataValidationError, MissingValues, SensorDataset, anomaly_counts,
+                            atomic_directory, open_metadata, read_split, read_table, split_by_time, validate_table)
 from raysys.data.prepare import event_records
 from raysys.data.profiles import get_profile
 from raysys.data.synthetic import TIMESTAMP, OperatingPoint, generate_with_events
@@ -55,7 +55,7 @@ def operating_point(rng: np.random.Generator, freq_minutes: float = 5.0) -> Oper
 
 
 def write_fleet(out_dir: str | os.PathLike, assets: Iterable[tuple[str, pd.DataFrame, dict[str, Any]]],
-                metadata: dict[str, Any], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                metadata: dict[str, Any], fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
                 overwrite: bool = False) -> Path:
     """Write ``assets`` (id, validated frame in time order, extra ``metadata.json`` record) as a fleet dataset:
     each asset split by its own time, Hive-partitioned by asset (module docstring). Written whole or not at all."""
@@ -80,7 +80,7 @@ def write_fleet(out_dir: str | os.PathLike, assets: Iterable[tuple[str, pd.DataF
 
 def generate_fleet(out_dir: str | os.PathLike, assets: int, profile: str = "water_treatment", rows: int = 20_000,
                    seed: int = 0, anomaly_rate: float = 0.05,
-                   fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), overwrite: bool = False,
+                   fractions: tuple[float, float, float] = SPLIT_FRACTIONS, overwrite: bool = False,
                    difficulty: str = "easy") -> Path:
     """Generate ``assets`` machines of ``profile``, ``rows`` rows each over the same time range, each with
     its own operating point, noise, load phase and anomaly events (its own seed, spawned from ``seed``),
@@ -125,7 +125,7 @@ def _asset_frames(input_path: Path, asset_column: str) -> Iterator[tuple[str, st
 
 def prepare_fleet(input_path: str | os.PathLike, out_dir: str | os.PathLike, asset_column: str = ASSET_ID,
                   timestamp_col: str = TIMESTAMP, label_col: str | None = "is_anomaly",
-                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), overwrite: bool = False,
+                  fractions: tuple[float, float, float] = SPLIT_FRACTIONS, overwrite: bool = False,
                   missing: MissingValues = MissingValues()) -> Path:
     """Validate a user's fleet data and write it as a fleet dataset: one CSV/Parquet file with an
     ``asset_column``, or a directory of files, one per asset. Each asset is validated as

@@ -33,6 +33,8 @@ ANOMALY_TYPE = "anomaly_type"
 #: Columns that are never sensors: text columns describing the labels (kept only with a label column).
 RESERVED: tuple[str, ...] = (ANOMALY_TYPE, ANOMALY_SENSORS)
 MIN_ROWS = 100
+#: Shares of the rows (a table) or of the time span (a streamed data set without splits) in train, val, test.
+SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 #: A time gap: an interval longer than this many times the median sampling interval (counted by validation;
 #: a streamed training run starts new windows after one).
 GAP_FACTOR = 1.5
@@ -307,7 +309,7 @@ def load_table(path: str | os.PathLike, timestamp_col: str = TIMESTAMP, label_co
     return validate_table(read_table(path), str(path), timestamp_col, label_col, min_rows, missing)
 
 
-def split_bounds(n_rows: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> tuple[int, int]:
+def split_bounds(n_rows: int, fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> tuple[int, int]:
     """The first row of ``val`` and of ``test`` when ``n_rows`` rows are split by :func:`split_by_time`."""
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
@@ -315,7 +317,7 @@ def split_bounds(n_rows: int, fractions: tuple[float, float, float] = (0.7, 0.15
     return a, a + int(round(fractions[1] * n_rows))
 
 
-def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+def split_by_time(frame: pd.DataFrame, fractions: tuple[float, float, float] = SPLIT_FRACTIONS
                   ) -> dict[str, pd.DataFrame]:
     """Split rows in time order, so no future row leaks into an earlier split."""
     a, b = split_bounds(len(frame), fractions)
@@ -333,7 +335,7 @@ def anomaly_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def write_dataset(frame: pd.DataFrame, sensors: list[str], out_dir: str | os.PathLike,
-                  metadata: dict[str, Any], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                  metadata: dict[str, Any], fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
                   overwrite: bool = False) -> Path:
     """Split ``frame`` by time and write the splits and ``metadata.json`` to ``out_dir``.
 

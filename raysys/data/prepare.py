@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 
 from raysys.data.anomalies import AnomalyEvent
-from raysys.data.io import (HeaderlessFormat, MissingValues, read_numeric_table, read_table, split_bounds,
-                            validate_table, write_dataset)
+from raysys.data.io import (SPLIT_FRACTIONS, HeaderlessFormat, MissingValues, read_numeric_table, read_table,
+                            split_bounds, validate_table, write_dataset)
 from raysys.data.profiles import get_profile
 from raysys.data.synthetic import TIMESTAMP, generate_with_events
 from raysys.layout import SPLITS
 
 
 def event_records(frame: pd.DataFrame, events: list[AnomalyEvent],
-                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> list[dict[str, Any]]:
+                  fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> list[dict[str, Any]]:
     """The events as ``metadata.json`` lists them (docs/data.md#generated-data): type, sensors, first
     and last labelled timestamp and row, the split of the first row, and the labelled row ranges."""
     bounds = split_bounds(len(frame), fractions)
@@ -36,7 +36,7 @@ def event_records(frame: pd.DataFrame, events: list[AnomalyEvent],
 
 def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment", rows: int = 20_000,
                      seed: int = 0, anomaly_rate: float = 0.05,
-                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                     fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
                      overwrite: bool = False, difficulty: str = "easy") -> Path:
     """Generate a synthetic dataset for ``profile`` at ``difficulty`` and write it as a prepared dataset."""
     frame, events = generate_with_events(profile, rows, seed, anomaly_rate, difficulty=difficulty)
@@ -49,7 +49,7 @@ def generate_dataset(out_dir: str | os.PathLike, profile: str = "water_treatment
 
 def prepare_dataset(input_path: str | os.PathLike, out_dir: str | os.PathLike, timestamp_col: str = "timestamp",
                     label_col: str | None = "is_anomaly",
-                    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
                     overwrite: bool = False, missing: MissingValues = MissingValues(),
                     headerless: HeaderlessFormat | None = None) -> Path:
     """Validate a user's file and write it as a prepared dataset.

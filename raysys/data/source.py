@@ -2,8 +2,9 @@
 through pyarrow's filesystems, and its splits read as Ray Data datasets.
 
 A data set's splits are ``<root>/<split>.parquet`` (a prepared data set) or ``<root>/<split>/`` (a directory
-of Parquet files, Hive-partitioned or not, e.g. a fleet's ``asset_id=<id>/`` folders). Credentials and
-endpoints come from the standard environment variables of each store (``AWS_ACCESS_KEY_ID``,
+of Parquet files, Hive-partitioned or not, e.g. a fleet's ``asset_id=<id>/`` folders); Parquet files with no
+split layout are split by time (``SPLIT_FRACTIONS`` of their time span, :meth:`DataSource.split_window`).
+Credentials and endpoints come from the standard environment variables of each store (``AWS_ACCESS_KEY_ID``,
 ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``...) or from ``storage_options`` (the keyword
 arguments of the store's pyarrow filesystem, e.g. ``{"endpoint_override": "http://minio:9000"}``). The
 filesystem object itself is handed to Ray Data, so workers never depend on environment variables set
@@ -12,6 +13,7 @@ after ``ray.init``. docs/data.md#data-in-object-storage.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysys.data.io import LABEL, RESERVED, DataValidationError, SensorDataset, validate_table
+from raysys.data.io import LABEL, RESERVED, SPLIT_FRACTIONS, DataValidationError, SensorDataset, validate_table
 from raysys.data.synthetic import TIMESTAMP
 from raysys.layout import ASSET_ID, DATASET_METADATA, SPLITS
 
@@ -56,10 +58,11 @@ class DataSource:
 
     def split_files(self, split: str) -> list[str]:
         """The Parquet files of ``split``: ``<root>/<split>.parquet``, or every ``.parquet`` file under
-        ``<root>/<split>/`` (sorted, so a run reads them in a fixed order).
+        ``<root>/<split>/`` (sorted, so a run reads them in a fixed order); for a data set without splits
+        (:meth:`split_window`), every ``.parquet`` file under the root.
 
         Raises:
-            FileNotFoundError: neither exists, naming both.
+            FileNotFoundError: no split layout and no Parquet files, naming the URI.
         """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -68,12 +71,62 @@ class DataSource:
         if info[0].type == pafs.FileType.File:
             return [single]
         if info[1].type == pafs.FileType.Directory:
-            files = sorted(f.path for f in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
-                           if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+            files = self._parquet_files(folder)
             if files:
                 return files
             raise FileNotFoundError(f"{self.uri}: {split}/ holds no .parquet files")
-        raise FileNotFoundError(f"{self.uri}: no {split} split (neither {split}.parquet nor {split}/)")
+        if self.time_split:
+            return self._parquet_files(self.root)
+        raise FileNotFoundError(f"{self.uri}: no {split} split (neither {split}.parquet nor {split}/) and no "
+                                ".parquet files to split by time")
+
+    def _parquet_files(self, folder: str) -> list[str]:
+        if self.filesystem.get_file_info(folder).type == pafs.FileType.File:
+            return [folder]
+        return sorted(f.path for f in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+                      if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+
+    @functools.cached_property
+    def time_split(self) -> bool:
+        """Whether the data set has no split layout (no ``<split>.parquet`` or ``<split>/`` at all) but Parquet
+        files: its splits are then made by time (:meth:`split_window`)."""
+        paths = [p for s in SPLITS for p in (f"{self.root}/{s}.parquet", f"{self.root}/{s}")]
+        if any(info.type != pafs.FileType.NotFound for info in self.filesystem.get_file_info(paths)):
+            return False
+        return bool(self._parquet_files(self.root))
+
+    @functools.cached_property
+    def _time_bounds(self) -> list[pd.Timestamp]:
+        """The split boundaries of a data set made by time: the ``SPLIT_FRACTIONS`` cuts of its time span (from
+        the Parquet footers' ``timestamp`` statistics, no rows read) between two open ends."""
+        lows, highs = [], []
+        for path in self._parquet_files(self.root):
+            meta = self._parquet(path).metadata
+            names = meta.schema.to_arrow_schema().names
+            if TIMESTAMP not in names:
+                raise DataValidationError(f"{self.display(path)}: no {TIMESTAMP!r} column to split the data set "
+                                          "by time")
+            column = names.index(TIMESTAMP)
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(column).statistics
+                if stats is None or not stats.has_min_max:
+                    raise DataValidationError(f"{self.display(path)}: row group {g} has no {TIMESTAMP!r} statistics "
+                                              "to split the data set by time; write it with statistics, or give "
+                                              "train/ val/ test/ splits")
+                lows.append(pd.Timestamp(stats.min))
+                highs.append(pd.Timestamp(stats.max))
+        start, end = min(lows), max(highs)
+        cuts = np.cumsum(SPLIT_FRACTIONS)[:-1]
+        return [None, *(start + (end - start) * float(c) for c in cuts), None]
+
+    def split_window(self, split: str) -> tuple[pd.Timestamp | None, pd.Timestamp | None] | None:
+        """``[start, end)`` of ``split`` in a data set made by time (the ``SPLIT_FRACTIONS`` of its time span, in
+        order, as ``raysys prepare`` splits a table; None: open, the first split's start and the last one's
+        end); None for a data set with splits of its own."""
+        if not self.time_split:
+            return None
+        i = SPLITS.index(split)
+        return self._time_bounds[i], self._time_bounds[i + 1]
 
     def display(self, path: str) -> str:
         """``path`` as the user would write it (with the URI's scheme)."""
@@ -152,15 +205,16 @@ class DataSource:
         """At most ``max_rows`` rows of ``split``, validated: all of it when it is smaller, else whole Parquet row
         groups evenly spaced over its files in order (each a run of consecutive rows, so the sample spans the
         split's whole time range). Each row group is validated as a table of its own, naming its file."""
-        files = self.split_files(split)
+        files, window = self.split_files(split), self.split_window(split)
         groups = [(path, g, meta.row_group(g).num_rows) for path in files
-                  for meta in [self._parquet(path).metadata] for g in range(meta.num_row_groups)]
+                  for meta in [self._parquet(path).metadata] for g in range(meta.num_row_groups)
+                  if window is None or _overlaps(meta, g, window)]
         total = sum(n for *_, n in groups)
         keep = min(len(groups), int(len(groups) * max_rows / max(total, 1)) + 1)  # about the budget, then fit it
         while keep > 1 and sum(n for *_, n in _evenly(groups, keep)) > max_rows:
             keep -= 1
-        parts = [validate_table(self._parquet(path).read_row_group(group).to_pandas(), self.display(path),
-                                min_rows=1).frame for path, group, _ in _evenly(groups, keep)]
+        parts = [validate_table(_within(self._parquet(path).read_row_group(group).to_pandas(), window),
+                                self.display(path), min_rows=1).frame for path, group, _ in _evenly(groups, keep)]
         return pd.concat(parts, ignore_index=True).iloc[:max_rows]  # one row group can exceed the budget
 
     def sample(self, max_rows: int = SAMPLE_ROWS) -> SensorDataset:
@@ -181,7 +235,16 @@ class DataSource:
         files = self.split_files(split)
         if check:
             self.check_files(files, sensors)
-        return ray.data.read_parquet(files, filesystem=self.filesystem, include_paths=True, **read_args)
+        rows = ray.data.read_parquet(files, filesystem=self.filesystem, include_paths=True, **read_args)
+        window = self.split_window(split)
+        if window is None:
+            return rows
+        from ray.data.expressions import col, lit
+
+        start, end = window
+        if start is not None:
+            rows = rows.filter(expr=col(TIMESTAMP) >= lit(start))
+        return rows if end is None else rows.filter(expr=col(TIMESTAMP) < lit(end))
 
 
 #: Words that mark a storage option as a secret: never written to a run record, MLflow or a log.
@@ -192,6 +255,26 @@ def public_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` without the ones whose name holds a :data:`SECRET_WORDS` word (``access_key``,
     ``secret_key``, ``session_token``, ``account_key``...)."""
     return {k: v for k, v in options.items() if not any(w in k.lower() for w in SECRET_WORDS)}
+
+
+def _overlaps(meta: pq.FileMetaData, group: int, window: tuple[pd.Timestamp | None, pd.Timestamp | None]) -> bool:
+    """Whether row group ``group``'s timestamps (its footer statistics) reach into ``window``."""
+    stats = meta.row_group(group).column(meta.schema.to_arrow_schema().names.index(TIMESTAMP)).statistics
+    start, end = window
+    return (end is None or pd.Timestamp(stats.min) < end) and (start is None or pd.Timestamp(stats.max) >= start)
+
+
+def _within(frame: pd.DataFrame, window: tuple[pd.Timestamp | None, pd.Timestamp | None] | None) -> pd.DataFrame:
+    """The rows of ``frame`` in ``window`` (all of them without one)."""
+    if window is None:
+        return frame
+    times, (start, end) = pd.to_datetime(frame[TIMESTAMP]), window
+    keep = np.ones(len(frame), dtype=bool)
+    if start is not None:
+        keep &= (times >= start).to_numpy()
+    if end is not None:
+        keep &= (times < end).to_numpy()
+    return frame[keep].reset_index(drop=True)
 
 
 def _evenly(items: list, k: int) -> list:

@@ -33,8 +33,8 @@ def storage_options(text: str) -> dict[str, object]:
     return value
 
 
-def data_args(parser: argparse.ArgumentParser, required: bool = True, data_group: argparse._ActionsContainer | None = None,
-              config_file: bool = False) -> None:
+def data_args(parser: argparse.ArgumentParser, required: bool = True,
+              data_group: argparse._ActionsContainer | None = None, config_file: bool = False) -> None:
     """``--data`` (in ``data_group`` when given), ``--ingest`` and ``--storage-options``: where a training run
     reads its data, and how. ``config_file``: no defaults, so a command's config file can set them."""
     (data_group or parser).add_argument("--data", required=required, metavar="URI", help=(

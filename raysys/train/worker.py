@@ -143,7 +143,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             "rank": rank, "world_size": world_size, "indices": shard_indices, "stream": stream,
             "weights_checksum": _weights_checksum(core_module(model)),
             # what bench/bench_ingest.py compares: this worker's epochs, samples per epoch, loop time, peak memory
-            "epochs": len(state.history), "samples_per_epoch": train_loader.first_pass if streamed else len(shard_indices),
+            "epochs": len(state.history),
+            "samples_per_epoch": train_loader.first_pass if streamed else len(shard_indices),
             "train_seconds": train_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

@@ -170,7 +170,8 @@ def build_trial_trainer(settings: TrialSettings, family: str, params: dict[str, 
     """The trial's TorchTrainer: ``raysys.train.build_trainer``'s run, with the sweep's resources
     per worker and :func:`trial_worker_fn` as the worker function."""
     cfg = TrainConfig(data=settings.data, ingest=settings.ingest, storage_options=settings.storage_options,
-                      cpus_per_worker=settings.cpus_per_worker or 1.0, model=family, params={**params, **settings.train_params},
+                      cpus_per_worker=settings.cpus_per_worker or 1.0, model=family,
+                      params={**params, **settings.train_params},
                       num_workers=settings.workers_per_trial, use_gpu=settings.gpus_per_worker > 0,
                       storage_path=settings.train_storage, run_name=run_name,
                       max_failures=settings.max_failures, tracking_uri=settings.tracking_uri,
