@@ -20,8 +20,8 @@ from raysys.data import DataValidationError, load_dataset
 from raysys.data.preprocessing import fit_scaler, scaler_to_dict
 from raysys.data.source import PATH, open_source
 from raysys.layout import ASSET_ID
-from raysys.train.ingest import (HOLDOUT, STREAM_MIN_ROWS, TRAIN, BlockSamples, check_training_data,
-                                 open_training_data, resolve_ingest)
+from raysys.train.ingest import (HOLDOUT, STREAM_MIN_ROWS, TRAIN, BlockSamples, check_data_cpus,
+                                 check_training_data, open_training_data, resolve_ingest)
 
 SENSORS = ["a", "b"]
 
@@ -186,6 +186,14 @@ def test_a_sweep_streams_its_trials_and_exports_from_the_sample(ray_cluster, spl
     config = SweepConfig.quick(name="streamed", families=["ae"], num_samples=1, max_epochs=1, workers_per_trial=2,
                                cpus_per_worker=0.5, max_concurrent=1, storage_path=str(tmp_path / "runs"),
                                tracking_uri=mlflow_uri, seed=0)
+    # two trials of one 1-CPU worker at once would leave Ray Data no CPU on this 2-CPU cluster: refused up front
+    crowded = config.replace(workers_per_trial=1, cpus_per_worker=1, max_concurrent=2)
+    with pytest.raises(ValueError, match=r"2 workers x 1 CPU hold 2; lower max_concurrent"):
+        run_sweep(crowded, split_dirs, ingest="stream")
+    assert not (tmp_path / "runs").exists()  # before any sweep directory or MLflow run
+    with pytest.raises(ValueError, match=r"2 workers x 1 CPU hold 2; use fewer workers"):
+        check_data_cpus(2, 1.0)
+    check_data_cpus(2, 0.5)
     result = run_sweep(config, split_dirs, ingest="stream")
     assert result.finished and list(result.best) == ["ae"]
     record = json.loads((result.sweep_dir / "raysys_sweep.json").read_text())

@@ -257,11 +257,16 @@ def checked_sensors(source: DataSource) -> list[str]:
     return sensors
 
 
-def check_data_cpus(num_workers: int, cpus_per_worker: float) -> None:
-    """Fail fast when a streamed run's workers would leave Ray Data less than :data:`DATA_CPUS` of the cluster.
+#: What to change when a streamed training run's workers leave Ray Data no CPU (``check_data_cpus``).
+TRAIN_CPU_FIX = "use fewer workers, a smaller --cpus-per-worker, a larger cluster, or --ingest memory"
+
+
+def check_data_cpus(num_workers: int, cpus_per_worker: float, fix: str = TRAIN_CPU_FIX) -> None:
+    """Fail fast when ``num_workers`` Train workers (all those that may run at once) would leave Ray Data less
+    than :data:`DATA_CPUS` of the cluster: its tasks would wait forever.
 
     Raises:
-        ValueError: naming the cluster's CPUs, the workers' share and what to change.
+        ValueError: naming the cluster's CPUs, the workers' share and what to change (``fix``).
     """
     import ray
 
@@ -269,8 +274,7 @@ def check_data_cpus(num_workers: int, cpus_per_worker: float) -> None:
     if total - num_workers * cpus_per_worker < DATA_CPUS:
         raise ValueError(f"streaming needs {DATA_CPUS:g} CPU for Ray Data's reading beyond the Train workers': the "
                          f"cluster has {total:g} CPUs and {num_workers} workers x {cpus_per_worker:g} CPU hold "
-                         f"{num_workers * cpus_per_worker:g}; use fewer workers, a smaller --cpus-per-worker, a "
-                         "larger cluster, or --ingest memory")
+                         f"{num_workers * cpus_per_worker:g}; {fix}")
 
 
 class ShardLoader:

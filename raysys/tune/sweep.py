@@ -35,7 +35,7 @@ from raysys.interrupts import INTERRUPTED, STATUS_TAG, mlflow_status
 from raysys.layout import LEADERBOARD_CSV, LEADERBOARD_PLOT, SWEEP_BEST, SWEEP_RECORD, SWEEP_TRAIN_DIR
 from raysys.models import with_spellings
 from raysys.tracking import get_experiment_id, resolve_tracking_uri
-from raysys.train.ingest import check_training_data, evaluation_dataset
+from raysys.train.ingest import check_data_cpus, check_training_data, evaluation_dataset, resolve_ingest
 from raysys.tune.config import SweepConfig
 from raysys.tune.export import export_best
 from raysys.tune.leaderboard import (COMPLETED, ERROR, STOPPED, UNFINISHED, best_table, build_leaderboard,
@@ -203,6 +203,18 @@ def _start(config: SweepConfig, data_dir: str | os.PathLike, client: MlflowClien
     return sweep_dir, record
 
 
+def check_stream_cpus(config: SweepConfig, data: str, ingest: str, storage_options: dict[str, Any]) -> None:
+    """For a streamed sweep: every trial that may run at once holds its workers' CPUs, and Ray Data needs one
+    beyond them all (``raysys.train.ingest.check_data_cpus``). Initialises Ray."""
+    if resolve_ingest(ingest, open_source(data, storage_options)) != "stream":
+        return
+    init_ray()
+    check_data_cpus(config.max_concurrent * config.workers_per_trial, config.cpus_per_worker or 1.0,
+                    "lower max_concurrent, workers_per_trial or cpus_per_worker (--max-concurrent, --workers-per-trial, "
+                    "--cpus-per-worker, or the sweep config: 2 trials of 1 worker on 2 CPUs stream with "
+                    "cpus_per_worker 0.5), use a larger cluster, or --ingest memory")
+
+
 def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = None, resume: str | None = None,
               console: Console | None = None, ingest: str = "auto",
               storage_options: dict[str, Any] | None = None) -> SweepResult:
@@ -229,11 +241,14 @@ def run_sweep(config: SweepConfig | None, data_dir: str | os.PathLike | None = N
         sweep_dir = Path(resume).resolve()
         record = read_sweep_record(sweep_dir)
         config = SweepConfig.from_dict(record["config"], str(sweep_dir / SWEEP_RECORD))
+        check_stream_cpus(config, record["data"], record.get("ingest", "auto"),
+                          {**record.get("storage_options", {}), **(storage_options or {})})
         client = MlflowClient(record["tracking_uri"])
         client.update_run(record["parent_run_id"], status="RUNNING")
     else:
         if config is None or data_dir is None:
             raise ValueError("a new sweep needs a config and a data directory")
+        check_stream_cpus(config, str(data_dir), ingest, dict(storage_options or {}))  # before any record or run
         client = MlflowClient(resolve_tracking_uri(config.tracking_uri))
         sweep_dir, record = _start(config, data_dir, client, console, ingest, dict(storage_options or {}))
         config = SweepConfig.from_dict(record["config"])
