@@ -225,6 +225,7 @@ def test_a_data_set_without_splits_is_split_by_time(ray_cluster, small_dataset, 
         assert source.read(split, local.sensors).count() == len(expected)
         sampled = source.sample_split(split, local.sensors)
         np.testing.assert_allclose(sampled[local.sensors].to_numpy(), expected[local.sensors].to_numpy())
+    assert source.sample().metadata["rows"] == len(whole)  # each file counted once, not once per split
     assert not open_source(small_dataset).time_split  # a prepared data set has its own splits
 
 

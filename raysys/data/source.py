@@ -222,7 +222,8 @@ class DataSource:
         what a streamed run evaluates, calibrates and reports on."""
         metadata = self.metadata()
         splits = {name: self.sample_split(name, metadata["sensors"], max_rows) for name in SPLITS}
-        rows = metadata.get("rows") or sum(sum(self.row_counts(self.split_files(name))) for name in SPLITS)
+        files = sorted({path for name in SPLITS for path in self.split_files(name)})  # once each (time splits)
+        rows = metadata.get("rows") or sum(self.row_counts(files))
         metadata = {**metadata, "rows": rows, "source": self.uri,
                     "sample": {"max_rows": max_rows, **{k: len(v) for k, v in splits.items()}}}
         return SensorDataset(self.uri, splits["train"], splits["val"], splits["test"], metadata)
