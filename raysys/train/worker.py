@@ -125,8 +125,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     try:
         state = run_epochs(model, train_loader, val_loader, optimizer, scheduler, epochs=detector.epochs,
-                   patience=detector.patience, grad_clip=detector.grad_clip, device=device, state=state,
-                   all_reduce=_all_reduce, on_epoch=on_epoch)
+                           patience=detector.patience, grad_clip=detector.grad_clip, device=device, state=state,
+                           all_reduce=_all_reduce, on_epoch=on_epoch)
         wait_for_report()
     finally:
         reporter.shutdown(wait=False)
