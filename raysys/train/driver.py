@@ -65,9 +65,10 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
 
     ``train_fn`` (a wrapper of :func:`train_fn_per_worker`) and ``resources_per_worker``
     (default: ``cfg.cpus_per_worker``, plus 1 GPU with ``use_gpu``) let a sweep trial adapt it. ``data``: the run's
-    data when the caller has opened it already (default: :func:`open_run_data`, without loading it here).
+    data when the caller has opened it already (default, a sweep trial's: :func:`open_run_data`, without loading
+    it here or checking its files again: the sweep checked them once before its trials).
     """
-    data = data or open_run_data(cfg, load=False)
+    data = data or open_run_data(cfg, load=False, check=False)
     if resources_per_worker is None:
         resources_per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     if data.ingest == "stream":
@@ -91,10 +92,11 @@ def build_trainer(cfg: TrainConfig, run_name: str, callbacks: list[UserCallback]
     )
 
 
-def open_run_data(cfg: TrainConfig, load: bool = True) -> TrainingData:
+def open_run_data(cfg: TrainConfig, load: bool = True, check: bool = True) -> TrainingData:
     """``cfg``'s data (``raysys.train.ingest.open_training_data``); ``load=False`` leaves an in-memory data set
-    on disk (the workers load it)."""
-    return open_training_data(cfg.data, cfg.model, cfg.params, cfg.ingest, cfg.storage_options, load=load)
+    on disk (the workers load it), ``check=False`` skips the footer checks a caller has done."""
+    return open_training_data(cfg.data, cfg.model, cfg.params, cfg.ingest, cfg.storage_options, load=load,
+                              check=check)
 
 
 @dataclass

@@ -150,7 +150,6 @@ class TrainingData:
     """What a training run reads.
 
     Args:
-        uri: The data set as given.
         ingest: ``memory`` or ``stream``.
         dataset: The data set in memory (``memory``; None when not loaded), or its bounded sample
             (``stream``): what evaluation, calibration and reports read.
@@ -158,7 +157,6 @@ class TrainingData:
         loop_config: What the workers need besides the model (``train_fn_per_worker``'s config).
     """
 
-    uri: str
     ingest: str
     dataset: SensorDataset | None
     datasets: dict[str, Any] = field(default_factory=dict)
@@ -167,19 +165,20 @@ class TrainingData:
 
 def open_training_data(data: str, model: str, params: dict[str, Any], ingest: str = "auto",
                        storage_options: dict[str, Any] | None = None, sample_rows: int = SAMPLE_ROWS,
-                       load: bool = True) -> TrainingData:
+                       load: bool = True, check: bool = True) -> TrainingData:
     """The data of a run training ``model`` (``params``) on ``data`` (a local path or object-store URI).
 
     In memory, ``load=False`` leaves ``dataset`` None (the workers load it; a sweep trial needs no copy).
     Streamed: checks every file's footer first (a corrupt or mismatched file fails here, named, before any
-    training), then makes one pass for the scaler, one over the timestamps for the hold-out cut, and reads the
-    bounded sample. Needs Ray initialised.
+    training; ``check=False`` when the caller has, as a sweep does once for all its trials), then makes one
+    pass for the scaler, one over the timestamps for the hold-out cut, and reads the bounded sample. Needs Ray
+    initialised.
     """
     source = open_source(data, storage_options)
     mode = resolve_ingest(ingest, source)
     if mode == "memory":
         dataset = load_dataset(source.root) if load else None
-        return TrainingData(data, mode, dataset, loop_config={"ingest": mode, "data": source.root})
+        return TrainingData(mode, dataset, loop_config={"ingest": mode, "data": source.root})
 
     import ray
     from ray.data.expressions import col, lit
@@ -189,7 +188,7 @@ def open_training_data(data: str, model: str, params: dict[str, Any], ingest: st
     # Ray Data's progress bars only with --verbose (the context travels with the datasets to their executors)
     ray.data.DataContext.get_current().enable_progress_bars = is_verbose()
     detector = build_detector(model, **params)
-    sensors = checked_sensors(source)
+    sensors = checked_sensors(source) if check else source.metadata()["sensors"]
     rows = source.read("train", sensors, check=False)
     scaler, start, end = outside_placement_group(split_statistics, rows, sensors, detector.scaler)
     cut = start + (end - start) * (1.0 - detector.validation_fraction)
@@ -198,8 +197,7 @@ def open_training_data(data: str, model: str, params: dict[str, Any], ingest: st
     datasets = {part: ds.map_batches(BlockSamples(model, params, sensors, scaler, part, cut), batch_size=None,
                                      batch_format="pandas") for part, ds in samples.items()}
     sample = source.sample(sample_rows)
-    return TrainingData(data, mode, sample, datasets,
-                        {"ingest": mode, "scaler": scaler, "sample": ray.put(sample)})
+    return TrainingData(mode, sample, datasets, {"ingest": mode, "scaler": scaler, "sample": ray.put(sample)})
 
 
 def split_statistics(rows: Any, sensors: list[str], scaler: str) -> tuple[dict[str, Any], pd.Timestamp, pd.Timestamp]:
