@@ -248,3 +248,20 @@ def test_pipeline_and_tune_take_the_data_flags_and_never_write_secrets(tmp_path)
     assert cfg.to_dict()["storage_options"] == {"endpoint_override": "http://minio:9000"}
     with pytest.raises(SystemExit):  # argparse: "--storage-options: expected a JSON object"
         build_parser().parse_args(["train", "--data", "x", "--storage-options", "[1, 2]"])
+
+
+def test_a_run_whose_data_fails_to_open_ends_failed_in_mlflow(ray_cluster, split_dirs, mlflow_uri, tmp_path):
+    """train() called directly (no CLI pre-check) on a data set with a corrupt file: the error names the file and
+    the MLflow run it had started is FAILED, not left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from raysys.train import TrainConfig, train
+
+    bad = split_dirs / "val" / "part-0.parquet"
+    bad.write_bytes(b"PAR1 not parquet at all")
+    cfg = TrainConfig(data=str(split_dirs), ingest="stream", num_workers=2, cpus_per_worker=0.5,
+                      storage_path=str(tmp_path / "runs"), run_name="bad", tracking_uri=mlflow_uri, experiment="bad")
+    with pytest.raises(DataValidationError, match=rf"{bad}: not a readable Parquet file"):
+        train(cfg)
+    record = json.loads((tmp_path / "runs" / "bad" / "raysys_run.json").read_text())
+    assert MlflowClient(mlflow_uri).get_run(record["mlflow_run_id"]).info.status == "FAILED"

@@ -191,14 +191,15 @@ def train(cfg: TrainConfig, resume: str | None = None, diagnostics_dir: str | No
     console = console or Console()
     client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri))
     cfg, run_name, run_id = _start_or_resume(cfg, resume, client)
-    data = open_run_data(cfg)
-    dataset = data.dataset
-    if data.ingest == "stream":
-        console.print(f"[{run_name}] streaming {cfg.data} into the workers; evaluating on a sample of "
-                      f"{', '.join(f'{n} {k}' for k, n in dataset.metadata['sample'].items() if k in SPLITS)} rows")
     extra: dict[str, Any] = {"diagnostics_dir": diagnostics_dir} if diagnostics_dir else {}
     on_disk = latest_checkpoint_on_disk(Path(cfg.storage_path).resolve() / run_name) if resume else None
     try:
+        # inside the try: data that fails to open (or a store gone since the CLI's check) ends the MLflow run FAILED
+        data = open_run_data(cfg)
+        dataset = data.dataset
+        if data.ingest == "stream":
+            console.print(f"[{run_name}] streaming {cfg.data} into the workers; evaluating on a sample of "
+                          f"{', '.join(f'{n} {k}' for k, n in dataset.metadata['sample'].items() if k in SPLITS)} rows")
         if on_disk:
             extra["resume_from"] = str(on_disk[0])
             _log_missing_epochs(client, run_id, on_disk[1].get("history", []))
