@@ -221,6 +221,16 @@ def test_protocol_on_the_slice():
     assert result["detectors"]["pca_spe"]["fdr"]["1"] > 0.5  # fault 1 (A/C feed ratio step) is an easy one
 
 
+def test_recommended_detector_runs_on_the_slice():
+    """The recommended detector (CVA) through the protocol on the published files' slice: d00.dat's
+    ~100 samples for 156 past features (the ridge keeps the covariances invertible)."""
+    result = tep.run_benchmark(SLICE, [tep.RECOMMENDED, "pca_spe"], target_far=0.05, seeds=1)
+    assert result["recommended"] == tep.RECOMMENDED == "cva"
+    s = result["detectors"]["cva"]
+    assert s["fdr"]["1"] > 0.5 and s["detection_delay"] < 40  # fault 1 (A/C feed ratio step) is an easy one
+    assert s["far_pre_fault"] <= 0.1 and s["far_normal_test"] <= 0.1
+
+
 def test_multiple_fars_share_the_fits():
     out = tep.run_benchmarks(_toy_data(), ["pca_t2"], [0.01, 0.05], seeds=1, onset=30)
     assert set(out) == {0.01, 0.05}

@@ -35,6 +35,7 @@ from raysys.evaluation.calibration import HOLDOUT_FRACTION, tail_threshold
 from raysys.evaluation.events import events_of
 from raysys.layout import SWEEP_BEST
 from raysys.models import build_detector
+from raysys.models.cva import CVADetector
 from raysys.models.pca import PCADetector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,10 +293,11 @@ def test_pca_exports_t2_and_spe_as_two_members(built, dataset):
     (lambda lags: PCADetector(n_components=3, lags=lags), {"lagged_t2": "t2", "lagged_spe": "spe"}),
     (lambda lags: build_detector("ae", lags=lags, epochs=2), {"lagged": "score"}),
     (lambda lags: build_detector("vae", lags=lags, epochs=2), {"lagged": "score", "lagged_mahalanobis": "mahalanobis"}),
-], ids=["pca", "ae", "vae"])
+    (lambda lags: CVADetector(lags=lags, n_states=3), {"lagged_ts": "ts", "lagged_tr": "tr"}),
+], ids=["pca", "ae", "vae", "cva"])
 @pytest.mark.parametrize("lags", [0, 3])
 def test_lagged_row_models_export_as_windowed_members(dataset, make, outputs, lags, tmp_path):
-    """Dynamic PCA and the dense families with lags > 0 become windowed members: the runtime's
+    """Dynamic PCA, CVA and the dense families with lags > 0 become windowed members: the runtime's
     left-padded history windows are the rows ``raysys.models.pca.lagged`` stacks."""
     X = dataset.features("train", normal_only=True)
     model = make(lags).fit(X)
@@ -311,6 +313,8 @@ def test_pca_and_iforest_can_be_left_out_and_their_names_are_reserved(detectors,
     assert [m["name"] for m in build.spec["members"]] == ["ae"]
     with pytest.raises(ValueError, match="'pca_t2' is reserved for the PCA detector"):
         build_ensemble({"pca_t2": detectors["ae"]}, dataset, tmp_path / "clash")
+    with pytest.raises(ValueError, match="'cva_tr' is reserved for the CVA detector"):
+        build_ensemble({"cva_tr": detectors["ae"]}, dataset, tmp_path / "clash", cva=True)
     with pytest.raises(ValueError, match="no ensemble members"):
         build_ensemble({}, dataset, tmp_path / "empty", iforest=False, pca=False)
 
@@ -649,11 +653,12 @@ def _cli(argv: list[str]) -> int:
 def test_cli_gate_failure_exits_1_and_predict_writes_scores(default_dataset, detector_dirs, built, mlflow_uri,
                                                            tmp_path, capsys):
     code = _cli(["ensemble", "--data", str(default_dataset), "--detector", str(detector_dirs["ae"]), "--no-pca",
-                 "--gate", "roc_auc=0.9999", "--out", str(tmp_path / "work"), "--mlflow-uri", mlflow_uri])
+                 "--cva", "--gate", "roc_auc=0.9999", "--out", str(tmp_path / "work"), "--mlflow-uri", mlflow_uri])
     out = capsys.readouterr().out
     assert code == 1 and "roc_auc" in out and "FAIL by" in out and "nothing registered" in out
     spec = json.loads((tmp_path / "work" / "ensemble" / "ensemble.json").read_text())
-    assert [m["name"] for m in spec["members"]] == ["ae", "iforest"]  # --no-pca
+    assert [m["name"] for m in spec["members"]] == ["ae", "iforest", "cva_ts", "cva_tr"]  # --no-pca --cva
+    assert spec["files"]["cva.onnx"]["family"] == "cva" and spec["files"]["cva.onnx"]["window"] == 3
     assert MlflowClient(mlflow_uri).search_registered_models() == []
     assert (tmp_path / "work" / "evaluation" / "plots" / "roc_pr.png").exists()
 
@@ -677,3 +682,20 @@ def test_label_free_estimator_scores_as_the_built_ensemble_without_labels(small_
     runtime = EnsembleRuntime.load(build.directory)
     test = data.features("test")
     np.testing.assert_allclose(estimator.decision_function(test), runtime.score(test)["score"], rtol=1e-4, atol=1e-5)
+
+
+def test_cva_members_score_as_the_detector_fitted_on_the_training_split(dataset, tmp_path):
+    """``cva=True`` adds CVA's state and residual statistics as members ``cva_ts`` / ``cva_tr``, fitted on
+    the training split in time order without its labelled anomalies; the runtime equals the detector."""
+    build = build_ensemble({}, dataset, tmp_path / "cva", iforest=False, pca=False, cva=True)
+    cva = build.models["cva"]
+    assert isinstance(cva, CVADetector) and cva.get_params() == CVADetector().get_params()
+    fitted = CVADetector().fit(dataset.features("train"), dataset.labels("train"))
+    np.testing.assert_allclose(cva.state_loadings_, fitted.state_loadings_)
+    assert [(m["name"], m["output"], m["window"]) for m in build.spec["members"]] == [("cva_ts", "ts", 3),
+                                                                                      ("cva_tr", "tr", 3)]
+    runtime = EnsembleRuntime.load(build.directory)
+    X = dataset.features("val")
+    raw = runtime.raw_scores(X)
+    assert max_relative_error(raw["cva_ts"], cva.ts(X)) <= 1e-4
+    assert max_relative_error(raw["cva_tr"], cva.tr(X)) <= 1e-4

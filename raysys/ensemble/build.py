@@ -1,7 +1,8 @@
 """Build an ensemble directory from fitted detectors, and measure it on the held-out test split.
 
 ``build_ensemble`` fits the Isolation Forest and the PCA detector (members ``pca_t2`` and
-``pca_spe``), exports every member to ONNX (checked against its
+``pca_spe``), on request the CVA detector (``cva_ts`` and ``cva_tr``), exports every member to ONNX
+(checked against its
 source), calibrates normalisation, weights and threshold on the validation split, writes
 ``ensemble.json`` last (a failed build never looks complete), then evaluates what it wrote through
 :class:`~raysys.ensemble.runtime.EnsembleRuntime`, exactly as production will run it.
@@ -24,18 +25,21 @@ from raysys import __version__
 from raysys.data import SensorDataset
 from raysys.ensemble.alarms import AlarmLogic
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
-from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
+from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, TR, TS, export_member, random_rows, source_scores
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
                                      combine, input_range, normalise, trailing_mean)
 from raysys.layout import ENSEMBLE_SPEC
 from raysys.evaluation import (THRESHOLD_METHODS, alarm_sensor_share, calibrate_threshold, default_threshold_method,
                                detection_metrics)
 from raysys.evaluation.calibration import label_free_metrics, label_free_threshold
+from raysys.models.cva import CVADetector
 from raysys.models.pca import PCADetector
 
 IFOREST = "iforest"
 #: Name of the PCA member's file; its members are ``pca_t2`` and ``pca_spe``.
 PCA = "pca"
+#: Name of the CVA member's file; its members are ``cva_ts`` and ``cva_tr``.
+CVA = "cva"
 ENSEMBLE = "ensemble"
 
 
@@ -85,6 +89,13 @@ def fit_pca(dataset: SensorDataset) -> PCADetector:
     """A static PCA detector (``PCADetector`` defaults: components explaining 90% of the variance,
     no lags) on the raw sensor values of the normal training rows."""
     return PCADetector(lags=0).fit(dataset.features("train", normal_only=True))
+
+
+def fit_cva(dataset: SensorDataset) -> CVADetector:
+    """A CVA detector (``CVADetector`` defaults) on the training split in time order; past-future pairs
+    that read a labelled anomaly are left out."""
+    labels = dataset.labels("train") if dataset.labelled("train") else None
+    return CVADetector().fit(dataset.features("train"), labels)
 
 
 def source_ensemble_scores(models: Mapping[str, Any], spec: Mapping[str, Any], X: np.ndarray) -> np.ndarray:
@@ -211,7 +222,8 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
 
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
                    threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
-                   iforest: bool = True, pca: bool = True, rounds: int = 10, seed: int = 0, smoothing: int = 1,
+                   iforest: bool = True, pca: bool = True, cva: bool = False, rounds: int = 10, seed: int = 0,
+                   smoothing: int = 1,
                    range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
                    intra_op_threads: int | None = 1, alarm: AlarmLogic | None = None) -> EnsembleBuild:
@@ -229,6 +241,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         iforest: Add an Isolation Forest member fitted on the normal training rows.
         pca: Add a PCA detector fitted on the normal training rows, as two members: ``pca_t2``
             (Hotelling's T2) and ``pca_spe`` (squared prediction error).
+        cva: Add a CVA detector fitted on the training split, as two members: ``cva_ts`` (state
+            statistic) and ``cva_tr`` (residual statistic); for processes under feedback control.
         rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
         smoothing: Rows in the trailing mean of the ensemble score (1: none); the threshold is
             calibrated on the smoothed score, and ``ensemble.json`` records it for the runtime.
@@ -250,17 +264,20 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: ensemble directory exists and is not empty")
     reserved = {**({IFOREST: "the Isolation Forest"} if iforest else {}),
-                **({name: "the PCA detector" for name in (PCA, f"{PCA}_{T2}", f"{PCA}_{SPE}")} if pca else {})}
+                **({name: "the PCA detector" for name in (PCA, f"{PCA}_{T2}", f"{PCA}_{SPE}")} if pca else {}),
+                **({name: "the CVA detector" for name in (CVA, f"{CVA}_{TS}", f"{CVA}_{TR}")} if cva else {})}
     for name in detectors:
         if name in reserved:
             raise ValueError(f"member name {name!r} is reserved for {reserved[name]}; rename that detector")
     models: dict[str, Any] = dict(detectors)
-    if not models and not iforest and not pca:
-        raise ValueError("no ensemble members: give at least one detector or keep the Isolation Forest or PCA")
+    if not models and not iforest and not pca and not cva:
+        raise ValueError("no ensemble members: give at least one detector or keep the Isolation Forest, PCA or CVA")
     if iforest:
         models[IFOREST] = fit_isolation_forest(dataset, seed=seed)
     if pca:
         models[PCA] = fit_pca(dataset)
+    if cva:
+        models[CVA] = fit_cva(dataset)
     out.mkdir(parents=True, exist_ok=True)
 
     checks = {"validation": dataset.features("val"),

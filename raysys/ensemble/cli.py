@@ -25,6 +25,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
                           out_dir=args.out, name=args.name, gates=parse_gates(args.gate),
                           threshold_method=args.threshold_method, target_far=args.target_far,
                           percentile=args.percentile, iforest=not args.no_iforest, pca=not args.no_pca,
+                          cva=args.cva,
                           smoothing=args.smoothing, alarm=args.alarm,
                           register=not args.no_register,
                           tracking_uri=args.mlflow_uri, experiment=args.experiment, seed=args.seed)
@@ -112,6 +113,9 @@ def add_parsers(subparsers: Any) -> None:
                           "k=1,n=1,off_delay=0: an event per run of flagged rows)")
     ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
     ens.add_argument("--no-pca", action="store_true", help="leave the PCA members (pca_t2, pca_spe) out")
+    ens.add_argument("--cva", action="store_true",
+                     help="add the CVA members (cva_ts, cva_tr): canonical variate analysis, for processes under "
+                          "feedback control (docs/detection.md)")
     ens.add_argument("--no-register", action="store_true", help="build and check the gates only")
     ens.add_argument("--out", help="work directory for ensemble/ and evaluation/ (default runs/ensemble/TIME)")
     ens.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")

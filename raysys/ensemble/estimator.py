@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from raysys.ensemble.build import IFOREST, PCA, source_ensemble_scores
+from raysys.ensemble.build import CVA, IFOREST, PCA, source_ensemble_scores
 from raysys.ensemble.calibrate import normalisation_stats
 from raysys.ensemble.export import detector_window, source_scores
 
@@ -30,15 +30,17 @@ class LabelFreeEnsemble(BaseEstimator):
         families: Deep families, each built with its defaults (``raysys.models.build_detector``).
         iforest: Add an Isolation Forest member (scikit-learn defaults).
         pca: Add the PCA detector's two members, T2 and SPE (90% variance, no lags).
+        cva: Add the CVA detector's two members, state and residual statistics (its defaults).
         validation_fraction: Newest share of the rows the members are normalised on, not fitted on.
         seed: Seed of every member.
     """
 
     def __init__(self, families: Sequence[str] = ("ae", "vae", "lstm", "conv"), iforest: bool = True,
-                 pca: bool = True, validation_fraction: float = 0.3, seed: int = 0):
+                 pca: bool = True, cva: bool = False, validation_fraction: float = 0.3, seed: int = 0):
         self.families = families
         self.iforest = iforest
         self.pca = pca
+        self.cva = cva
         self.validation_fraction = validation_fraction
         self.seed = seed
 
@@ -46,6 +48,7 @@ class LabelFreeEnsemble(BaseEstimator):
         from sklearn.ensemble import IsolationForest
 
         from raysys.models import build_detector
+        from raysys.models.cva import CVADetector
         from raysys.models.pca import PCADetector
 
         models: dict[str, Any] = {family: build_detector(family, seed=self.seed) for family in self.families}
@@ -53,8 +56,10 @@ class LabelFreeEnsemble(BaseEstimator):
             models[IFOREST] = IsolationForest(random_state=self.seed)
         if self.pca:
             models[PCA] = PCADetector(lags=0)
+        if self.cva:
+            models[CVA] = CVADetector()
         if not models:
-            raise ValueError("no members: give a family or keep the Isolation Forest or PCA")
+            raise ValueError("no members: give a family or keep the Isolation Forest, PCA or CVA")
         return models
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "LabelFreeEnsemble":

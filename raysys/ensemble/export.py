@@ -5,13 +5,14 @@ training scaler in (in float64, as scikit-learn applies it) and ends in the anom
 graph also outputs the Mahalanobis distance of the latent mean. A dense detector with ``lags`` is a
 member with ``window = lags + 1``: the runtime feeds it windows of consecutive rows, as it feeds
 sequence members, and the graph stacks each window as the detector does. The Isolation Forest goes
-through skl2onnx. The PCA detector's T2 and SPE are a few ONNX ops written here (:func:`export_pca`): a
-fixed affine map, two matrix products and sums of squares, in float64. Every file passes
+through skl2onnx. The PCA detector's T2 and SPE, and the CVA detector's state and residual statistics,
+are a few ONNX ops written here (:func:`export_pca`, :func:`export_cva`): a fixed affine map, matrix
+products and sums of squares, in float64. Every file passes
 ``onnx.checker`` and matches its source on real and random inputs.
 
 Each score that splits over the sensors has a second output, ``<output>_sensors`` (batch, sensors),
 whose rows sum to the score (:func:`sensors_output`): the per-sensor reconstruction error of the deep
-families, the per-sensor terms of PCA's T2 and SPE. The VAE's Mahalanobis distance and the Isolation
+families, the per-sensor terms of PCA's T2 and SPE and of CVA's two statistics. The VAE's Mahalanobis distance and the Isolation
 Forest have none (docs/attribution.md says how the runtime attributes them).
 """
 
@@ -33,6 +34,7 @@ from torch import nn
 from raysys.data.preprocessing import scaler_affine
 from raysys.ensemble.runtime import MemberSessions
 from raysys.models import BaseDeepDetector
+from raysys.models.cva import CVADetector
 from raysys.models.pca import PCADetector
 
 #: ONNX opset of the exported graphs (recorded in each model and in ``ensemble.json``).
@@ -44,6 +46,8 @@ SCORE = "score"
 MAHALANOBIS = "mahalanobis"
 #: Output names of a PCA member: Hotelling's T2 and the squared prediction error.
 T2, SPE = "t2", "spe"
+#: Output names of a CVA member: the state and the residual statistics.
+TS, TR = "ts", "tr"
 
 
 def sensors_output(output: str) -> str:
@@ -61,7 +65,7 @@ class ExportedMember:
 
     Args:
         file: File name inside the ensemble directory.
-        family: A deep family (``ae``, ``vae``, ``lstm``, ``conv``), ``iforest`` or ``pca``.
+        family: A deep family (``ae``, ``vae``, ``lstm``, ``conv``), ``iforest``, ``pca`` or ``cva``.
         window: Rows per input sample (1 for row models).
         outputs: Member name to ONNX output name.
         parity: Output name to the largest relative error seen, per check (``validation``, ``random``).
@@ -127,6 +131,8 @@ def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
         return {SCORE: -model.score_samples(X)}
     if isinstance(model, PCADetector):  # dynamic PCA pads its first rows' history as the runtime does
         return {T2: model.t2(X), SPE: model.spe(X)}
+    if isinstance(model, CVADetector):  # likewise
+        return {TS: model.ts(X), TR: model.tr(X)}
     pad = detector_window(model) - 1
     scores = {SCORE: model.decision_function(_padded(X, pad))[pad:]}
     if hasattr(model, "latent_scores"):
@@ -141,6 +147,8 @@ def source_contributions(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
         return {}
     if isinstance(model, PCADetector):
         return {sensors_output(T2): model.t2_contributions(X), sensors_output(SPE): model.spe_contributions(X)}
+    if isinstance(model, CVADetector):
+        return {sensors_output(TS): model.ts_contributions(X), sensors_output(TR): model.tr_contributions(X)}
     pad = detector_window(model) - 1
     return {sensors_output(SCORE): model.sensor_contributions(_padded(X, pad))[pad:]}
 
@@ -187,6 +195,69 @@ def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str |
     return [SCORE]
 
 
+def _const(name: str, value: Any, dtype: Any = np.float64) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name)
+
+
+def _standardised_input(mean: np.ndarray, scale: np.ndarray, window: int, n: int) -> tuple[list, list]:
+    """Nodes and initialisers from the input ``x`` to ``z = (stacked x - mean) / scale`` in float64.
+
+    With ``window`` > 1 the input is a window of rows, oldest first (the runtime's history windows);
+    it is reversed and flattened to ``[x_t, x_t-1, ...]`` as :func:`raysys.models.pca.lagged` stacks rows.
+    """
+    initializers = [_const("mean", mean), _const("scale", scale), _const("feature_axis", [1], np.int64),
+                    _const("lag_sensor_shape", [0, window, n], np.int64)]
+    nodes = [helper.make_node("Cast", [INPUT], ["x64"], to=onnx.TensorProto.DOUBLE)]
+    stacked = "x64"
+    if window > 1:
+        initializers += [_const(k, v, np.int64) for k, v in {"rev_start": [-1], "rev_end": [-(2 ** 63)], "rev_axis": [1],
+                                                             "rev_step": [-1], "flat_shape": [0, window * n]}.items()]
+        nodes += [helper.make_node("Slice", ["x64", "rev_start", "rev_end", "rev_axis", "rev_step"], ["newest_first"]),
+                  helper.make_node("Reshape", ["newest_first", "flat_shape"], ["stacked"])]
+        stacked = "stacked"
+    nodes += [helper.make_node("Sub", [stacked, "mean"], ["centred"]),
+              helper.make_node("Div", ["centred", "scale"], ["z"])]
+    return nodes, initializers
+
+
+def _quadratic_nodes(stat: str, loadings: np.ndarray, variances: np.ndarray | None) -> tuple[list, list]:
+    """Nodes for ``stat = sum_j t_j**2 / v_j`` with ``t = z @ L^T`` (``variances`` None: all 1), and its
+    feature terms ``<stat>_feature_terms = z * ((t / v) @ L)``; also leaves ``<stat>_t`` for reuse."""
+    initializers = [_const(f"{stat}_loadings_t", loadings.T), _const(f"{stat}_loadings", loadings)]
+    t, weighted = f"{stat}_t", f"{stat}_t"
+    nodes = [helper.make_node("MatMul", ["z", f"{stat}_loadings_t"], [t])]
+    if variances is not None:
+        initializers.append(_const(f"{stat}_variances", variances))
+        weighted = f"{stat}_t_weighted"
+        nodes.append(helper.make_node("Div", [t, f"{stat}_variances"], [weighted]))
+    nodes += [helper.make_node("Mul", [t, weighted], [f"{stat}_squares"]),
+              helper.make_node("ReduceSum", [f"{stat}_squares", "feature_axis"], [f"{stat}_64"], keepdims=0),
+              helper.make_node("MatMul", [weighted, f"{stat}_loadings"], [f"{stat}_direction"]),
+              helper.make_node("Mul", ["z", f"{stat}_direction"], [f"{stat}_feature_terms"])]
+    return nodes, initializers
+
+
+def _save_statistics(nodes: list, initializers: list, stats: list[str], window: int, n: int, name: str,
+                     path: str | os.PathLike) -> list[str]:
+    """Cast each ``<stat>_64`` to the float32 output ``<stat>``, add up its ``<stat>_feature_terms`` per
+    sensor over the lags as output ``<stat>_sensors``, and save the graph; returns ``stats``."""
+    nodes = list(nodes)
+    for stat in stats:  # (batch, lags + 1, n) -> per sensor
+        nodes += [helper.make_node("Cast", [f"{stat}_64"], [stat], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Reshape", [f"{stat}_feature_terms", "lag_sensor_shape"], [f"{stat}_by_lag"]),
+                  helper.make_node("ReduceSum", [f"{stat}_by_lag", "feature_axis"], [f"{stat}_sensors_64"], keepdims=0),
+                  helper.make_node("Cast", [f"{stat}_sensors_64"], [sensors_output(stat)], to=onnx.TensorProto.FLOAT)]
+    shape = ["batch", n] if window == 1 else ["batch", window, n]
+    outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch"]) for out in stats]
+    outputs += [helper.make_tensor_value_info(sensors_output(out), onnx.TensorProto.FLOAT, ["batch", n])
+                for out in stats]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, shape)], outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="raysys")
+    onnx.save(model, str(path))
+    return list(stats)
+
+
 def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
     """Write ``detector``'s T2 and SPE (and their per-sensor terms) as ONNX to ``path``; returns the score
     output names ``[t2, spe]``.
@@ -201,58 +272,41 @@ def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
         t2_sensors  = z * ((t / lambda) @ P),  added up per sensor over the lags
         spe_sensors = (z - t @ P)**2,          likewise
 
-    With ``lags`` > 0 the input is a window of ``lags + 1`` rows, oldest first (the runtime's
-    history windows); the graph reverses it and flattens it to ``[x_t, x_t-1, ...]`` as
-    :func:`raysys.models.pca.lagged` stacks rows. ``smoothing`` is not part of the graph: the
-    outputs are the statistics before it, as ``PCADetector.t2`` and ``spe`` return them.
+    With ``lags`` > 0 the input is a window of ``lags + 1`` rows, oldest first (see
+    :func:`_standardised_input`). ``smoothing`` is not part of the graph: the outputs are the
+    statistics before it, as ``PCADetector.t2`` and ``spe`` return them.
     """
     if not hasattr(detector, "components_"):
         raise ValueError("the PCA detector is not fitted; call fit first")
     window, n = detector_window(detector), detector.n_features_in_
-    double = onnx.TensorProto.DOUBLE
-    constants = {"mean": detector.mean_, "scale": detector.scale_, "loadings_t": detector.components_.T,
-                 "loadings": detector.components_, "eigenvalues": detector.explained_variance_}
-    initializers = [numpy_helper.from_array(np.ascontiguousarray(v, dtype=np.float64), k) for k, v in constants.items()]
-    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"))
-    initializers.append(numpy_helper.from_array(np.array([0, window, n], dtype=np.int64), "lag_sensor_shape"))
-    nodes = [helper.make_node("Cast", [INPUT], ["x64"], to=double)]
-    stacked = "x64"
-    if window > 1:  # oldest-first window -> [x_t, x_t-1, ...] flattened per sample
-        initializers += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in
-                         {"rev_start": [-1], "rev_end": [-(2 ** 63)], "rev_axis": [1], "rev_step": [-1],
-                          "flat_shape": [0, window * n]}.items()]
-        nodes += [helper.make_node("Slice", ["x64", "rev_start", "rev_end", "rev_axis", "rev_step"], ["newest_first"]),
-                  helper.make_node("Reshape", ["newest_first", "flat_shape"], ["stacked"])]
-        stacked = "stacked"
-    nodes += [helper.make_node("Sub", [stacked, "mean"], ["centred"]),
-              helper.make_node("Div", ["centred", "scale"], ["z"]),
-              helper.make_node("MatMul", ["z", "loadings_t"], ["t"]),
-              helper.make_node("Mul", ["t", "t"], ["t_squared"]),
-              helper.make_node("Div", ["t_squared", "eigenvalues"], ["t2_terms"]),
-              helper.make_node("ReduceSum", ["t2_terms", "feature_axis"], ["t2_64"], keepdims=0),
-              helper.make_node("MatMul", ["t", "loadings"], ["reconstruction"]),
-              helper.make_node("Sub", ["z", "reconstruction"], ["residual"]),
-              helper.make_node("Mul", ["residual", "residual"], ["residual_squared"]),
-              helper.make_node("ReduceSum", ["residual_squared", "feature_axis"], ["spe_64"], keepdims=0),
-              helper.make_node("Cast", ["t2_64"], [T2], to=onnx.TensorProto.FLOAT),
-              helper.make_node("Cast", ["spe_64"], [SPE], to=onnx.TensorProto.FLOAT),
-              helper.make_node("Div", ["t", "eigenvalues"], ["t_weighted"]),
-              helper.make_node("MatMul", ["t_weighted", "loadings"], ["t2_direction"]),
-              helper.make_node("Mul", ["z", "t2_direction"], ["t2_feature_terms"])]
-    for stat, terms in ((T2, "t2_feature_terms"), (SPE, "residual_squared")):  # (batch, lags + 1, n) -> per sensor
-        nodes += [helper.make_node("Reshape", [terms, "lag_sensor_shape"], [f"{stat}_by_lag"]),
-                  helper.make_node("ReduceSum", [f"{stat}_by_lag", "feature_axis"], [f"{stat}_sensors_64"], keepdims=0),
-                  helper.make_node("Cast", [f"{stat}_sensors_64"], [sensors_output(stat)], to=onnx.TensorProto.FLOAT)]
-    shape = ["batch", n] if window == 1 else ["batch", window, n]
-    outputs = [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch"]) for out in (T2, SPE)]
-    outputs += [helper.make_tensor_value_info(sensors_output(out), onnx.TensorProto.FLOAT, ["batch", n])
-                for out in (T2, SPE)]
-    graph = helper.make_graph(
-        nodes, "pca_t2_spe", [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, shape)], outputs,
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="raysys")
-    onnx.save(model, str(path))
-    return [T2, SPE]
+    nodes, initializers = _standardised_input(detector.mean_, detector.scale_, window, n)
+    t2_nodes, t2_initializers = _quadratic_nodes(T2, detector.components_, detector.explained_variance_)
+    nodes += t2_nodes + [helper.make_node("MatMul", [f"{T2}_t", f"{T2}_loadings"], ["reconstruction"]),
+                         helper.make_node("Sub", ["z", "reconstruction"], ["residual"]),
+                         helper.make_node("Mul", ["residual", "residual"], [f"{SPE}_feature_terms"]),
+                         helper.make_node("ReduceSum", [f"{SPE}_feature_terms", "feature_axis"], [f"{SPE}_64"],
+                                          keepdims=0)]
+    return _save_statistics(nodes, initializers + t2_initializers, [T2, SPE], window, n, "pca_t2_spe", path)
+
+
+def export_cva(detector: CVADetector, path: str | os.PathLike) -> list[str]:
+    """Write ``detector``'s state and residual statistics (and their per-sensor terms) as ONNX to
+    ``path``; returns the score output names ``[ts, tr]``::
+
+        z  = (x - mean) / scale                       # x: (batch, lags + 1, sensors), oldest first
+        ts = sum_j (z @ Ls^T)_j**2,   ts_sensors = z * ((z @ Ls^T) @ Ls), added up per sensor over the lags
+        tr = sum_j (z @ Lr^T)_j**2,   tr_sensors likewise with the residual loadings Lr
+
+    ``smoothing`` is not part of the graph, as for :func:`export_pca`.
+    """
+    if not hasattr(detector, "state_loadings_"):
+        raise ValueError("the CVA detector is not fitted; call fit first")
+    window, n = detector_window(detector), detector.n_features_in_
+    nodes, initializers = _standardised_input(detector.mean_, detector.scale_, window, n)
+    for stat, loadings in ((TS, detector.state_loadings_), (TR, detector.residual_loadings_)):
+        more_nodes, more_initializers = _quadratic_nodes(stat, loadings, None)
+        nodes, initializers = nodes + more_nodes, initializers + more_initializers
+    return _save_statistics(nodes, initializers, [TS, TR], window, n, "cva_ts_tr", path)
 
 
 def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -302,12 +356,13 @@ def check_parity(model: Any, directory: Path, member: dict[str, Any], checks: di
 
 def export_member(name: str, model: Any, directory: str | os.PathLike, checks: dict[str, np.ndarray],
                   rtol: float = PARITY_RTOL) -> ExportedMember:
-    """Export ``model`` (a fitted raysys detector, IsolationForest or PCADetector) to ``directory/<name>.onnx``
-    and check it.
+    """Export ``model`` (a fitted raysys detector, IsolationForest, PCADetector or CVADetector) to
+    ``directory/<name>.onnx`` and check it.
 
     Args:
         name: Member name; a VAE also provides member ``<name>_mahalanobis``; a PCA detector provides
-            ``<name>_t2`` and ``<name>_spe`` (no member ``<name>``).
+            ``<name>_t2`` and ``<name>_spe``, a CVA detector ``<name>_ts`` and ``<name>_tr`` (no member
+            ``<name>``).
         model: The fitted source model.
         directory: Ensemble directory to write into.
         checks: Named raw inputs (rows in time order) on which ONNX must match the source within ``rtol``.
@@ -321,6 +376,9 @@ def export_member(name: str, model: Any, directory: str | os.PathLike, checks: d
     elif isinstance(model, PCADetector):
         family, window = "pca", detector_window(model)
         outputs = export_pca(model, path)
+    elif isinstance(model, CVADetector):
+        family, window = "cva", detector_window(model)
+        outputs = export_cva(model, path)
     else:
         family, window = model.family, detector_window(model)
         outputs = export_detector(model, path)

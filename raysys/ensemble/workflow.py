@@ -105,7 +105,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
                  detectors: Mapping[str, Any] | None = None, out_dir: str | os.PathLike | None = None,
                  name: str = DEFAULT_MODEL_NAME, gates: Mapping[str, float] | None = None,
                  threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
-                 iforest: bool = True, pca: bool = True, register: bool = True, tracking_uri: str | None = None,
+                 iforest: bool = True, pca: bool = True, cva: bool = False, register: bool = True,
+                 tracking_uri: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
                  seed: int = 0, smoothing: int = 1, alarm: AlarmLogic | None = None) -> EnsembleResult:
     """Build the ensemble from its members, check the gates, write the evaluation and register it if they pass.
@@ -136,7 +137,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
         found[key] = detector
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT / time.strftime("%Y%m%d-%H%M%S")
     build = build_ensemble(found, dataset, out / "ensemble", threshold_method=threshold_method,
-                           target_far=target_far, percentile=percentile, iforest=iforest, pca=pca, seed=seed,
+                           target_far=target_far, percentile=percentile, iforest=iforest, pca=pca, cva=cva, seed=seed,
                            sources=sources, smoothing=smoothing, alarm=alarm)
     report = gate_report(build, gates)
     evaluation_dir = write_evaluation(build, dataset, report, out / EVALUATION_DIR)

@@ -81,24 +81,32 @@ def tail_threshold(normal_scores: np.ndarray, target_far: float, min_exceedances
     return float(max(z, floor)) if math.isfinite(z) else float(scores[-1])
 
 
-def cross_fit_scores(estimator: Any, X: np.ndarray, y: np.ndarray | None = None, folds: int = 5) -> np.ndarray:
+def cross_fit_scores(estimator: Any, X: np.ndarray, y: np.ndarray | None = None, folds: int = 5,
+                     context: int = 0) -> np.ndarray:
     """Out-of-fold scores: each of ``folds`` contiguous blocks of ``X`` (in time order) scored by a
     clone of ``estimator`` fitted on the other blocks (``decision_function``; higher is more anomalous).
 
-    ``y``, if given, is passed to ``fit`` (known anomalies are left out of training).
+    ``y``, if given, is passed to ``fit`` (known anomalies are left out of training). ``context``: rows
+    before each block scored with it, their scores dropped, so a detector that reads a row's history
+    (lags, windows, smoothing) sees the real one at the block's start, as it does in service, instead
+    of the padding a series' first rows get (measured on TEP: padded block starts raised the CVA
+    detector's out-of-fold 99th percentile from 5.0 to 10.9, above any normal test score).
     """
     X = np.asarray(X)
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     if len(X) < 2 * folds:
         raise ValueError(f"need at least {2 * folds} rows for {folds} folds, got {len(X)}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0 rows, got {context}")
     bounds = np.linspace(0, len(X), folds + 1).astype(int)
     out = np.empty(len(X), dtype=np.float64)
     for a, b in zip(bounds[:-1], bounds[1:]):
         keep = np.r_[0:a, b:len(X)]
         model = clone(estimator)
         model.fit(X[keep], None if y is None else np.asarray(y)[keep])
-        out[a:b] = model.decision_function(X[a:b])
+        start = max(0, a - context)
+        out[a:b] = model.decision_function(X[start:b])[a - start:]
     return out
 
 

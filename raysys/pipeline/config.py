@@ -34,6 +34,8 @@ class PipelineConfig:
             (None: ``best_f1`` on labelled data, ``far`` without labels).
         target_far: False-alarm rate when ``threshold_method`` is ``far``.
         smoothing: Rows in the trailing mean of the ensemble score (1: none).
+        cva: Add the CVA members (``cva_ts``, ``cva_tr``) to the ensemble: for continuous processes under
+            feedback control (docs/detection.md).
         gates: Quality gate overrides over :data:`raysys.ensemble.gates.DEFAULT_GATES` (gate name to limit).
         output_dir: Parent directory of pipeline run directories.
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or ./mlruns).
@@ -60,6 +62,7 @@ class PipelineConfig:
     threshold_method: str | None = None
     target_far: float = 0.01
     smoothing: int = 1
+    cva: bool = False
     gates: dict[str, float] = field(default_factory=dict)
     output_dir: str = "runs/pipeline"
     tracking_uri: str | None = None

@@ -136,7 +136,7 @@ def _run_stages(cfg: PipelineConfig, state: PipelineState, client: MlflowClient,
         ensemble = run_ensemble(dataset, sweep=sweep.sweep_dir, out_dir=run_dir / "ensemble", name=cfg.model_name,
                                 gates={**DEFAULT_GATES, **cfg.gates}, threshold_method=cfg.threshold_method,
                                 target_far=cfg.target_far, tracking_uri=uri, experiment=cfg.experiment,
-                                seed=cfg.seed, parent_run_id=parent, smoothing=cfg.smoothing)
+                                seed=cfg.seed, parent_run_id=parent, smoothing=cfg.smoothing, cva=cfg.cva)
         console.print(ensemble.gates.summary())
         model_uri = f"models:/{cfg.model_name}@champion" if ensemble.version else None
         out.update(ensemble_dir=str(ensemble.ensemble_dir), gates_passed=ensemble.gates.passed,
