@@ -699,3 +699,14 @@ def test_cva_members_score_as_the_detector_fitted_on_the_training_split(dataset,
     raw = runtime.raw_scores(X)
     assert max_relative_error(raw["cva_ts"], cva.ts(X)) <= 1e-4
     assert max_relative_error(raw["cva_tr"], cva.tr(X)) <= 1e-4
+
+
+def test_cli_builds_the_cva_members_alone(default_dataset, tmp_path, capsys):
+    """``raysys ensemble --cva --no-iforest --no-pca`` needs no trained detector; without ``--cva`` and
+    without members the command still says what is missing."""
+    assert _cli(["ensemble", "--data", str(default_dataset), "--cva", "--no-iforest", "--no-pca", "--no-register",
+                 "--out", str(tmp_path / "work")]) == 0
+    spec = json.loads((tmp_path / "work" / "ensemble" / "ensemble.json").read_text())
+    assert [m["name"] for m in spec["members"]] == ["cva_ts", "cva_tr"]
+    with pytest.raises(ValueError, match="no ensemble members: give a sweep directory"):
+        _cli(["ensemble", "--data", str(default_dataset), "--no-register", "--out", str(tmp_path / "none")])

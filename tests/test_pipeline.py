@@ -98,9 +98,10 @@ def test_quick_pipeline_without_labels_registers_a_champion(ray_cluster, tmp_pat
     cfg = PipelineConfig(data=str(_without_labels(tmp_path / "data")), quick=True, target_far=0.05,
                          output_dir=str(tmp_path / "runs"), tracking_uri=uri,
                          sweep={"families": ["ae", "lstm"], "num_samples": 2, "max_epochs": 2},
-                         gates={"latency_ms": 1000.0})
+                         gates={"latency_ms": 1000.0}, cva=True)
     result = run_pipeline(cfg)
     assert result.model_uri == "models:/raysys-detector@champion"
+    assert {"cva_ts", "cva_tr"} <= {m["name"] for m in result.ensemble.build.spec["members"]}  # cva: true
     # trials were ranked without labels: by validation loss, within each family
     assert result.sweep.config.metric == "val_loss" and result.sweep.config.scheduler == "asha_family"
     assert set(result.sweep.best) == {"ae", "lstm"}
@@ -111,7 +112,7 @@ def test_quick_pipeline_without_labels_registers_a_champion(ray_cluster, tmp_pat
     gates = result.ensemble.gates
     assert {name for name, _ in gates.skipped} == {"roc_auc", "precision", "recall", "false_alarm_rate"}
     measured = {g.name: g for g in gates.results}
-    assert set(measured) == {"heldout_far_ratio", "latency_ms"} and measured["heldout_far_ratio"].passed
+    assert set(measured) == {"heldout_far_ratio", "latency_ms"} and measured["heldout_far_ratio"].passed, measured
     metrics = result.ensemble.metrics["ensemble"]
     assert metrics["far_asked"] == 0.05 and metrics["heldout_rows"] == spec["calibration"]["holdout_rows"] > 0
     summary = "\n".join(summary_lines(result, uri))

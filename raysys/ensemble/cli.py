@@ -91,7 +91,7 @@ def add_parsers(subparsers: Any) -> None:
                     "if all pass, register the ensemble in MLflow and move the alias 'champion' to it. Exits 1 "
                     "when a gate fails.")
     ens.add_argument("--data", required=True, help="prepared dataset directory the members were trained on")
-    source = ens.add_argument_group("members (at least one)")
+    source = ens.add_argument_group("members (at least one, unless --cva)")
     source.add_argument("--sweep", metavar="SWEEP_DIR", help="sweep directory with best.json")
     source.add_argument("--run-id", action="append", default=[], metavar="ID",
                         help="MLflow training run whose 'detector' artifact is a member (repeatable)")

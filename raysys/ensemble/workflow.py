@@ -112,7 +112,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     """Build the ensemble from its members, check the gates, write the evaluation and register it if they pass.
 
     Members come from ``sweep`` (its ``best.json``), MLflow ``run_ids``, ``detector_dirs`` and/or
-    already fitted ``detectors`` (name -> detector), in that order.
+    already fitted ``detectors`` (name -> detector), in that order; with ``cva`` none of them is needed
+    (the classical members alone).
 
     Args:
         data: The prepared dataset (or its directory) the members were trained on.
@@ -128,7 +129,8 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     run_ids, detector_dirs = list(run_ids), list(detector_dirs)
     found: dict[str, Any] = {}
     sources: dict[str, dict[str, Any]] = {}
-    if sweep is not None or run_ids or detector_dirs or not detectors:  # load_members says when none is given
+    # load_members says when none is given; with the CVA members the trained ones are optional
+    if sweep is not None or run_ids or detector_dirs or not (detectors or cva):
         for member in load_members(sweep, run_ids, detector_dirs, tracking_uri):
             found[member.name], sources[member.name] = member.detector, member.source
     for key, detector in (detectors or {}).items():
