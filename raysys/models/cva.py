@@ -41,6 +41,11 @@ from raysys.models.pca import lagged
 CVA_SCORES = ("ts", "tr", "combined")
 
 
+def _nonzero(scale: np.ndarray) -> np.ndarray:
+    """``scale`` with zeros replaced by 1 (a constant is centred, not divided)."""
+    return np.where(scale > 0, scale, 1.0)
+
+
 def _inverse_sqrt(cov: np.ndarray, ridge: float) -> np.ndarray:
     """``(cov + ridge * mean variance * I) ** -1/2`` of a symmetric covariance."""
     regularised = cov + ridge * np.trace(cov) / len(cov) * np.eye(len(cov))
@@ -120,16 +125,14 @@ class CVADetector(BaseEstimator):
             if len(past) < 2:
                 raise ValueError(f"need at least 2 normal past-future pairs to fit CVA, got {len(past)}")
         self.mean_ = past.mean(axis=0)
-        scale = past.std(axis=0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)  # constant sensors: centred, not divided
+        self.scale_ = _nonzero(past.std(axis=0))  # constant sensors: centred, not divided
         P = (past - self.mean_) / self.scale_
-        F = (futures - futures.mean(axis=0)) / np.where(futures.std(axis=0) > 0, futures.std(axis=0), 1.0)
+        F = (futures - futures.mean(axis=0)) / _nonzero(futures.std(axis=0))
         m = len(P) - 1
         w_past = _inverse_sqrt(P.T @ P / m, self.ridge)
         u, corr, _ = np.linalg.svd(w_past @ (P.T @ F / m) @ _inverse_sqrt(F.T @ F / m, self.ridge))
         directions = u.T @ w_past  # canonical directions in the standardised past, strongest first
-        variates = P @ directions.T
-        directions /= np.where(variates.std(axis=0) > 0, variates.std(axis=0), 1.0)[:, None]  # unit variance
+        directions /= _nonzero((P @ directions.T).std(axis=0))[:, None]  # unit variance on the fit rows
         self.n_states_ = k
         self.canonical_correlations_ = np.concatenate([corr, np.zeros(features - len(corr))])
         self.state_loadings_ = directions[:k].copy()
