@@ -120,3 +120,13 @@ def test_cross_fit_context_gives_each_block_its_real_history():
     assert not np.allclose(padded[:2], expected[:2])
     with pytest.raises(ValueError, match="context"):
         cross_fit_scores(det, X, context=-1)
+
+
+@pytest.mark.parametrize("score", ["ts", "tr", "combined"])
+def test_statistic_and_its_contributions_follow_the_score(score):
+    """``statistic`` is the score before smoothing (what the ensemble member exports); its per-sensor
+    parts add up to it."""
+    X, X_new = _dynamic(), _dynamic(phi=0.5, seed=4)
+    det = CVADetector(score=score, smoothing=3).fit(X)
+    np.testing.assert_allclose(det.decision_function(X_new), trailing_mean(det.statistic(X_new), 3))
+    np.testing.assert_allclose(det.contributions(X_new).sum(axis=1), det.statistic(X_new), rtol=1e-9)

@@ -28,8 +28,8 @@ from raysys.ensemble.gates import DEFAULT_GATES, LABELLED_GATES, check_gates, pa
 from raysys.ensemble.members import load_members
 from raysys.ensemble.predict import predict_file
 from raysys.ensemble.registry import CHAMPION, PREVIOUS, register_ensemble
-from raysys.ensemble.runtime import (EnsembleRuntime, attribute, combine, history_windows, input_range, load_runtime,
-                                     normalise)
+from raysys.ensemble.runtime import (EnsembleRuntime, MemberSessions, attribute, combine, history_windows, input_range,
+                                     load_runtime, normalise)
 from raysys.ensemble.workflow import gate_report, run_ensemble
 from raysys.evaluation.calibration import HOLDOUT_FRACTION, tail_threshold
 from raysys.evaluation.events import events_of
@@ -293,7 +293,7 @@ def test_pca_exports_t2_and_spe_as_two_members(built, dataset):
     (lambda lags: PCADetector(n_components=3, lags=lags), {"lagged_t2": "t2", "lagged_spe": "spe"}),
     (lambda lags: build_detector("ae", lags=lags, epochs=2), {"lagged": "score"}),
     (lambda lags: build_detector("vae", lags=lags, epochs=2), {"lagged": "score", "lagged_mahalanobis": "mahalanobis"}),
-    (lambda lags: CVADetector(lags=lags, n_states=3), {"lagged_ts": "ts", "lagged_tr": "tr"}),
+    (lambda lags: CVADetector(lags=lags, n_states=3), {"lagged": "score"}),
 ], ids=["pca", "ae", "vae", "cva"])
 @pytest.mark.parametrize("lags", [0, 3])
 def test_lagged_row_models_export_as_windowed_members(dataset, make, outputs, lags, tmp_path):
@@ -313,8 +313,8 @@ def test_pca_and_iforest_can_be_left_out_and_their_names_are_reserved(detectors,
     assert [m["name"] for m in build.spec["members"]] == ["ae"]
     with pytest.raises(ValueError, match="'pca_t2' is reserved for the PCA detector"):
         build_ensemble({"pca_t2": detectors["ae"]}, dataset, tmp_path / "clash")
-    with pytest.raises(ValueError, match="'cva_tr' is reserved for the CVA detector"):
-        build_ensemble({"cva_tr": detectors["ae"]}, dataset, tmp_path / "clash", cva=True)
+    with pytest.raises(ValueError, match="'cva' is reserved for the CVA detector"):
+        build_ensemble({"cva": detectors["ae"]}, dataset, tmp_path / "clash", cva=True)
     with pytest.raises(ValueError, match="no ensemble members"):
         build_ensemble({}, dataset, tmp_path / "empty", iforest=False, pca=False)
 
@@ -657,7 +657,7 @@ def test_cli_gate_failure_exits_1_and_predict_writes_scores(default_dataset, det
     out = capsys.readouterr().out
     assert code == 1 and "roc_auc" in out and "FAIL by" in out and "nothing registered" in out
     spec = json.loads((tmp_path / "work" / "ensemble" / "ensemble.json").read_text())
-    assert [m["name"] for m in spec["members"]] == ["ae", "iforest", "cva_ts", "cva_tr"]  # --no-pca --cva
+    assert [m["name"] for m in spec["members"]] == ["ae", "iforest", "cva"]  # --no-pca --cva
     assert spec["files"]["cva.onnx"]["family"] == "cva" and spec["files"]["cva.onnx"]["window"] == 3
     assert MlflowClient(mlflow_uri).search_registered_models() == []
     assert (tmp_path / "work" / "evaluation" / "plots" / "roc_pr.png").exists()
@@ -684,29 +684,29 @@ def test_label_free_estimator_scores_as_the_built_ensemble_without_labels(small_
     np.testing.assert_allclose(estimator.decision_function(test), runtime.score(test)["score"], rtol=1e-4, atol=1e-5)
 
 
-def test_cva_members_score_as_the_detector_fitted_on_the_training_split(dataset, tmp_path):
-    """``cva=True`` adds CVA's state and residual statistics as members ``cva_ts`` / ``cva_tr``, fitted on
-    the training split in time order without its labelled anomalies; the runtime equals the detector."""
+def test_cva_member_scores_as_the_detector_fitted_on_the_training_split(dataset, tmp_path):
+    """``cva=True`` adds member ``cva``: the CVA detector's statistic (its score before smoothing), fitted
+    on the training split in time order without its labelled anomalies; the runtime equals the detector,
+    scores and per-sensor terms."""
     build = build_ensemble({}, dataset, tmp_path / "cva", iforest=False, pca=False, cva=True)
     cva = build.models["cva"]
     assert isinstance(cva, CVADetector) and cva.get_params() == CVADetector().get_params()
     fitted = CVADetector().fit(dataset.features("train"), dataset.labels("train"))
     np.testing.assert_allclose(cva.state_loadings_, fitted.state_loadings_)
-    assert [(m["name"], m["output"], m["window"]) for m in build.spec["members"]] == [("cva_ts", "ts", 3),
-                                                                                      ("cva_tr", "tr", 3)]
-    runtime = EnsembleRuntime.load(build.directory)
+    assert [(m["name"], m["output"], m["window"]) for m in build.spec["members"]] == [("cva", "score", 3)]
     X = dataset.features("val")
-    raw = runtime.raw_scores(X)
-    assert max_relative_error(raw["cva_ts"], cva.ts(X)) <= 1e-4
-    assert max_relative_error(raw["cva_tr"], cva.tr(X)) <= 1e-4
+    raw, terms = MemberSessions(build.directory, build.spec["members"], len(dataset.sensors)).raw_scores_and_terms(X)
+    assert max_relative_error(raw[:, 0], cva.statistic(X)) <= 1e-4
+    expected = cva.contributions(X)
+    assert np.max(np.abs(terms[:, 0] - expected) / np.abs(expected).sum(axis=1, keepdims=True)) <= 1e-4
 
 
-def test_cli_builds_the_cva_members_alone(default_dataset, tmp_path, capsys):
+def test_cli_builds_the_cva_member_alone(default_dataset, tmp_path, capsys):
     """``raysys ensemble --cva --no-iforest --no-pca`` needs no trained detector; without ``--cva`` and
     without members the command still says what is missing."""
     assert _cli(["ensemble", "--data", str(default_dataset), "--cva", "--no-iforest", "--no-pca", "--no-register",
                  "--out", str(tmp_path / "work")]) == 0
     spec = json.loads((tmp_path / "work" / "ensemble" / "ensemble.json").read_text())
-    assert [m["name"] for m in spec["members"]] == ["cva_ts", "cva_tr"]
+    assert [m["name"] for m in spec["members"]] == ["cva"]
     with pytest.raises(ValueError, match="no ensemble members: give a sweep directory"):
         _cli(["ensemble", "--data", str(default_dataset), "--no-register", "--out", str(tmp_path / "none")])

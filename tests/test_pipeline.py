@@ -101,7 +101,7 @@ def test_quick_pipeline_without_labels_registers_a_champion(ray_cluster, tmp_pat
                          gates={"latency_ms": 1000.0}, cva=True)
     result = run_pipeline(cfg)
     assert result.model_uri == "models:/raysys-detector@champion"
-    assert {"cva_ts", "cva_tr"} <= {m["name"] for m in result.ensemble.build.spec["members"]}  # cva: true
+    assert "cva" in {m["name"] for m in result.ensemble.build.spec["members"]}  # cva: true
     # trials were ranked without labels: by validation loss, within each family
     assert result.sweep.config.metric == "val_loss" and result.sweep.config.scheduler == "asha_family"
     assert set(result.sweep.best) == {"ae", "lstm"}

@@ -108,11 +108,11 @@ def _deep(family: str, **params: Any) -> Callable[[int], BaseEstimator]:
     return build
 
 
-def _label_free_ensemble(cva: bool) -> Callable[[int], BaseEstimator]:
+def _label_free_ensemble(**members: Any) -> Callable[[int], BaseEstimator]:
     def build(seed: int) -> BaseEstimator:
         from raysys.ensemble.estimator import LabelFreeEnsemble
 
-        return LabelFreeEnsemble(cva=cva, seed=seed)
+        return LabelFreeEnsemble(**members, seed=seed)
     return build
 
 
@@ -135,8 +135,10 @@ DETECTORS: dict[str, tuple[str, Callable[[int], BaseEstimator]]] = {
     "cva": ("canonical variate analysis: past 3 rows, future 3, half the sensors (26) as states, combined index",
             lambda seed: CVADetector()),
     "ensemble": ("the pipeline's ensemble without labels: ae, vae, lstm, conv, Isolation Forest, PCA T2 and SPE, "
-                 "robust-normalised on the newest 30% of d00.dat, equal weights", _label_free_ensemble(False)),
-    "ensemble_cva": ("the same with the CVA members (the pipeline's `cva: true`)", _label_free_ensemble(True)),
+                 "robust-normalised on the newest 30% of d00.dat, equal weights", _label_free_ensemble()),
+    "ensemble_cva": ("the same with the CVA member (the pipeline's `cva: true`)", _label_free_ensemble(cva=True)),
+    "ensemble_cva_alone": ("the label-free ensemble of the CVA member alone (raysys ensemble --cva --no-iforest "
+                           "--no-pca)", _label_free_ensemble(families=(), iforest=False, pca=False, cva=True)),
 }
 #: What raysys deploys on a plant like this one: canonical variate analysis (past and future of 3
 #: rows, half the sensors as states, the combined state + residual index), the standard monitor for

@@ -1,7 +1,7 @@
 """Build an ensemble directory from fitted detectors, and measure it on the held-out test split.
 
 ``build_ensemble`` fits the Isolation Forest and the PCA detector (members ``pca_t2`` and
-``pca_spe``), on request the CVA detector (``cva_ts`` and ``cva_tr``), exports every member to ONNX
+``pca_spe``), on request the CVA detector (member ``cva``), exports every member to ONNX
 (checked against its
 source), calibrates normalisation, weights and threshold on the validation split, writes
 ``ensemble.json`` last (a failed build never looks complete), then evaluates what it wrote through
@@ -25,7 +25,7 @@ from raysys import __version__
 from raysys.data import SensorDataset
 from raysys.ensemble.alarms import AlarmLogic
 from raysys.ensemble.calibrate import normalisation_stats, select_weights
-from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, TR, TS, export_member, random_rows, source_scores
+from raysys.ensemble.export import OPSET, PARITY_RTOL, SPE, T2, export_member, random_rows, source_scores
 from raysys.ensemble.runtime import (DEFAULT_RANGE_FACTOR, FORMAT_VERSION, NO_REASON, EnsembleRuntime, MemberSessions,
                                      combine, input_range, normalise, trailing_mean)
 from raysys.layout import ENSEMBLE_SPEC
@@ -38,7 +38,7 @@ from raysys.models.pca import PCADetector
 IFOREST = "iforest"
 #: Name of the PCA member's file; its members are ``pca_t2`` and ``pca_spe``.
 PCA = "pca"
-#: Name of the CVA member's file; its members are ``cva_ts`` and ``cva_tr``.
+#: Name of the CVA member (and its file).
 CVA = "cva"
 ENSEMBLE = "ensemble"
 
@@ -241,8 +241,8 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         iforest: Add an Isolation Forest member fitted on the normal training rows.
         pca: Add a PCA detector fitted on the normal training rows, as two members: ``pca_t2``
             (Hotelling's T2) and ``pca_spe`` (squared prediction error).
-        cva: Add a CVA detector fitted on the training split, as two members: ``cva_ts`` (state
-            statistic) and ``cva_tr`` (residual statistic); for processes under feedback control.
+        cva: Add a CVA detector fitted on the training split, as member ``cva`` (its combined state +
+            residual statistic); for processes under feedback control.
         rounds: Greedy weight-selection rounds (weights are multiples of ``1 / rounds``).
         smoothing: Rows in the trailing mean of the ensemble score (1: none); the threshold is
             calibrated on the smoothed score, and ``ensemble.json`` records it for the runtime.
@@ -265,7 +265,7 @@ def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir
         raise FileExistsError(f"{out}: ensemble directory exists and is not empty")
     reserved = {**({IFOREST: "the Isolation Forest"} if iforest else {}),
                 **({name: "the PCA detector" for name in (PCA, f"{PCA}_{T2}", f"{PCA}_{SPE}")} if pca else {}),
-                **({name: "the CVA detector" for name in (CVA, f"{CVA}_{TS}", f"{CVA}_{TR}")} if cva else {})}
+                **({CVA: "the CVA detector"} if cva else {})}
     for name in detectors:
         if name in reserved:
             raise ValueError(f"member name {name!r} is reserved for {reserved[name]}; rename that detector")

@@ -114,8 +114,8 @@ def add_parsers(subparsers: Any) -> None:
     ens.add_argument("--no-iforest", action="store_true", help="leave the Isolation Forest member out")
     ens.add_argument("--no-pca", action="store_true", help="leave the PCA members (pca_t2, pca_spe) out")
     ens.add_argument("--cva", action="store_true",
-                     help="add the CVA members (cva_ts, cva_tr): canonical variate analysis, for processes under "
-                          "feedback control (docs/detection.md)")
+                     help="add the CVA member (cva): canonical variate analysis, for processes under feedback control "
+                          "(docs/detection.md)")
     ens.add_argument("--no-register", action="store_true", help="build and check the gates only")
     ens.add_argument("--out", help="work directory for ensemble/ and evaluation/ (default runs/ensemble/TIME)")
     ens.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")

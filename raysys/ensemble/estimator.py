@@ -30,7 +30,7 @@ class LabelFreeEnsemble(BaseEstimator):
         families: Deep families, each built with its defaults (``raysys.models.build_detector``).
         iforest: Add an Isolation Forest member (scikit-learn defaults).
         pca: Add the PCA detector's two members, T2 and SPE (90% variance, no lags).
-        cva: Add the CVA detector's two members, state and residual statistics (its defaults).
+        cva: Add the CVA detector's member, its combined statistic (its defaults).
         validation_fraction: Newest share of the rows the members are normalised on, not fitted on.
         seed: Seed of every member.
     """

@@ -5,14 +5,14 @@ training scaler in (in float64, as scikit-learn applies it) and ends in the anom
 graph also outputs the Mahalanobis distance of the latent mean. A dense detector with ``lags`` is a
 member with ``window = lags + 1``: the runtime feeds it windows of consecutive rows, as it feeds
 sequence members, and the graph stacks each window as the detector does. The Isolation Forest goes
-through skl2onnx. The PCA detector's T2 and SPE, and the CVA detector's state and residual statistics,
-are a few ONNX ops written here (:func:`export_pca`, :func:`export_cva`): a fixed affine map, matrix
+through skl2onnx. The PCA detector's T2 and SPE, and the CVA detector's statistic, are a few ONNX
+ops written here (:func:`export_pca`, :func:`export_cva`): a fixed affine map, matrix
 products and sums of squares, in float64. Every file passes
 ``onnx.checker`` and matches its source on real and random inputs.
 
 Each score that splits over the sensors has a second output, ``<output>_sensors`` (batch, sensors),
 whose rows sum to the score (:func:`sensors_output`): the per-sensor reconstruction error of the deep
-families, the per-sensor terms of PCA's T2 and SPE and of CVA's two statistics. The VAE's Mahalanobis distance and the Isolation
+families, the per-sensor terms of PCA's T2 and SPE and of CVA's statistic. The VAE's Mahalanobis distance and the Isolation
 Forest have none (docs/attribution.md says how the runtime attributes them).
 """
 
@@ -46,8 +46,6 @@ SCORE = "score"
 MAHALANOBIS = "mahalanobis"
 #: Output names of a PCA member: Hotelling's T2 and the squared prediction error.
 T2, SPE = "t2", "spe"
-#: Output names of a CVA member: the state and the residual statistics.
-TS, TR = "ts", "tr"
 
 
 def sensors_output(output: str) -> str:
@@ -132,7 +130,7 @@ def source_scores(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(model, PCADetector):  # dynamic PCA pads its first rows' history as the runtime does
         return {T2: model.t2(X), SPE: model.spe(X)}
     if isinstance(model, CVADetector):  # likewise
-        return {TS: model.ts(X), TR: model.tr(X)}
+        return {SCORE: model.statistic(X)}
     pad = detector_window(model) - 1
     scores = {SCORE: model.decision_function(_padded(X, pad))[pad:]}
     if hasattr(model, "latent_scores"):
@@ -148,7 +146,7 @@ def source_contributions(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(model, PCADetector):
         return {sensors_output(T2): model.t2_contributions(X), sensors_output(SPE): model.spe_contributions(X)}
     if isinstance(model, CVADetector):
-        return {sensors_output(TS): model.ts_contributions(X), sensors_output(TR): model.tr_contributions(X)}
+        return {sensors_output(SCORE): model.contributions(X)}
     pad = detector_window(model) - 1
     return {sensors_output(SCORE): model.sensor_contributions(_padded(X, pad))[pad:]}
 
@@ -290,12 +288,14 @@ def export_pca(detector: PCADetector, path: str | os.PathLike) -> list[str]:
 
 
 def export_cva(detector: CVADetector, path: str | os.PathLike) -> list[str]:
-    """Write ``detector``'s state and residual statistics (and their per-sensor terms) as ONNX to
-    ``path``; returns the score output names ``[ts, tr]``::
+    """Write ``detector``'s statistic (:meth:`~raysys.models.cva.CVADetector.statistic`: its ``score``
+    before smoothing) and its per-sensor terms as ONNX to ``path``; returns ``[score]``::
 
         z  = (x - mean) / scale                       # x: (batch, lags + 1, sensors), oldest first
-        ts = sum_j (z @ Ls^T)_j**2,   ts_sensors = z * ((z @ Ls^T) @ Ls), added up per sensor over the lags
-        tr = sum_j (z @ Lr^T)_j**2,   tr_sensors likewise with the residual loadings Lr
+        ts = sum_j (z @ Ls^T)_j**2,   terms z * ((z @ Ls^T) @ Ls)   (Ls: the state loadings)
+        tr = sum_j (z @ Lr^T)_j**2,   terms likewise                (Lr: the residual loadings)
+        score = a * ts + b * tr                       # (a, b) = statistic_weights(): combined, ts or tr
+        score_sensors = a * ts terms + b * tr terms, added up per sensor over the lags
 
     ``smoothing`` is not part of the graph, as for :func:`export_pca`.
     """
@@ -303,10 +303,16 @@ def export_cva(detector: CVADetector, path: str | os.PathLike) -> list[str]:
         raise ValueError("the CVA detector is not fitted; call fit first")
     window, n = detector_window(detector), detector.n_features_in_
     nodes, initializers = _standardised_input(detector.mean_, detector.scale_, window, n)
-    for stat, loadings in ((TS, detector.state_loadings_), (TR, detector.residual_loadings_)):
+    for stat, loadings, weight in zip(("ts", "tr"), (detector.state_loadings_, detector.residual_loadings_),
+                                      detector.statistic_weights()):
         more_nodes, more_initializers = _quadratic_nodes(stat, loadings, None)
-        nodes, initializers = nodes + more_nodes, initializers + more_initializers
-    return _save_statistics(nodes, initializers, [TS, TR], window, n, "cva_ts_tr", path)
+        nodes, initializers = nodes + more_nodes, initializers + more_initializers + [_const(f"{stat}_weight", [weight])]
+        for part in (f"{stat}_64", f"{stat}_feature_terms"):
+            nodes.append(helper.make_node("Mul", [part, f"{stat}_weight"], [f"{part}_weighted"]))
+    nodes += [helper.make_node("Add", ["ts_64_weighted", "tr_64_weighted"], [f"{SCORE}_64"]),
+              helper.make_node("Add", ["ts_feature_terms_weighted", "tr_feature_terms_weighted"],
+                               [f"{SCORE}_feature_terms"])]
+    return _save_statistics(nodes, initializers, [SCORE], window, n, "cva_statistic", path)
 
 
 def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -361,8 +367,7 @@ def export_member(name: str, model: Any, directory: str | os.PathLike, checks: d
 
     Args:
         name: Member name; a VAE also provides member ``<name>_mahalanobis``; a PCA detector provides
-            ``<name>_t2`` and ``<name>_spe``, a CVA detector ``<name>_ts`` and ``<name>_tr`` (no member
-            ``<name>``).
+            ``<name>_t2`` and ``<name>_spe`` (no member ``<name>``).
         model: The fitted source model.
         directory: Ensemble directory to write into.
         checks: Named raw inputs (rows in time order) on which ONNX must match the source within ``rtol``.

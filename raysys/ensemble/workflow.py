@@ -129,7 +129,7 @@ def run_ensemble(data: str | os.PathLike | SensorDataset, *, sweep: str | os.Pat
     run_ids, detector_dirs = list(run_ids), list(detector_dirs)
     found: dict[str, Any] = {}
     sources: dict[str, dict[str, Any]] = {}
-    # load_members says when none is given; with the CVA members the trained ones are optional
+    # load_members says when none is given; with the CVA member the trained ones are optional
     if sweep is not None or run_ids or detector_dirs or not (detectors or cva):
         for member in load_members(sweep, run_ids, detector_dirs, tracking_uri):
             found[member.name], sources[member.name] = member.detector, member.source

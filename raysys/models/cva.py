@@ -22,7 +22,8 @@ the past-future correlation broken while each reading looks normal, which static
 from itself and its ``lags`` previous rows, like dynamic PCA; the future is used in ``fit`` only.
 
 Numpy only. The fitted state is plain arrays ending in ``_`` (standardisation, then two matrix products
-and sums of squares), which :func:`raysys.ensemble.export.export_cva` writes as ONNX.
+and sums of squares), which :func:`raysys.ensemble.export.export_cva` writes as ONNX: one ensemble
+member whose score is :meth:`CVADetector.statistic`, the detector's own score before smoothing.
 """
 
 from __future__ import annotations
@@ -170,12 +171,25 @@ class CVADetector(BaseEstimator):
         """Each sensor's part of each row's ``tr``, shape (rows, sensors); rows sum to :meth:`tr`."""
         return self._per_sensor(self._terms(self._scaled(X), self.residual_loadings_))
 
+    def statistic_weights(self) -> tuple[float, float]:
+        """``(a, b)`` with ``statistic = a * ts + b * tr`` for the chosen ``score``."""
+        self._check_fitted()
+        return {"ts": (1.0, 0.0), "tr": (0.0, 1.0),
+                "combined": (1.0 / self.n_states_, 1.0 / len(self.residual_loadings_))}[self.score]
+
+    def statistic(self, X: np.ndarray) -> np.ndarray:
+        """The chosen ``score`` statistic of each row (before ``smoothing``)."""
+        a, b = self.statistic_weights()
+        Z = self._scaled(X)
+        return (a * np.sum((Z @ self.state_loadings_.T) ** 2, axis=1)
+                + b * np.sum((Z @ self.residual_loadings_.T) ** 2, axis=1))
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each sensor's part of each row's :meth:`statistic`, shape (rows, sensors); rows sum to it."""
+        a, b = self.statistic_weights()
+        Z = self._scaled(X)
+        return self._per_sensor(a * self._terms(Z, self.state_loadings_) + b * self._terms(Z, self.residual_loadings_))
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Anomaly score per row (``score``, smoothed over ``smoothing`` rows): higher is more anomalous."""
-        if self.score == "ts":
-            stat = self.ts(X)
-        elif self.score == "tr":
-            stat = self.tr(X)
-        else:
-            stat = self.ts(X) / self.n_states_ + self.tr(X) / len(self.residual_loadings_)
-        return trailing_mean(stat, self.smoothing)
+        """Anomaly score per row (:meth:`statistic`, smoothed over ``smoothing`` rows): higher is more anomalous."""
+        return trailing_mean(self.statistic(X), self.smoothing)

@@ -34,7 +34,7 @@ class PipelineConfig:
             (None: ``best_f1`` on labelled data, ``far`` without labels).
         target_far: False-alarm rate when ``threshold_method`` is ``far``.
         smoothing: Rows in the trailing mean of the ensemble score (1: none).
-        cva: Add the CVA members (``cva_ts``, ``cva_tr``) to the ensemble: for continuous processes under
+        cva: Add the CVA member (``cva``) to the ensemble: for continuous processes under
             feedback control (docs/detection.md).
         gates: Quality gate overrides over :data:`raysys.ensemble.gates.DEFAULT_GATES` (gate name to limit).
         output_dir: Parent directory of pipeline run directories.
