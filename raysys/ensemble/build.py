@@ -1,9 +1,8 @@
 """Build an ensemble directory from fitted detectors, and measure it on the held-out test split.
 
 ``build_ensemble`` fits the Isolation Forest and the PCA detector (members ``pca_t2`` and
-``pca_spe``), on request the CVA detector (member ``cva``), exports every member to ONNX
-(checked against its
-source), calibrates normalisation, weights and threshold on the validation split, writes
+``pca_spe``), on request the CVA detector (member ``cva``), exports every member to ONNX (checked
+against its source), calibrates normalisation, weights and threshold on the validation split, writes
 ``ensemble.json`` last (a failed build never looks complete), then evaluates what it wrote through
 :class:`~raysys.ensemble.runtime.EnsembleRuntime`, exactly as production will run it.
 """
@@ -223,8 +222,7 @@ def _evaluate(runtime: EnsembleRuntime, dataset: SensorDataset, calibration: _Ca
 def build_ensemble(detectors: Mapping[str, Any], dataset: SensorDataset, out_dir: str | os.PathLike, *,
                    threshold_method: str | None = None, target_far: float = 0.01, percentile: float = 99.0,
                    iforest: bool = True, pca: bool = True, cva: bool = False, rounds: int = 10, seed: int = 0,
-                   smoothing: int = 1,
-                   range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
+                   smoothing: int = 1, range_factor: float | Mapping[str, float] = DEFAULT_RANGE_FACTOR,
                    sources: Mapping[str, Mapping[str, Any]] | None = None, parity_rtol: float = PARITY_RTOL,
                    intra_op_threads: int | None = 1, alarm: AlarmLogic | None = None) -> EnsembleBuild:
     """Export, calibrate and evaluate an ensemble of fitted detectors; write it to ``out_dir``.

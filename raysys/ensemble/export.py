@@ -6,14 +6,14 @@ graph also outputs the Mahalanobis distance of the latent mean. A dense detector
 member with ``window = lags + 1``: the runtime feeds it windows of consecutive rows, as it feeds
 sequence members, and the graph stacks each window as the detector does. The Isolation Forest goes
 through skl2onnx. The PCA detector's T2 and SPE, and the CVA detector's statistic, are a few ONNX
-ops written here (:func:`export_pca`, :func:`export_cva`): a fixed affine map, matrix
-products and sums of squares, in float64. Every file passes
-``onnx.checker`` and matches its source on real and random inputs.
+ops written here (:func:`export_pca`, :func:`export_cva`): a fixed affine map, matrix products and
+sums of squares, in float64. Every file passes ``onnx.checker`` and matches its source on real and
+random inputs.
 
 Each score that splits over the sensors has a second output, ``<output>_sensors`` (batch, sensors),
 whose rows sum to the score (:func:`sensors_output`): the per-sensor reconstruction error of the deep
-families, the per-sensor terms of PCA's T2 and SPE and of CVA's statistic. The VAE's Mahalanobis distance and the Isolation
-Forest have none (docs/attribution.md says how the runtime attributes them).
+families, the per-sensor terms of PCA's T2 and SPE and of CVA's statistic. The VAE's Mahalanobis
+distance and the Isolation Forest have none (docs/attribution.md says how the runtime attributes them).
 """
 
 from __future__ import annotations
@@ -208,8 +208,9 @@ def _standardised_input(mean: np.ndarray, scale: np.ndarray, window: int, n: int
     nodes = [helper.make_node("Cast", [INPUT], ["x64"], to=onnx.TensorProto.DOUBLE)]
     stacked = "x64"
     if window > 1:
-        initializers += [_const(k, v, np.int64) for k, v in {"rev_start": [-1], "rev_end": [-(2 ** 63)], "rev_axis": [1],
-                                                             "rev_step": [-1], "flat_shape": [0, window * n]}.items()]
+        reverse = {"rev_start": [-1], "rev_end": [-(2 ** 63)], "rev_axis": [1], "rev_step": [-1],
+                   "flat_shape": [0, window * n]}
+        initializers += [_const(k, v, np.int64) for k, v in reverse.items()]
         nodes += [helper.make_node("Slice", ["x64", "rev_start", "rev_end", "rev_axis", "rev_step"], ["newest_first"]),
                   helper.make_node("Reshape", ["newest_first", "flat_shape"], ["stacked"])]
         stacked = "stacked"
@@ -306,7 +307,8 @@ def export_cva(detector: CVADetector, path: str | os.PathLike) -> list[str]:
     for stat, loadings, weight in zip(("ts", "tr"), (detector.state_loadings_, detector.residual_loadings_),
                                       detector.statistic_weights()):
         more_nodes, more_initializers = _quadratic_nodes(stat, loadings, None)
-        nodes, initializers = nodes + more_nodes, initializers + more_initializers + [_const(f"{stat}_weight", [weight])]
+        nodes += more_nodes
+        initializers += more_initializers + [_const(f"{stat}_weight", [weight])]
         for part in (f"{stat}_64", f"{stat}_feature_terms"):
             nodes.append(helper.make_node("Mul", [part, f"{stat}_weight"], [f"{part}_weighted"]))
     nodes += [helper.make_node("Add", ["ts_64_weighted", "tr_64_weighted"], [f"{SCORE}_64"]),
