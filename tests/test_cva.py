@@ -52,14 +52,6 @@ def test_decision_function_is_the_chosen_statistic(score):
     np.testing.assert_allclose(smoothed, trailing_mean(expected, 4))
 
 
-def test_contributions_add_up_to_each_statistic():
-    X, X_new = _dynamic(), _dynamic(phi=0.0, seed=3)
-    det = CVADetector().fit(X)
-    np.testing.assert_allclose(det.ts_contributions(X_new).sum(axis=1), det.ts(X_new), rtol=1e-9)
-    np.testing.assert_allclose(det.tr_contributions(X_new).sum(axis=1), det.tr(X_new), rtol=1e-9)
-    assert det.ts_contributions(X_new).shape == X_new.shape
-
-
 def test_a_change_of_dynamics_that_static_pca_cannot_see():
     """The same covariance with the past no longer predicting the future (AR coefficient 0.9 -> 0):
     every row looks normal on its own, so static PCA's score stays put; CVA's residual breaks."""
@@ -123,10 +115,28 @@ def test_cross_fit_context_gives_each_block_its_real_history():
 
 
 @pytest.mark.parametrize("score", ["ts", "tr", "combined"])
-def test_statistic_and_its_contributions_follow_the_score(score):
-    """``statistic`` is the score before smoothing (what the ensemble member exports); its per-sensor
-    parts add up to it."""
+def test_statistic_its_contributions_and_its_onnx_member_follow_the_score(score, tmp_path):
+    """``statistic`` is the score before smoothing; its per-sensor parts add up to it; the ensemble
+    member exported from the detector scores it (and its parts) within the parity tolerance."""
+    from raysys.ensemble.export import export_member
+
     X, X_new = _dynamic(), _dynamic(phi=0.5, seed=4)
     det = CVADetector(score=score, smoothing=3).fit(X)
     np.testing.assert_allclose(det.decision_function(X_new), trailing_mean(det.statistic(X_new), 3))
     np.testing.assert_allclose(det.contributions(X_new).sum(axis=1), det.statistic(X_new), rtol=1e-9)
+    member = export_member("cva", det, tmp_path, {"validation": X_new, "random": X_new[::-1] * 1.5})
+    assert member.family == "cva" and member.window == 3 and member.outputs == {"cva": "score"}
+    assert max(max(check.values()) for check in member.parity.values()) <= 1e-4
+
+
+def test_directions_the_fit_rows_barely_span_are_not_blown_up():
+    """Fewer past-future pairs than past features: a direction the rows do not span has a spread of
+    rounding noise (~1e-16); it is divided by MIN_VARIATE_STD instead, so no loading exceeds the
+    ridge's whitening (1 / sqrt(ridge)) over MIN_VARIATE_STD (unfloored: ~1e16)."""
+    from raysys.models.cva import MIN_VARIATE_STD
+
+    X = _dynamic(n=40, d=12)  # 36 pairs for 36 past features (lags 2)
+    det = CVADetector().fit(X)
+    loadings = np.vstack([det.state_loadings_, det.residual_loadings_])
+    assert np.linalg.norm(loadings, axis=1).max() <= 1.001 / (np.sqrt(det.ridge) * MIN_VARIATE_STD)
+    assert np.isfinite(det.decision_function(_dynamic(n=200, d=12, seed=5))).all()

@@ -93,8 +93,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="directory with d00.dat, d00_te.dat, d01_te.dat ... d21_te.dat "
                         "(github.com/camaramm/tennessee-eastman-profBraatz)")
     t.add_argument("--detectors", type=_names,
-                   help="comma-separated: pca_t2, pca_spe, dpca_spe, iforest, ae, vae, lstm, dpca_combined_w10 "
-                        "(default: all)")
+                   help="comma-separated names from docs/detection.md#detectors, e.g. pca_t2, pca_spe, dpca_spe, "
+                        "iforest, ae, lstm, cva (the recommended one) (default: all)")
     t.add_argument("--target-far", type=float, default=0.01, help="false-alarm rate asked for (default 0.01)")
     t.add_argument("--seeds", type=int, default=3, help="runs per detector, seeds 0..N-1 (default 3)")
     _outputs(t)

@@ -193,11 +193,16 @@ def export_isolation_forest(forest: IsolationForest, n_sensors: int, path: str |
     return [SCORE]
 
 
+#: A graph fragment: its nodes and its initialisers (constants).
+Fragment = tuple[list[onnx.NodeProto], list[onnx.TensorProto]]
+
+
 def _const(name: str, value: Any, dtype: Any = np.float64) -> onnx.TensorProto:
+    """The initialiser ``name`` holding ``value`` as ``dtype``."""
     return numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name)
 
 
-def _standardised_input(mean: np.ndarray, scale: np.ndarray, window: int, n: int) -> tuple[list, list]:
+def _standardised_input(mean: np.ndarray, scale: np.ndarray, window: int, n: int) -> Fragment:
     """Nodes and initialisers from the input ``x`` to ``z = (stacked x - mean) / scale`` in float64.
 
     With ``window`` > 1 the input is a window of rows, oldest first (the runtime's history windows);
@@ -219,12 +224,13 @@ def _standardised_input(mean: np.ndarray, scale: np.ndarray, window: int, n: int
     return nodes, initializers
 
 
-def _quadratic_nodes(stat: str, loadings: np.ndarray, variances: np.ndarray | None) -> tuple[list, list]:
+def _quadratic_nodes(stat: str, loadings: np.ndarray, variances: np.ndarray | None) -> Fragment:
     """Nodes for ``stat = sum_j t_j**2 / v_j`` with ``t = z @ L^T`` (``variances`` None: all 1), and its
     feature terms ``<stat>_feature_terms = z * ((t / v) @ L)``; also leaves ``<stat>_t`` for reuse."""
     initializers = [_const(f"{stat}_loadings_t", loadings.T), _const(f"{stat}_loadings", loadings)]
-    t, weighted = f"{stat}_t", f"{stat}_t"
+    t = f"{stat}_t"
     nodes = [helper.make_node("MatMul", ["z", f"{stat}_loadings_t"], [t])]
+    weighted = t  # t / v, which is t itself with unit variances
     if variances is not None:
         initializers.append(_const(f"{stat}_variances", variances))
         weighted = f"{stat}_t_weighted"

@@ -40,6 +40,10 @@ from raysys.models.pca import lagged
 
 #: Values of ``CVADetector.score``.
 CVA_SCORES = ("ts", "tr", "combined")
+#: Least spread a canonical variate is scaled by: a direction the fit rows barely span (fewer pairs
+#: than past features, collinear sensors) is not blown up from rounding noise (on TEP's 500 rows the
+#: smallest spread is 0.014, so this never binds there; on 100 rows it does).
+MIN_VARIATE_STD = 1e-3
 
 
 def _nonzero(scale: np.ndarray) -> np.ndarray:
@@ -133,7 +137,8 @@ class CVADetector(BaseEstimator):
         w_past = _inverse_sqrt(P.T @ P / m, self.ridge)
         u, corr, _ = np.linalg.svd(w_past @ (P.T @ F / m) @ _inverse_sqrt(F.T @ F / m, self.ridge))
         directions = u.T @ w_past  # canonical directions in the standardised past, strongest first
-        directions /= _nonzero((P @ directions.T).std(axis=0))[:, None]  # unit variance on the fit rows
+        # unit variance on the fit rows, except directions they barely span
+        directions /= np.maximum((P @ directions.T).std(axis=0), MIN_VARIATE_STD)[:, None]
         self.n_states_ = k
         self.canonical_correlations_ = np.concatenate([corr, np.zeros(features - len(corr))])
         self.state_loadings_ = directions[:k].copy()
@@ -151,25 +156,22 @@ class CVADetector(BaseEstimator):
         return terms.reshape(len(terms), self.lags + 1, self.n_features_in_).sum(axis=1)
 
     @staticmethod
+    def _squares(Z: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+        """``sum (Z @ L^T)**2`` per row."""
+        return np.sum((Z @ loadings.T) ** 2, axis=1)
+
+    @staticmethod
     def _terms(Z: np.ndarray, loadings: np.ndarray) -> np.ndarray:
         """Each past feature's term of ``sum (Z @ L^T)**2``: ``z_f * ((Z @ L^T) @ L)_f`` (they sum to it)."""
         return Z * ((Z @ loadings.T) @ loadings)
 
     def ts(self, X: np.ndarray) -> np.ndarray:
         """The state statistic of each row (before ``smoothing``)."""
-        return np.sum((self._scaled(X) @ self.state_loadings_.T) ** 2, axis=1)
+        return self._squares(self._scaled(X), self.state_loadings_)
 
     def tr(self, X: np.ndarray) -> np.ndarray:
         """The residual statistic of each row (before ``smoothing``)."""
-        return np.sum((self._scaled(X) @ self.residual_loadings_.T) ** 2, axis=1)
-
-    def ts_contributions(self, X: np.ndarray) -> np.ndarray:
-        """Each sensor's part of each row's ``ts``, shape (rows, sensors); rows sum to :meth:`ts`."""
-        return self._per_sensor(self._terms(self._scaled(X), self.state_loadings_))
-
-    def tr_contributions(self, X: np.ndarray) -> np.ndarray:
-        """Each sensor's part of each row's ``tr``, shape (rows, sensors); rows sum to :meth:`tr`."""
-        return self._per_sensor(self._terms(self._scaled(X), self.residual_loadings_))
+        return self._squares(self._scaled(X), self.residual_loadings_)
 
     def statistic_weights(self) -> tuple[float, float]:
         """``(a, b)`` with ``statistic = a * ts + b * tr`` for the chosen ``score``."""
@@ -181,8 +183,7 @@ class CVADetector(BaseEstimator):
         """The chosen ``score`` statistic of each row (before ``smoothing``)."""
         a, b = self.statistic_weights()
         Z = self._scaled(X)
-        return (a * np.sum((Z @ self.state_loadings_.T) ** 2, axis=1)
-                + b * np.sum((Z @ self.residual_loadings_.T) ** 2, axis=1))
+        return a * self._squares(Z, self.state_loadings_) + b * self._squares(Z, self.residual_loadings_)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Each sensor's part of each row's :meth:`statistic`, shape (rows, sensors); rows sum to it."""
