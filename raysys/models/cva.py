@@ -36,7 +36,7 @@ from sklearn.exceptions import NotFittedError
 
 from raysys.ensemble.runtime import trailing_mean
 from raysys.models.params import check_rows
-from raysys.models.pca import lagged
+from raysys.models.pca import lagged, nonzero_scale, per_sensor, quadratic, quadratic_terms
 
 #: Values of ``CVADetector.score``.
 CVA_SCORES = ("ts", "tr", "combined")
@@ -44,11 +44,6 @@ CVA_SCORES = ("ts", "tr", "combined")
 #: than past features, collinear sensors) is not blown up from rounding noise (on TEP's 500 rows the
 #: smallest spread is 0.014, so this never binds there; on 100 rows it does).
 MIN_VARIATE_STD = 1e-3
-
-
-def _nonzero(scale: np.ndarray) -> np.ndarray:
-    """``scale`` with zeros replaced by 1 (a constant is centred, not divided)."""
-    return np.where(scale > 0, scale, 1.0)
 
 
 def _inverse_sqrt(cov: np.ndarray, ridge: float) -> np.ndarray:
@@ -130,9 +125,9 @@ class CVADetector(BaseEstimator):
             if len(past) < 2:
                 raise ValueError(f"need at least 2 normal past-future pairs to fit CVA, got {len(past)}")
         self.mean_ = past.mean(axis=0)
-        self.scale_ = _nonzero(past.std(axis=0))  # constant sensors: centred, not divided
+        self.scale_ = nonzero_scale(past.std(axis=0))  # constant sensors: centred, not divided
         P = (past - self.mean_) / self.scale_
-        F = (futures - futures.mean(axis=0)) / _nonzero(futures.std(axis=0))
+        F = (futures - futures.mean(axis=0)) / nonzero_scale(futures.std(axis=0))
         m = len(P) - 1
         w_past = _inverse_sqrt(P.T @ P / m, self.ridge)
         u, corr, _ = np.linalg.svd(w_past @ (P.T @ F / m) @ _inverse_sqrt(F.T @ F / m, self.ridge))
@@ -151,27 +146,13 @@ class CVADetector(BaseEstimator):
         X = check_rows(X, np.float64, self.n_features_in_)
         return (lagged(X, self.lags) - self.mean_) / self.scale_
 
-    def _per_sensor(self, terms: np.ndarray) -> np.ndarray:
-        """Past-vector terms (n, d * (lags + 1)) added up per sensor over the lags: (n, d)."""
-        return terms.reshape(len(terms), self.lags + 1, self.n_features_in_).sum(axis=1)
-
-    @staticmethod
-    def _squares(Z: np.ndarray, loadings: np.ndarray) -> np.ndarray:
-        """``sum (Z @ L^T)**2`` per row."""
-        return np.sum((Z @ loadings.T) ** 2, axis=1)
-
-    @staticmethod
-    def _terms(Z: np.ndarray, loadings: np.ndarray) -> np.ndarray:
-        """Each past feature's term of ``sum (Z @ L^T)**2``: ``z_f * ((Z @ L^T) @ L)_f`` (they sum to it)."""
-        return Z * ((Z @ loadings.T) @ loadings)
-
     def ts(self, X: np.ndarray) -> np.ndarray:
         """The state statistic of each row (before ``smoothing``)."""
-        return self._squares(self._scaled(X), self.state_loadings_)
+        return quadratic(self._scaled(X), self.state_loadings_)
 
     def tr(self, X: np.ndarray) -> np.ndarray:
         """The residual statistic of each row (before ``smoothing``)."""
-        return self._squares(self._scaled(X), self.residual_loadings_)
+        return quadratic(self._scaled(X), self.residual_loadings_)
 
     def statistic_weights(self) -> tuple[float, float]:
         """``(a, b)`` with ``statistic = a * ts + b * tr`` for the chosen ``score``."""
@@ -183,13 +164,14 @@ class CVADetector(BaseEstimator):
         """The chosen ``score`` statistic of each row (before ``smoothing``)."""
         a, b = self.statistic_weights()
         Z = self._scaled(X)
-        return a * self._squares(Z, self.state_loadings_) + b * self._squares(Z, self.residual_loadings_)
+        return a * quadratic(Z, self.state_loadings_) + b * quadratic(Z, self.residual_loadings_)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Each sensor's part of each row's :meth:`statistic`, shape (rows, sensors); rows sum to it."""
         a, b = self.statistic_weights()
         Z = self._scaled(X)
-        return self._per_sensor(a * self._terms(Z, self.state_loadings_) + b * self._terms(Z, self.residual_loadings_))
+        terms = a * quadratic_terms(Z, self.state_loadings_) + b * quadratic_terms(Z, self.residual_loadings_)
+        return per_sensor(terms, self.n_features_in_)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score per row (:meth:`statistic`, smoothed over ``smoothing`` rows): higher is more anomalous."""

@@ -46,6 +46,27 @@ def lagged(X: np.ndarray, lags: int) -> np.ndarray:
     return np.hstack([padded[lags - k:lags - k + n] for k in range(lags + 1)])
 
 
+def nonzero_scale(scale: np.ndarray) -> np.ndarray:
+    """``scale`` with zeros replaced by 1 (a constant feature is centred, not divided)."""
+    return np.where(scale > 0, scale, 1.0)
+
+
+def quadratic(Z: np.ndarray, loadings: np.ndarray, variances: np.ndarray | float = 1.0) -> np.ndarray:
+    """``sum_j t_j**2 / v_j`` per row, ``t = Z @ L^T`` (T2 on PCA's components, CVA's statistics)."""
+    return np.sum((Z @ loadings.T) ** 2 / variances, axis=1)
+
+
+def quadratic_terms(Z: np.ndarray, loadings: np.ndarray, variances: np.ndarray | float = 1.0) -> np.ndarray:
+    """Each stacked feature's term of :func:`quadratic`: ``z_f * ((t / v) @ L)_f`` (they sum to it; a term
+    can be negative)."""
+    return Z * (((Z @ loadings.T) / variances) @ loadings)
+
+
+def per_sensor(terms: np.ndarray, n_sensors: int) -> np.ndarray:
+    """Stacked-feature terms (n, sensors * (lags + 1)) added up per sensor over the lags: (n, sensors)."""
+    return terms.reshape(len(terms), -1, n_sensors).sum(axis=1)
+
+
 class PCADetector(BaseEstimator):
     """PCA (or dynamic PCA) detector scoring rows by T2, SPE or both.
 
@@ -110,7 +131,7 @@ class PCADetector(BaseEstimator):
             raise ValueError(f"need at least 2 normal rows to fit PCA, got {len(S)}")
         self.mean_ = S.mean(axis=0)
         scale = S.std(axis=0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)  # constant sensors: centred, not divided
+        self.scale_ = nonzero_scale(scale)  # constant sensors: centred, not divided
         Z = (S - self.mean_) / self.scale_
         _, sing, vt = np.linalg.svd(Z, full_matrices=False)
         eigen = sing ** 2 / (len(Z) - 1)
@@ -138,26 +159,15 @@ class PCADetector(BaseEstimator):
         X = self._validate(X, fitted=True)
         return (lagged(X, self.lags) - self.mean_) / self.scale_
 
-    def _t2_terms(self, Z: np.ndarray) -> np.ndarray:
-        """Each stacked feature's term of T2: ``z_f * (P^T (t / lambda))_f`` (they sum to T2; a term can be
-        negative)."""
-        scores = Z @ self.components_.T
-        return Z * ((scores / self.explained_variance_) @ self.components_)
-
     def _spe_terms(self, Z: np.ndarray) -> np.ndarray:
         """Each stacked feature's squared residual (they sum to SPE)."""
         return (Z - (Z @ self.components_.T) @ self.components_) ** 2
 
     def _t2(self, Z: np.ndarray) -> np.ndarray:
-        scores = Z @ self.components_.T
-        return np.sum(scores ** 2 / self.explained_variance_, axis=1)
+        return quadratic(Z, self.components_, self.explained_variance_)
 
     def _spe(self, Z: np.ndarray) -> np.ndarray:
         return np.sum(self._spe_terms(Z), axis=1)
-
-    def _per_sensor(self, terms: np.ndarray) -> np.ndarray:
-        """Stacked-feature terms (n, d * (lags + 1)) added up per sensor over the lags: (n, d)."""
-        return terms.reshape(len(terms), self.lags + 1, self.n_features_in_).sum(axis=1)
 
     def t2(self, X: np.ndarray) -> np.ndarray:
         """Hotelling's T2 of each row on the retained components (before ``smoothing``)."""
@@ -169,11 +179,12 @@ class PCADetector(BaseEstimator):
 
     def t2_contributions(self, X: np.ndarray) -> np.ndarray:
         """Each sensor's part of each row's T2, shape (rows, sensors); rows sum to :meth:`t2`."""
-        return self._per_sensor(self._t2_terms(self._scaled(X)))
+        return per_sensor(quadratic_terms(self._scaled(X), self.components_, self.explained_variance_),
+                          self.n_features_in_)
 
     def spe_contributions(self, X: np.ndarray) -> np.ndarray:
         """Each sensor's squared residuals (over its lags), shape (rows, sensors); rows sum to :meth:`spe`."""
-        return self._per_sensor(self._spe_terms(self._scaled(X)))
+        return per_sensor(self._spe_terms(self._scaled(X)), self.n_features_in_)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score per row (``score``, smoothed over ``smoothing`` rows): higher is more anomalous."""
